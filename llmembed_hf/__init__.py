@@ -11,6 +11,8 @@ from .backbones import resolve_backbone
 from .modeling.configuration_llmembed import PRESETS, BackboneSpec, LLMEmbedConfig
 from .modeling.modeling_llmembed import LLMEmbedFusionHead, LLMEmbedForSequenceClassification
 from .modeling.tokenization_llmembed import LLMEmbedTokenizer
+from .features import ExtractionConfig, extract_features
+from .training import HeadTrainingArguments, fit_head, train_head
 
 __version__ = "0.1.0"
 
@@ -27,9 +29,14 @@ LLMEmbedForSequenceClassification.backbone_loader = staticmethod(resolve_backbon
 __all__ = [
     "PRESETS",
     "BackboneSpec",
+    "ExtractionConfig",
+    "HeadTrainingArguments",
     "LLMEmbedConfig",
     "LLMEmbedForSequenceClassification",
     "LLMEmbedFusionHead",
     "LLMEmbedTokenizer",
+    "extract_features",
+    "fit_head",
     "resolve_backbone",
+    "train_head",
 ]

@@ -126,7 +126,7 @@ PRESETS: dict[str, dict[str, Any]] = {
                   sigma=0.1),
     # The reference configuration of the LLMEmbed paper (Llama-2-7B last 5 layers, BERT-large, RoBERTa-large).
     "paper": dict(backbones=_paper_backbones(), projection_dim=1024, mlp_hidden_sizes=[1024, 256], dropout=0.5,
-                  sigma=0.1),
+                  sigma=0.1, standardize_features=False),
 }
 
 
@@ -141,6 +141,9 @@ class LLMEmbedConfig(PretrainedConfig):
         sigma (`float`): scale of the power normalisation ``2 * sigmoid(sigma * z) - 1``.
         dropout (`float`): dropout after every projection and hidden MLP layer.
         mlp_hidden_sizes (`list[int]`): hidden widths of the classifier MLP.
+        standardize_features (`bool`): standardise every feature dimension with statistics of the training
+            features (stored as buffers with the head) before the head. Off in the ``paper`` preset, which
+            reproduces the reference exactly.
         require_hidden_size (`bool`): validate that every spec states ``hidden_size`` (needed to build a head
             without loading weights).
     """
@@ -154,6 +157,7 @@ class LLMEmbedConfig(PretrainedConfig):
         sigma: float = 0.1,
         dropout: float = 0.2,
         mlp_hidden_sizes: list[int] | None = None,
+        standardize_features: bool = True,
         require_hidden_size: bool = True,
         **kwargs: Any,
     ) -> None:
@@ -163,6 +167,7 @@ class LLMEmbedConfig(PretrainedConfig):
         self.sigma = sigma
         self.dropout = dropout
         self.mlp_hidden_sizes = list(mlp_hidden_sizes) if mlp_hidden_sizes is not None else [512, 128]
+        self.standardize_features = standardize_features
         self.require_hidden_size = require_hidden_size
         super().__init__(**kwargs)
         # A bare LLMEmbedConfig() is what transformers builds to diff defaults on save: only validate real ones.

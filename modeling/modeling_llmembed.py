@@ -114,6 +114,11 @@ class LLMEmbedFusionHead(nn.Module):
     def __init__(self, config: LLMEmbedConfig) -> None:
         super().__init__()
         self.sigma = config.sigma
+        self.standardize = config.standardize_features
+        # Per-dimension statistics of the training features (buffers: saved, never trained). LLM hidden states
+        # carry a few huge activations (|x| > 1e4 in SmolLM2's layers) that otherwise swamp the MLP.
+        self.register_buffer("feature_mean", torch.zeros(config.feature_size))
+        self.register_buffer("feature_scale", torch.ones(config.feature_size))
         d = config.projection_dim
         self.view_widths = config.view_widths
         self.projections = nn.ModuleList()
@@ -141,7 +146,16 @@ class LLMEmbedFusionHead(nn.Module):
         layers.append(nn.Linear(width, config.num_labels))
         self.classifier = nn.Sequential(*layers)
 
+    @torch.no_grad()
+    def set_feature_statistics(self, features: torch.Tensor) -> None:
+        """Standardise future inputs with the mean and standard deviation of these (training) features."""
+        features = features.to(self.feature_mean.device, torch.float32)
+        self.feature_mean.copy_(features.mean(dim=0))
+        self.feature_scale.copy_(features.std(dim=0).nan_to_num(1.0).clamp(min=1e-6))
+
     def forward(self, pooled_features: torch.Tensor) -> torch.Tensor:
+        if self.standardize:
+            pooled_features = (pooled_features - self.feature_mean) / self.feature_scale
         views = torch.split(pooled_features, self.view_widths, dim=-1)
         stacked = torch.stack([project(v) for project, v in zip(self.projections, views)], dim=1)  # (B, V, d)
         cooccurrence = torch.bmm(stacked, stacked.transpose(1, 2)).flatten(1)  # (B, V*V)
@@ -162,8 +176,11 @@ class LLMEmbedPreTrainedModel(PreTrainedModel):
     _no_split_modules = ["LLMEmbedFusionHead"]
 
     def _init_weights(self, module: nn.Module) -> None:
-        # PyTorch's default Linear initialisation, as the reference head used.
-        if isinstance(module, nn.Linear):
+        # PyTorch's default Linear initialisation, as the reference head used; identity standardisation.
+        if isinstance(module, LLMEmbedFusionHead):
+            init.zeros_(module.feature_mean)
+            init.ones_(module.feature_scale)
+        elif isinstance(module, nn.Linear):
             init.kaiming_uniform_(module.weight, a=math.sqrt(5))
             bound = 1 / math.sqrt(module.in_features)
             init.uniform_(module.bias, -bound, bound)
@@ -177,6 +194,8 @@ class LLMEmbedForSequenceClassification(LLMEmbedPreTrainedModel):
     ``<name>_attention_mask``), as returned by the composite tokenizer and sent by `pipeline`.
     """
 
+    #: ``forward``'s ``**backbone_inputs`` are tokenised text, not loss kwargs: `Trainer` must not send those.
+    accepts_loss_kwargs = False
     #: ``(spec, **kwargs) -> (model, tokenizer, weights_sha256)``; `llmembed_hf` installs its resolver here.
     backbone_loader: Callable[..., tuple[PreTrainedModel, Any, str | None]] = staticmethod(default_backbone_loader)
 

@@ -29,6 +29,8 @@ def _check_texts(text: Any) -> tuple[list[str], bool]:
                     f"text[{index}] is {type(item).__name__} ({item!r:.50}); every text must be a str. "
                     "Convert or drop it before tokenising."
                 )
+        if not text:
+            raise ValueError("text is an empty list; pass at least one string to tokenise.")
         return list(text), True
     raise TypeError(f"text must be a str or a list of str, got {type(text).__name__} ({text!r:.50}).")
 
@@ -98,20 +100,26 @@ class LLMEmbedTokenizer:
             tokenizer = self.tokenizers[spec.name]
             limit = min(spec.max_length, max_length) if max_length else spec.max_length
             ids = tokenizer(texts, truncation=True, max_length=limit, padding=False)["input_ids"]
-            ids = [row if row else [self._fallback_token(spec.name)] for row in ids]
-            if return_tensors is not None or (padding and is_batch):
-                width = max(len(row) for row in ids) if ids else 0
-                masks = [[1] * len(row) + [0] * (width - len(row)) for row in ids]
-                ids = [row + [self.pad_token_id] * (width - len(row)) for row in ids]
-            else:
-                masks = [[1] * len(row) for row in ids]
-            if not is_batch:
-                ids, masks = ids[0], masks[0]
-                if return_tensors is not None:
-                    ids, masks = [ids], [masks]
-            encoded[f"{spec.name}_input_ids"] = ids
-            encoded[f"{spec.name}_attention_mask"] = masks
-        return BatchEncoding(encoded, tensor_type=return_tensors)
+            encoded[f"{spec.name}_input_ids"] = [row if row else [self._fallback_token(spec.name)] for row in ids]
+        if return_tensors is not None or (padding and is_batch):
+            encoded = self.pad(encoded, return_tensors=return_tensors)
+            return encoded
+        for spec in self.specs:
+            ids = encoded[f"{spec.name}_input_ids"]
+            encoded[f"{spec.name}_attention_mask"] = [[1] * len(row) for row in ids]
+        if not is_batch:
+            encoded = {key: rows[0] for key, rows in encoded.items()}
+        return BatchEncoding(encoded)
+
+    def pad(self, encoded: dict[str, list[list[int]]], return_tensors: str | None = None) -> BatchEncoding:
+        """Right-pad ragged ``<name>_input_ids`` rows (e.g. a length-sorted batch) and build their masks."""
+        padded: dict[str, Any] = {}
+        for spec in self.specs:
+            ids = encoded[f"{spec.name}_input_ids"]
+            width = max((len(row) for row in ids), default=0)
+            padded[f"{spec.name}_input_ids"] = [list(row) + [self.pad_token_id] * (width - len(row)) for row in ids]
+            padded[f"{spec.name}_attention_mask"] = [[1] * len(row) + [0] * (width - len(row)) for row in ids]
+        return BatchEncoding(padded, tensor_type=return_tensors)
 
     # -- persistence -----------------------------------------------------------------------------------------------
 

@@ -1,0 +1,189 @@
+"""``llmembed``: the command line mirror of the Python API (extract, train, evaluate, predict)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+DEFAULT_DATASET_HELP = "a folder of <split>.jsonl[.gz] (+ labels.json), a save_to_disk folder, or a Hub dataset id"
+
+
+def _load_model(name: str):
+    """A saved head (folder or Hub id) or a fresh head of a named preset, with its backbones loaded."""
+    from . import PRESETS, LLMEmbedForSequenceClassification
+
+    if name in PRESETS:
+        return LLMEmbedForSequenceClassification.from_preset(name)
+    return LLMEmbedForSequenceClassification.from_pretrained(name).load_backbones()
+
+
+def _extraction_config(args: argparse.Namespace):
+    from .features import ExtractionConfig
+
+    return ExtractionConfig(max_tokens_per_batch=args.max_tokens_per_batch, dtype=args.feature_dtype)
+
+
+def cmd_extract(args: argparse.Namespace) -> dict[str, Any]:
+    from .data import check_columns, load_split
+    from .features import extract_features
+
+    model = _load_model(args.model)
+    dataset = load_split(args.dataset, args.split)
+    check_columns(dataset, args.split, args.text_column, None)
+    if args.max_samples is not None:
+        dataset = dataset.select(range(min(args.max_samples, len(dataset))))
+    features = extract_features(model, dataset, text_column=args.text_column, config=_extraction_config(args))
+    if args.output:
+        features.save_to_disk(args.output)
+    return {"rows": len(features), "feature_size": model.config.feature_size, "output": args.output}
+
+
+def cmd_train(args: argparse.Namespace) -> dict[str, Any]:
+    from .training import HeadTrainingArguments, train_head
+
+    training = HeadTrainingArguments(epochs=args.epochs, learning_rate=args.lr, batch_size=args.batch_size,
+                                     weight_decay=args.weight_decay, seed=args.seed)
+    _, report = train_head(
+        args.dataset, args.output_dir, preset=args.preset, text_column=args.text_column,
+        label_column=args.label_column, train_split=args.train_split, eval_split=args.eval_split,
+        validation_split=args.validation_split, max_train_samples=args.max_train_samples,
+        max_eval_samples=args.max_eval_samples, sigma=args.sigma, training=training,
+        extraction=_extraction_config(args), push_to_hub=args.push_to_hub,
+    )
+    return {"output_dir": args.output_dir, "num_train": report.num_train,
+            "validation": report.validation_metrics, args.eval_split or "eval": report.eval_metrics,
+            "timings_s": {k: round(v, 1) for k, v in report.timings.items()}}
+
+
+def cmd_evaluate(args: argparse.Namespace) -> dict[str, Any]:
+    from .data import load_labelled
+    from .features import extract_features
+    from .training import compute_classification_metrics, predict_logits
+
+    model = _load_model(args.model)
+    names = [model.config.id2label[i] for i in range(model.config.num_labels)]
+    split, _ = load_labelled(args.dataset, args.split, args.text_column, args.label_column, names,
+                             max_samples=args.max_samples)
+    features = extract_features(model, split.texts, config=_extraction_config(args))
+    metrics = compute_classification_metrics((predict_logits(model, features), split.labels))
+    return {"split": args.split, "rows": len(split.texts), **metrics}
+
+
+def _read_inputs(args: argparse.Namespace) -> list[str]:
+    texts = list(args.text or [])
+    if args.input:
+        path = Path(args.input)
+        if not path.is_file():
+            raise FileNotFoundError(f"--input {path} does not exist.")
+        for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+            if not line.strip():
+                continue
+            if path.suffix == ".jsonl":
+                row = json.loads(line)
+                if args.text_column not in row:
+                    raise ValueError(f"{path}:{number} has no {args.text_column!r} field (fields: {sorted(row)}).")
+                texts.append(row[args.text_column])
+            else:
+                texts.append(line)
+    if not texts:
+        raise ValueError("nothing to classify: pass --text TEXT (repeatable) or --input FILE (.txt lines or .jsonl).")
+    return texts
+
+
+def cmd_predict(args: argparse.Namespace) -> list[dict[str, Any]]:
+    from transformers import pipeline
+
+    texts = _read_inputs(args)
+    classifier = pipeline("text-classification", model=args.model, device=args.device)
+    results = [{"text": t, **r} for t, r in zip(texts, classifier(texts, batch_size=args.batch_size))]
+    if args.output:
+        Path(args.output).write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in results))
+    return results
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="llmembed", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def data_options(p: argparse.ArgumentParser, label: bool = True) -> None:
+        p.add_argument("--dataset", required=True, help=DEFAULT_DATASET_HELP)
+        p.add_argument("--text-column", default="text", help="column holding the text (default: text)")
+        if label:
+            p.add_argument("--label-column", default="label", help="column holding the label (default: label)")
+
+    def extraction_options(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--feature-dtype", default="float32", choices=["float32", "float16"],
+                       help="storage dtype of cached features (default: float32)")
+        p.add_argument("--max-tokens-per-batch", type=int, default=8192,
+                       help="token budget of one extraction batch (bounds memory; default: 8192)")
+
+    p = sub.add_parser("extract", help="extract and cache pooled features of one split")
+    p.add_argument("--model", default="small", help="a preset name (small, paper) or a saved head (default: small)")
+    data_options(p, label=False)
+    p.add_argument("--split", default="train", help="split to extract (default: train)")
+    p.add_argument("--max-samples", type=int, help="only the first N rows")
+    p.add_argument("--output", help="also save the features as a datasets folder here")
+    extraction_options(p)
+    p.set_defaults(func=cmd_extract)
+
+    p = sub.add_parser("train", help="extract (cached), train a head with Trainer, write a Hub-style folder")
+    data_options(p)
+    p.add_argument("--preset", default="small", help="backbone preset (default: small)")
+    p.add_argument("--output-dir", required=True, help="folder for the trained head, tokenizer, code and card")
+    p.add_argument("--train-split", default="train", help="training split (default: train)")
+    p.add_argument("--validation-split", help="split for choosing the best epoch (default: 10%% of the training subset)")
+    p.add_argument("--eval-split", default="test", help="split scored at the end (default: test; 'none' to skip)")
+    p.add_argument("--max-train-samples", type=int, help="seeded random subset of the training split")
+    p.add_argument("--max-eval-samples", type=int, help="seeded random subset of the evaluation split")
+    p.add_argument("--epochs", type=int, default=10, help="training epochs (default: 10)")
+    p.add_argument("--lr", type=float, default=5e-4, help="learning rate (default: 5e-4)")
+    p.add_argument("--batch-size", type=int, default=64, help="training batch size (default: 64)")
+    p.add_argument("--weight-decay", type=float, default=0.0, help="AdamW weight decay (default: 0)")
+    p.add_argument("--sigma", type=float, help="power-normalisation scale (default: the preset's)")
+    p.add_argument("--seed", type=int, default=42, help="seed of subsetting, splitting and training (default: 42)")
+    p.add_argument("--push-to-hub", metavar="REPO", help="upload the finished folder to this Hub repo")
+    extraction_options(p)
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("evaluate", help="accuracy and macro-F1 of a saved head on a labelled split")
+    p.add_argument("--model", required=True, help="a saved head folder or Hub id")
+    data_options(p)
+    p.add_argument("--split", default="test", help="split to score (default: test)")
+    p.add_argument("--max-samples", type=int, help="seeded random subset of N rows")
+    extraction_options(p)
+    p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("predict", help="classify texts with pipeline('text-classification'); JSONL out")
+    p.add_argument("--model", required=True, help="a saved head folder or Hub id")
+    p.add_argument("--text", action="append", help="a text to classify (repeatable)")
+    p.add_argument("--input", help="a .txt file (one text per line) or .jsonl file (see --text-column)")
+    p.add_argument("--text-column", default="text", help="JSONL field holding the text (default: text)")
+    p.add_argument("--output", help="write JSONL (text, label, score) here; always printed too")
+    p.add_argument("--batch-size", type=int, default=16, help="pipeline batch size (default: 16)")
+    p.add_argument("--device", default=None, help="e.g. cpu, cuda:0 (default: pipeline's choice)")
+    p.set_defaults(func=cmd_predict)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if getattr(args, "eval_split", None) == "none":
+        args.eval_split = None
+    try:
+        result = args.func(args)
+    except (ValueError, TypeError, FileNotFoundError, OSError) as error:
+        print(f"llmembed {args.command}: error: {error}", file=sys.stderr)
+        return 2
+    if isinstance(result, list):
+        for row in result:
+            print(json.dumps(row, ensure_ascii=False))
+    else:
+        print(json.dumps(result, indent=2, ensure_ascii=False))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

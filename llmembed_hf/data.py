@@ -1,0 +1,127 @@
+"""Text classification data from a folder of JSON lines, a saved dataset or a Hub dataset id, with clean labels."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from datasets import ClassLabel, Dataset, DatasetDict, load_dataset, load_from_disk
+
+JSON_SUFFIXES = (".jsonl.gz", ".jsonl", ".json.gz", ".json")
+
+
+@dataclass
+class LabelledTexts:
+    """One split as plain lists: the texts and their label ids."""
+
+    texts: list[str]
+    labels: list[int]
+
+
+def _split_file(folder: Path, split: str) -> Path | None:
+    for suffix in JSON_SUFFIXES:
+        if (folder / f"{split}{suffix}").is_file():
+            return folder / f"{split}{suffix}"
+    return None
+
+
+def load_split(source: str | os.PathLike | DatasetDict, split: str) -> Dataset:
+    """One split of ``source``: a folder of ``<split>.jsonl[.gz]``, a ``save_to_disk`` folder or a Hub id."""
+    if isinstance(source, (DatasetDict, dict)):
+        if split not in source:
+            raise ValueError(f"split {split!r} not found; the dataset has splits {sorted(source)}.")
+        return source[split]
+    folder = Path(source).expanduser()
+    if folder.is_dir():
+        path = _split_file(folder, split)
+        if path is not None:
+            return load_dataset("json", data_files={split: str(path)}, split=split)
+        if (folder / "dataset_dict.json").is_file() or (folder / "state.json").is_file():
+            saved = load_from_disk(str(folder))
+            return load_split(saved, split) if isinstance(saved, DatasetDict) else saved
+        present = sorted(p.name for p in folder.iterdir())
+        raise FileNotFoundError(
+            f"no split {split!r} in {folder}: expected {split}.jsonl.gz/.jsonl/.json or a save_to_disk folder; "
+            f"found {present}."
+        )
+    try:
+        return load_dataset(str(source), split=split)
+    except Exception as error:
+        raise FileNotFoundError(
+            f"could not load split {split!r} of {source!r}: it is not a local folder, and loading it as a Hub "
+            f"dataset failed ({type(error).__name__}: {error})."
+        ) from error
+
+
+def label_names_from(source: str | os.PathLike | DatasetDict, dataset: Dataset, label_column: str) -> list[str] | None:
+    """Class names: a ClassLabel feature's names, else ``labels.json`` beside the data, else None."""
+    feature = dataset.features.get(label_column)
+    if isinstance(feature, ClassLabel):
+        return list(feature.names)
+    if not isinstance(source, (DatasetDict, dict)):
+        names_file = Path(source).expanduser() / "labels.json"
+        if names_file.is_file():
+            names = json.loads(names_file.read_text())
+            return [names[k] for k in sorted(names, key=int)] if isinstance(names, dict) else list(names)
+    return None
+
+
+def check_columns(dataset: Dataset, split: str, text_column: str, label_column: str | None) -> None:
+    for column in (text_column, label_column):
+        if column is not None and column not in dataset.column_names:
+            raise ValueError(
+                f"column {column!r} not found in split {split!r}; the columns present are {dataset.column_names}. "
+                "Choose them with --text-column / --label-column."
+            )
+    if len(dataset) == 0:
+        raise ValueError(f"split {split!r} is empty: there is nothing to train or evaluate on.")
+
+
+def encode_labels(values: list, names: list[str] | None, split: str) -> tuple[list[int], list[str]]:
+    """Map raw labels (ints or strings) to ids ``0..C-1``; returns the ids and the class names used."""
+    if all(isinstance(v, str) for v in values):
+        names = names or sorted(set(values))
+        index = {name: i for i, name in enumerate(names)}
+        unknown = sorted(set(values) - set(index))
+        if unknown:
+            raise ValueError(f"split {split!r} has label(s) {unknown[:10]} that are not among the classes {names}.")
+        return [index[v] for v in values], names
+    bad = [v for v in values if isinstance(v, bool) or not isinstance(v, int)]
+    if bad:
+        example = bad[0]
+        what = "NaN" if isinstance(example, float) and math.isnan(example) else repr(example)
+        raise ValueError(f"split {split!r} has a label {what} that is neither an int nor a string.")
+    num_classes = len(names) if names else max(values) + 1
+    outside = sorted({v for v in values if not 0 <= v < num_classes})
+    if outside:
+        raise ValueError(
+            f"split {split!r} has label id(s) {outside[:10]} outside 0..{num_classes - 1} "
+            f"({'classes ' + str(names) if names else 'inferred from the training labels'})."
+        )
+    return list(values), names or [str(i) for i in range(num_classes)]
+
+
+def load_labelled(
+    source: str | os.PathLike | DatasetDict,
+    split: str,
+    text_column: str = "text",
+    label_column: str = "label",
+    label_names: list[str] | None = None,
+    max_samples: int | None = None,
+    seed: int = 42,
+) -> tuple[LabelledTexts, list[str]]:
+    """Texts and label ids of one split (a seeded random subset of ``max_samples`` if given) and class names."""
+    dataset = load_split(source, split)
+    check_columns(dataset, split, text_column, label_column)
+    if max_samples is not None and max_samples < len(dataset):
+        dataset = dataset.shuffle(seed=seed).select(range(max_samples))
+    names = label_names or label_names_from(source, dataset, label_column)
+    labels, names = encode_labels(list(dataset[label_column]), names, split)
+    texts = list(dataset[text_column])
+    for i, text in enumerate(texts):
+        if not isinstance(text, str):
+            raise TypeError(f"split {split!r}, row {i}: the text is {type(text).__name__} ({text!r:.50}), not a str.")
+    return LabelledTexts(texts, labels), names

@@ -1,0 +1,241 @@
+"""Feature extraction through the frozen backbones, with a resumable on-disk cache.
+
+Extraction is almost all of LLMEmbed's cost, so it is done once per (texts, backbones) and cached:
+
+* texts are tokenised once, sorted by length and cut into batches under a token budget (dynamic padding: a
+  batch is padded to its own longest text, and long documents get small batches so memory stays bounded);
+* the sorted order is cut into shards; each finished shard is written atomically with a checksum beside it, so an
+  interrupted run resumes from the completed shards, and a corrupted or truncated shard is recomputed;
+* the shards are assembled in the original order into a `datasets.Dataset` (`pooled_features`, plus any columns
+  the caller passes) saved under a folder named by a fingerprint of the texts, each backbone's weights sha256,
+  layers, pooling, max_length and normalisation, and the storage dtype. A rerun with the same inputs is a hit;
+  any change is a miss.
+
+Several processes (``accelerate launch --num_processes N ...``) split the shards between them; the main process
+assembles the result once every shard is there.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator, Sequence
+
+import numpy as np
+import pyarrow as pa
+import torch
+from datasets import Dataset, load_from_disk
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+from tqdm.auto import tqdm
+from transformers.utils import logging
+
+from .backbones import atomic_write_text, build_folder_atomically, cache_dir
+from .modeling.modeling_llmembed import LLMEmbedForSequenceClassification
+from .modeling.tokenization_llmembed import _check_texts
+
+logger = logging.get_logger(__name__)
+
+FEATURES_COLUMN = "pooled_features"
+CACHE_FORMAT_VERSION = 1
+STORAGE_DTYPES = {"float32": torch.float32, "float16": torch.float16}
+
+
+@dataclass
+class ExtractionConfig:
+    """Knobs of one extraction run (none of them changes the features, except ``dtype``)."""
+
+    max_tokens_per_batch: int = 8192
+    max_batch_size: int = 128
+    shard_size: int = 2048
+    dtype: str = "float32"
+
+
+def features_fingerprint(model: LLMEmbedForSequenceClassification, texts: Sequence[str], dtype: str) -> str:
+    """Key of a feature cache: the texts and everything about the backbones that changes a pooled vector."""
+    digest = hashlib.sha256()
+    for text in texts:
+        digest.update(hashlib.sha256(text.encode("utf-8")).digest())
+    backbones = [
+        {k: spec[k] for k in ("model_id", "gguf_file", "revision", "weights_sha256", "layers", "pooling",
+                              "normalize", "max_length")}
+        for spec in model.config.backbones
+    ]
+    key = {"version": CACHE_FORMAT_VERSION, "texts": digest.hexdigest(), "n": len(texts),
+           "backbones": backbones, "dtype": dtype}
+    return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:32]
+
+
+def _length_sorted_batches(lengths: np.ndarray, order: np.ndarray, config: ExtractionConfig) -> Iterator[np.ndarray]:
+    """Batches of indices (already sorted longest first) whose padded size stays within the token budget."""
+    start = 0
+    while start < len(order):
+        longest = max(int(lengths[order[start]]), 1)
+        size = max(1, min(config.max_batch_size, config.max_tokens_per_batch // longest))
+        yield order[start : start + size]
+        start += size
+
+
+def _file_sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+class ShardStore:
+    """Shard files of one extraction: ``shard-XXXXX.safetensors`` + a ``.json`` with its checksum and size."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        folder.mkdir(parents=True, exist_ok=True)
+
+    def _paths(self, shard: int) -> tuple[Path, Path]:
+        return self.folder / f"shard-{shard:05d}.safetensors", self.folder / f"shard-{shard:05d}.json"
+
+    def load(self, shard: int, expected_rows: int, width: int) -> dict[str, torch.Tensor] | None:
+        """A completed shard's tensors, or None if it is missing, corrupted, truncated or holds NaN."""
+        data_path, meta_path = self._paths(shard)
+        if not (data_path.is_file() and meta_path.is_file()):
+            return None
+        try:
+            meta = json.loads(meta_path.read_text())
+            if meta["sha256"] != _file_sha256(data_path):
+                raise ValueError("checksum mismatch")
+            tensors = load_file(str(data_path))
+            if tensors["features"].shape != (expected_rows, width) or len(tensors["indices"]) != expected_rows:
+                raise ValueError(f"shape {tuple(tensors['features'].shape)} != {(expected_rows, width)}")
+            if not torch.isfinite(tensors["features"].float()).all():
+                raise ValueError("non-finite values")
+        except (OSError, ValueError, KeyError, SafetensorError) as error:
+            logger.warning(f"Shard {data_path.name} is unusable ({error}); recomputing it.")
+            return None
+        return tensors
+
+    def save(self, shard: int, features: torch.Tensor, indices: torch.Tensor) -> None:
+        """Write the shard to a temporary file and rename it into place, then its checksum."""
+        data_path, meta_path = self._paths(shard)
+        fd, tmp = tempfile.mkstemp(dir=self.folder, prefix=f".{data_path.name}.")
+        os.close(fd)
+        save_file({"features": features.contiguous(), "indices": indices.contiguous()}, tmp)
+        sha256 = _file_sha256(Path(tmp))
+        os.replace(tmp, data_path)
+        atomic_write_text(meta_path, json.dumps({"sha256": sha256, "rows": len(indices)}))
+
+
+def extract_features(
+    model: LLMEmbedForSequenceClassification,
+    texts: Sequence[str] | Dataset,
+    text_column: str = "text",
+    extra_columns: dict[str, Sequence[Any]] | None = None,
+    cache_folder: str | os.PathLike | None = None,
+    config: ExtractionConfig | None = None,
+    show_progress: bool = True,
+    raise_after_shards: int | None = None,
+) -> Dataset:
+    """Pooled features of ``texts`` as a `datasets.Dataset` with a ``pooled_features`` column (cached).
+
+    Args:
+        model: an LLMEmbed model; its backbones are loaded if they are not yet.
+        texts: a list of strings, or a `datasets.Dataset` whose ``text_column`` holds them.
+        extra_columns: columns to add to the result (e.g. ``{"labels": [...]}``), not part of the cache key.
+        cache_folder: where feature caches live (default: ``<llmembed cache>/features``).
+        config: batching, sharding and storage dtype (`ExtractionConfig`).
+        raise_after_shards: testing aid that simulates an interruption after this many new shards.
+    """
+    from accelerate import PartialState
+
+    config = config or ExtractionConfig()
+    if config.dtype not in STORAGE_DTYPES:
+        raise ValueError(f"dtype={config.dtype!r} is not supported; choose one of {sorted(STORAGE_DTYPES)}.")
+    if isinstance(texts, Dataset):
+        if text_column not in texts.column_names:
+            raise ValueError(f"text column {text_column!r} not found; the dataset has columns {texts.column_names}.")
+        texts = texts[text_column]
+    texts, _ = _check_texts(list(texts))
+    if not model.backbones:
+        model.load_backbones()
+    state = PartialState()
+    key = features_fingerprint(model, texts, config.dtype)
+    root = Path(cache_folder) if cache_folder is not None else cache_dir() / "features"
+    final = root / key / "dataset"
+    if not final.is_dir():
+        _extract_shards(model, texts, root / key / "shards", config, state, show_progress, raise_after_shards)
+        state.wait_for_everyone()
+        if state.is_main_process:
+            _assemble(root / key / "shards", final, len(texts), model.config.feature_size, config)
+        state.wait_for_everyone()
+    else:
+        logger.info(f"Feature cache hit: {final}")
+    features = load_from_disk(str(final))
+    for name, values in (extra_columns or {}).items():
+        features = features.add_column(name, list(values))
+    return features.with_format("torch")
+
+
+def _shard_plan(model: LLMEmbedForSequenceClassification, texts: list[str], shard_size: int):
+    """Tokenise once; return the ragged encodings, per-text lengths and the length-sorted shards of indices."""
+    encoded = model.tokenizer(texts, padding=False)
+    lengths = np.zeros(len(texts), dtype=np.int64)
+    for key, rows in encoded.items():
+        if key.endswith("_input_ids"):
+            lengths = np.maximum(lengths, np.fromiter((len(r) for r in rows), dtype=np.int64, count=len(rows)))
+    order = np.argsort(-lengths, kind="stable")
+    shards = [order[i : i + shard_size] for i in range(0, len(order), shard_size)]
+    return encoded, lengths, shards
+
+
+def _extract_shards(model, texts, folder: Path, config: ExtractionConfig, state, show_progress, raise_after):
+    store = ShardStore(folder)
+    width = model.config.feature_size
+    encoded, lengths, shards = _shard_plan(model, texts, config.shard_size)
+    mine = [i for i in range(len(shards)) if i % state.num_processes == state.process_index]
+    todo = [i for i in mine if store.load(i, len(shards[i]), width) is None]
+    if len(todo) < len(mine):
+        logger.info(f"Resuming: {len(mine) - len(todo)} of {len(mine)} shards already extracted.")
+    device = next(iter(model.backbones.values())).device
+    progress = tqdm(total=sum(len(shards[i]) for i in todo), desc="Extracting features", unit="text",
+                    disable=not show_progress or not state.is_local_main_process)
+    for done, shard in enumerate(todo):
+        if raise_after is not None and done >= raise_after:
+            raise KeyboardInterrupt(f"simulated interruption after {done} shards")
+        indices = shards[shard]
+        chunks = []
+        with torch.inference_mode():
+            for batch in _length_sorted_batches(lengths, indices, config):
+                rows = {key: [encoded[key][i] for i in batch] for key in encoded if key.endswith("_input_ids")}
+                inputs = model.tokenizer.pad(rows, return_tensors="pt").to(device)
+                chunks.append(model.encode(**inputs).to("cpu", STORAGE_DTYPES[config.dtype]))
+                progress.update(len(batch))
+        features = torch.cat(chunks)
+        if not torch.isfinite(features.float()).all():
+            raise FloatingPointError(
+                f"NaN or inf in the features of shard {shard}; try dtype float32 / a float32 backbone."
+            )
+        store.save(shard, features, torch.from_numpy(np.ascontiguousarray(indices)))
+    progress.close()
+
+
+def _assemble(folder: Path, final: Path, num_texts: int, width: int, config: ExtractionConfig) -> None:
+    """Put every shard's rows back in the original text order and save them as a `datasets.Dataset`."""
+    store = ShardStore(folder)
+    shard_files = sorted(folder.glob("shard-*.safetensors"))
+    out = np.zeros((num_texts, width), dtype=np.float32 if config.dtype == "float32" else np.float16)
+    seen = 0
+    for path in shard_files:
+        shard = int(path.stem.split("-")[1])
+        meta = json.loads((folder / f"{path.stem}.json").read_text())
+        tensors = store.load(shard, meta["rows"], width)
+        if tensors is None:
+            raise RuntimeError(f"shard {path} became unusable before assembly; run the extraction again.")
+        out[tensors["indices"].numpy()] = tensors["features"].numpy()
+        seen += len(tensors["indices"])
+    if seen != num_texts:
+        raise RuntimeError(f"only {seen} of {num_texts} texts have features; run the extraction again to resume.")
+
+    def save(tmp: Path) -> None:
+        column = pa.FixedSizeListArray.from_arrays(pa.array(out.reshape(-1)), width)
+        Dataset(pa.Table.from_arrays([column], names=[FEATURES_COLUMN])).save_to_disk(str(tmp))
+
+    build_folder_atomically(final, save)

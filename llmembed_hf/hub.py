@@ -1,0 +1,166 @@
+"""Model cards written from what happened in training, and uploads of a saved head to the Hub."""
+
+from __future__ import annotations
+
+import os
+from importlib import resources
+from pathlib import Path
+from string import Template
+from typing import Any
+
+import yaml
+from transformers.utils import logging
+
+from .modeling.configuration_llmembed import LLMEmbedConfig
+
+logger = logging.get_logger(__name__)
+
+CARD_TEMPLATE = "model_card_template.md"
+#: Files of a saved folder that never go to the Hub (Trainer checkpoints live in the output folder too).
+UPLOAD_IGNORE = ["checkpoints/*", "checkpoints/**", "*.tmp"]
+
+
+def _front_matter(config: LLMEmbedConfig, report: Any, model_name: str) -> dict[str, Any]:
+    local = Path(report.dataset).exists()
+    dataset_name = Path(report.dataset).name if local else report.dataset
+    metrics = [
+        {"type": "accuracy", "value": round(report.eval_metrics["accuracy"], 4), "name": "Accuracy"},
+        {"type": "f1", "value": round(report.eval_metrics["macro_f1"], 4), "name": "Macro F1",
+         "args": {"average": "macro"}},
+    ] if report.eval_metrics else []
+    meta: dict[str, Any] = {
+        "library_name": "transformers",
+        "pipeline_tag": "text-classification",
+        "license": "apache-2.0",
+        "tags": ["llmembed", "llmembed-hf", "text-classification", "frozen-backbones"],
+        "base_model": [spec.model_id for spec in config.backbone_specs],
+        "metrics": ["accuracy", "f1"],
+    }
+    if not local:
+        meta["datasets"] = [report.dataset]
+    if metrics:
+        meta["model-index"] = [{
+            "name": model_name,
+            "results": [{
+                "task": {"type": "text-classification", "name": "Text Classification"},
+                "dataset": {"name": dataset_name, "type": dataset_name, "split": report.eval_split},
+                "metrics": metrics,
+            }],
+        }]
+    return meta
+
+
+def _plots(folder: Path, config: LLMEmbedConfig, report: Any) -> list[str]:
+    """Confusion matrix and training curves as PNG files beside the card; returns their markdown."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    lines = []
+    if report.confusion_matrix:
+        names = [config.id2label[i] for i in range(config.num_labels)]
+        size = min(2 + 0.35 * len(names), 14)
+        fig, ax = plt.subplots(figsize=(size, size))
+        ax.imshow(report.confusion_matrix, cmap="Blues")
+        ax.set_xticks(range(len(names)), names, rotation=90 if len(names) > 4 else 0)
+        ax.set_yticks(range(len(names)), names)
+        ax.set_xlabel("predicted")
+        ax.set_ylabel("true")
+        if len(names) <= 12:
+            for i, row in enumerate(report.confusion_matrix):
+                for j, count in enumerate(row):
+                    ax.text(j, i, str(count), ha="center", va="center")
+        ax.set_title(f"Confusion matrix ({report.eval_split})")
+        fig.tight_layout()
+        fig.savefig(folder / "confusion_matrix.png", dpi=100)
+        plt.close(fig)
+        lines.append("![confusion matrix](confusion_matrix.png)")
+    train = [(e["epoch"], e["loss"]) for e in report.log_history if "loss" in e]
+    evals = [(e["epoch"], e["eval_loss"], e.get("eval_accuracy")) for e in report.log_history if "eval_loss" in e]
+    if train or evals:
+        fig, ax = plt.subplots(figsize=(6, 4))
+        if train:
+            ax.plot(*zip(*train), marker="o", label="train loss")
+        if evals:
+            ax.plot([e[0] for e in evals], [e[1] for e in evals], marker="o", label="validation loss")
+            accuracy = ax.twinx()
+            accuracy.plot([e[0] for e in evals], [e[2] for e in evals], color="green", marker="s",
+                          label="validation accuracy")
+            accuracy.set_ylabel("accuracy")
+        ax.set_xlabel("epoch")
+        ax.set_ylabel("loss")
+        ax.legend(loc="upper left")
+        ax.set_title("Training curves")
+        fig.tight_layout()
+        fig.savefig(folder / "training_curves.png", dpi=100)
+        plt.close(fig)
+        lines.append("![training curves](training_curves.png)")
+    return lines
+
+
+def _table(header: list[str], rows: list[list[Any]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    return "\n".join(lines + ["| " + " | ".join(str(c) for c in row) + " |" for row in rows])
+
+
+def write_model_card(folder: str | os.PathLike, config: LLMEmbedConfig, report: Any, repo_id: str | None = None) -> Path:
+    """Write ``README.md`` (YAML metadata + body) and its plots into a saved head's folder."""
+    folder = Path(folder)
+    repo_id = repo_id or f"<your-org>/{folder.resolve().name}"
+    from .modeling.modeling_llmembed import LLMEmbedFusionHead
+
+    num_params = sum(p.numel() for p in LLMEmbedFusionHead(config).parameters())
+    backbones = "\n".join(
+        f"| {s.name} | `{s.model_id}`{' (`' + s.gguf_file + '`)' if s.gguf_file else ''} | {s.role} | {s.layers} | "
+        f"{s.pooling}{' + L2 norm' if s.normalize else ''} | {s.max_length} | {s.hidden_size} | "
+        f"`{(s.weights_sha256 or 'unknown')[:16]}…` |"
+        for s in config.backbone_specs
+    )
+    results = []
+    for name, metrics in (("validation", report.validation_metrics), (report.eval_split, report.eval_metrics)):
+        if metrics:
+            acc = metrics.get("accuracy", metrics.get("eval_accuracy"))
+            f1 = metrics.get("macro_f1", metrics.get("eval_macro_f1"))
+            results.append([name, f"{acc:.4f}", f"{f1:.4f}"])
+    untrained = report.num_train == 0
+    if untrained:
+        logger.warning("Writing a model card for an untrained head: its predictions are random.")
+    template = Template(resources.files("llmembed_hf.hub_cards").joinpath(CARD_TEMPLATE).read_text())
+    card = template.substitute(
+        front_matter=yaml.safe_dump(_front_matter(config, report, folder.name), sort_keys=False).strip(),
+        title=folder.name,
+        warning="> **Warning:** this head is untrained; its predictions are random.\n" if untrained else "",
+        repo_id=repo_id,
+        num_head_params=f"{num_params:,}",
+        backbones_table=backbones,
+        dataset=report.dataset,
+        text_column=report.text_column,
+        label_column=report.label_column,
+        num_train=report.num_train,
+        train_split=report.train_split,
+        num_validation=report.num_validation,
+        validation=report.validation,
+        num_eval=report.num_eval,
+        eval_split=report.eval_split,
+        hyperparameters=", ".join(f"{k}={v}" for k, v in report.hyperparameters.items()),
+        timings=", ".join(f"{k} {v:.0f}" for k, v in report.timings.items()) or "not recorded",
+        results_table=_table(["split", "accuracy", "macro F1"], results) if results else "No evaluation was run.",
+        plots="\n\n".join(_plots(folder, config, report)),
+        environment=", ".join(f"{k} {v}" for k, v in report.environment.items()),
+    )
+    path = folder / "README.md"
+    path.write_text(card, encoding="utf-8")
+    return path
+
+
+def push_folder_to_hub(folder: str | os.PathLike, repo_id: str, **kwargs: Any) -> Any:
+    """Upload a saved head folder (head, config, tokenizer, code, card, plots; never backbones) in one commit."""
+    from huggingface_hub import HfApi
+    from huggingface_hub.utils import validate_repo_id
+
+    validate_repo_id(repo_id)
+    api = HfApi(token=kwargs.pop("token", None))
+    api.create_repo(repo_id, private=kwargs.pop("private", None), exist_ok=True)
+    return api.upload_folder(repo_id=repo_id, folder_path=str(folder), ignore_patterns=UPLOAD_IGNORE,
+                             commit_message=kwargs.pop("commit_message", "Upload LLMEmbed head"), **kwargs)
