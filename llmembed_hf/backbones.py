@@ -31,6 +31,7 @@ from transformers import AutoModel, AutoTokenizer, PreTrainedModel
 from transformers.utils import logging
 
 from .modeling.configuration_llmembed import BackboneSpec
+from .modeling.modeling_llmembed import NUM_HIDDEN_STATES_ATTR
 
 logger = logging.get_logger(__name__)
 
@@ -295,6 +296,37 @@ def resolve_backbone(
     tokenizer.padding_side = spec.padding_side
     if device is not None and device_map is None:
         model = model.to(device)
+    drop_unused_layers(model, spec)
     model.eval()
     model.requires_grad_(False)
     return model, tokenizer, weights.sha256
+
+
+def _layer_list(model: PreTrainedModel) -> tuple[Any, str] | None:
+    """The module holding the transformer blocks (decoders: ``layers``; BERT-style encoders: ``encoder.layer``)."""
+    for owner, attribute in ((model, "layers"), (getattr(model, "encoder", None), "layer")):
+        if owner is not None and isinstance(getattr(owner, attribute, None), torch.nn.ModuleList):
+            return owner, attribute
+    return None
+
+
+def drop_unused_layers(model: PreTrainedModel, spec: BackboneSpec) -> int:
+    """Drop transformer blocks above the deepest pooled layer, so they are never computed; returns how many.
+
+    Hidden state ``i`` is the output of block ``i`` (0 is the embeddings). Decoders replace the last hidden state
+    by the final-norm output, so one block above the deepest pooled one is kept: the pooled state stays the raw
+    block output, exactly as in the full model. Models of other shapes, and the pooler, are left whole.
+    """
+    found = _layer_list(model)
+    if found is None or spec.pooling == "pooler":
+        return 0
+    owner, attribute = found
+    blocks = getattr(owner, attribute)
+    total = len(blocks) + 1
+    keep = max(layer % total for layer in spec.layers) + 1
+    if keep >= len(blocks):
+        return 0
+    setattr(owner, attribute, blocks[:keep])
+    setattr(model, NUM_HIDDEN_STATES_ATTR, total)
+    logger.info(f"backbones[{spec.name!r}]: computing {keep} of {len(blocks)} blocks (deepest pooled layer).")
+    return len(blocks) - keep

@@ -61,8 +61,18 @@ POOLING_FUNCTIONS: dict[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor
 }
 
 
-def pool_backbone_outputs(outputs: Any, attention_mask: torch.Tensor, spec: BackboneSpec) -> list[torch.Tensor]:
-    """Turn one backbone's outputs into its views: one float32 (batch, hidden) vector per configured layer."""
+#: Set on a backbone whose unused top layers were dropped: how many hidden states the full model returns, so
+#: negative layer indices keep meaning "counted from the top of the full model".
+NUM_HIDDEN_STATES_ATTR = "llmembed_num_hidden_states"
+
+
+def pool_backbone_outputs(
+    outputs: Any, attention_mask: torch.Tensor, spec: BackboneSpec, num_hidden_states: int | None = None
+) -> list[torch.Tensor]:
+    """Turn one backbone's outputs into its views: one float32 (batch, hidden) vector per configured layer.
+
+    ``num_hidden_states`` is the full model's count of hidden states when its top layers were not computed.
+    """
     if spec.pooling == "pooler":
         if getattr(outputs, "pooler_output", None) is None:
             raise ValueError(
@@ -73,7 +83,8 @@ def pool_backbone_outputs(outputs: Any, attention_mask: torch.Tensor, spec: Back
     else:
         hidden_states = outputs.hidden_states
         pool = POOLING_FUNCTIONS[spec.pooling]
-        views = [pool(hidden_states[layer], attention_mask) for layer in spec.layers]
+        total = num_hidden_states or len(hidden_states)
+        views = [pool(hidden_states[layer % total], attention_mask) for layer in spec.layers]
     if spec.normalize:
         views = [F.normalize(view, p=2, dim=-1) for view in views]
     return views
@@ -298,7 +309,9 @@ class LLMEmbedForSequenceClassification(LLMEmbedPreTrainedModel):
                 input_ids = backbone_inputs[f"{spec.name}_input_ids"].to(backbone.device)
                 attention_mask = backbone_inputs[f"{spec.name}_attention_mask"].to(backbone.device)
                 outputs = backbone(input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=True)
-                views += pool_backbone_outputs(outputs, attention_mask, spec)
+                views += pool_backbone_outputs(
+                    outputs, attention_mask, spec, getattr(backbone, NUM_HIDDEN_STATES_ATTR, None)
+                )
         return torch.cat(views, dim=-1).to(self.device)
 
     # -- forward ---------------------------------------------------------------------------------------------------
