@@ -27,6 +27,8 @@ def _extraction_config(args: argparse.Namespace):
 
 
 def cmd_extract(args: argparse.Namespace) -> dict[str, Any]:
+    from accelerate import PartialState
+
     from .data import check_columns, load_split
     from .features import extract_features
 
@@ -36,7 +38,7 @@ def cmd_extract(args: argparse.Namespace) -> dict[str, Any]:
     if args.max_samples is not None:
         dataset = dataset.select(range(min(args.max_samples, len(dataset))))
     features = extract_features(model, dataset, text_column=args.text_column, config=_extraction_config(args))
-    if args.output:
+    if args.output and PartialState().is_main_process:
         features.save_to_disk(args.output)
     return {"rows": len(features), "feature_size": model.config.feature_size, "output": args.output}
 

@@ -279,7 +279,8 @@ class LLMEmbedForSequenceClassification(LLMEmbedPreTrainedModel):
         for name, model in models.items():
             model.eval()
             model.requires_grad_(False)
-            self._backbones[name] = model.to(self.device)
+            # A backbone dispatched with `device_map` stays where accelerate put it; others join the head.
+            self._backbones[name] = model if getattr(model, "hf_device_map", None) else model.to(self.device)
 
     def _apply(self, fn: Callable, *args: Any, **kwargs: Any) -> LLMEmbedForSequenceClassification:
         # `.to(device)`, `.cuda()`, `.half()` move the backbones with the head although they are not submodules.
