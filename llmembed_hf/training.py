@@ -26,8 +26,8 @@ logger = logging.get_logger(__name__)
 METRICS_DIR = Path(__file__).parent / "metrics"
 
 
-def load_metric(name: str):
-    """An `evaluate` metric shipped with the package (``accuracy`` or ``macro_f1``): no Hub access needed."""
+def load_metric(name: str = "classification"):
+    """An `evaluate` metric module shipped with the package (accuracy + macro-F1): no Hub access needed."""
     import evaluate
 
     return evaluate.load(str(METRICS_DIR / name))
@@ -37,10 +37,7 @@ def compute_classification_metrics(eval_pred) -> dict[str, float]:
     """`Trainer` ``compute_metrics``: accuracy and macro-F1 of the arg-max predictions."""
     logits, labels = eval_pred
     predictions = np.asarray(logits).argmax(axis=-1)
-    return {
-        **load_metric("accuracy").compute(predictions=predictions, references=labels),
-        **load_metric("macro_f1").compute(predictions=predictions, references=labels),
-    }
+    return load_metric().compute(predictions=predictions, references=labels)
 
 
 @dataclass

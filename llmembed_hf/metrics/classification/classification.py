@@ -1,15 +1,18 @@
-"""Macro-averaged F1 as an `evaluate` metric module shipped with llmembed-hf, so it loads offline."""
+"""Accuracy and macro-F1 as one `evaluate` metric module shipped with llmembed-hf, so it loads offline."""
 
 import datasets
 import evaluate
 import numpy as np
 
-_DESCRIPTION = "Macro F1: the unweighted mean over classes of each class's F1 (classes seen in predictions or references)."
+_DESCRIPTION = (
+    "accuracy: the fraction of predictions equal to the references. macro_f1: the unweighted mean over classes "
+    "(those seen in predictions or references) of each class's F1."
+)
 _CITATION = ""
-_KWARGS_DESCRIPTION = "predictions (list of int), references (list of int) -> {'macro_f1': float}"
+_KWARGS_DESCRIPTION = "predictions (list of int), references (list of int) -> {'accuracy': float, 'macro_f1': float}"
 
 
-class MacroF1(evaluate.Metric):
+class Classification(evaluate.Metric):
     def _info(self):
         return evaluate.MetricInfo(
             description=_DESCRIPTION,
@@ -20,6 +23,8 @@ class MacroF1(evaluate.Metric):
 
     def _compute(self, predictions, references):
         predictions, references = np.asarray(predictions), np.asarray(references)
+        if len(references) == 0:
+            return {"accuracy": 0.0, "macro_f1": 0.0}
         scores = []
         for label in np.union1d(predictions, references):
             true_positive = np.sum((predictions == label) & (references == label))
@@ -27,4 +32,4 @@ class MacroF1(evaluate.Metric):
             precision = true_positive / predicted if predicted else 0.0
             recall = true_positive / actual if actual else 0.0
             scores.append(2 * precision * recall / (precision + recall) if precision + recall else 0.0)
-        return {"macro_f1": float(np.mean(scores)) if scores else 0.0}
+        return {"accuracy": float((predictions == references).mean()), "macro_f1": float(np.mean(scores))}
