@@ -144,8 +144,6 @@ class LLMEmbedConfig(PretrainedConfig):
         standardize_features (`bool`): standardise every feature dimension with statistics of the training
             features (stored as buffers with the head) before the head. Off in the ``paper`` preset, which
             reproduces the reference exactly.
-        require_hidden_size (`bool`): validate that every spec states ``hidden_size`` (needed to build a head
-            without loading weights).
     """
 
     model_type = "llmembed"
@@ -158,7 +156,6 @@ class LLMEmbedConfig(PretrainedConfig):
         dropout: float = 0.2,
         mlp_hidden_sizes: list[int] | None = None,
         standardize_features: bool = True,
-        require_hidden_size: bool = True,
         **kwargs: Any,
     ) -> None:
         self._check_labels(kwargs)
@@ -168,7 +165,6 @@ class LLMEmbedConfig(PretrainedConfig):
         self.dropout = dropout
         self.mlp_hidden_sizes = list(mlp_hidden_sizes) if mlp_hidden_sizes is not None else [512, 128]
         self.standardize_features = standardize_features
-        self.require_hidden_size = require_hidden_size
         super().__init__(**kwargs)
         # A bare LLMEmbedConfig() is what transformers builds to diff defaults on save: only validate real ones.
         if backbones is not None:
@@ -183,8 +179,11 @@ class LLMEmbedConfig(PretrainedConfig):
                 f"({dict(id2label)}); pass only one of them, or make them agree."
             )
 
-    def validate(self) -> None:
-        """Raise a ValueError naming the field, the bad value and the fix if the configuration is unusable."""
+    def validate(self, require_hidden_size: bool = False) -> None:
+        """Raise a ValueError naming the field, the bad value and the fix if the configuration is unusable.
+
+        ``require_hidden_size``: every backbone must state its width, as building a head without weights needs.
+        """
         if not self.backbones:
             raise ValueError(
                 "backbones is empty: an LLMEmbed head fuses at least one frozen backbone. "
@@ -195,7 +194,7 @@ class LLMEmbedConfig(PretrainedConfig):
         if duplicates:
             raise ValueError(f"backbones: duplicate name(s) {duplicates}; every backbone needs its own name.")
         for spec in self.backbone_specs:
-            spec.validate(self.require_hidden_size)
+            spec.validate(require_hidden_size)
         if not isinstance(self.sigma, (int, float)) or self.sigma <= 0:
             raise ValueError(f"sigma={self.sigma!r} must be > 0 (it scales 2*sigmoid(sigma*z)-1); try 0.1.")
         if not isinstance(self.projection_dim, int) or self.projection_dim < 1:

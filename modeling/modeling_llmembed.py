@@ -212,7 +212,7 @@ class LLMEmbedForSequenceClassification(LLMEmbedPreTrainedModel):
 
     def __init__(self, config: LLMEmbedConfig) -> None:
         super().__init__(config)
-        config.validate()
+        config.validate(require_hidden_size=True)
         self.head = LLMEmbedFusionHead(config)
         # A plain dict, not submodules: backbones stay out of parameters(), state_dict() and the optimizer.
         self._backbones: dict[str, PreTrainedModel] = {}
@@ -366,14 +366,12 @@ class LLMEmbedForSequenceClassification(LLMEmbedPreTrainedModel):
     @classmethod
     def from_backbones(cls, config: LLMEmbedConfig, **loader_kwargs: Any) -> LLMEmbedForSequenceClassification:
         """Build a fresh head for ``config`` with its backbones loaded (widths missing in the specs are read)."""
-        config.require_hidden_size = False
         config.validate()
         loaded = {}
         for spec in config.backbone_specs:
             loaded[spec.name] = cls.backbone_loader(spec, **loader_kwargs)
             hidden_size = loaded[spec.name][0].config.get_text_config().hidden_size
             config.update_backbone(spec.name, hidden_size=spec.hidden_size or hidden_size)
-        config.require_hidden_size = True
         model = cls(config)
         tokenizers = {}
         for spec in config.backbone_specs:

@@ -1,0 +1,289 @@
+"""Core behaviour of the LLMEmbed head, its backbones and its config, on tiny random local backbones."""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from llmembed_hf import LLMEmbedConfig, LLMEmbedForSequenceClassification, LLMEmbedTokenizer
+from llmembed_hf.modeling.modeling_llmembed import ALLOW_MISMATCH_ENV, first_token_pool, last_token_pool, mean_pool
+
+TEXTS = ["the cat sat on the mat", "a very good movie!", "bad film"]
+LONG_TEXT = "the dog sat on a mat and the cat sat on the dog " * 3
+FEATURE_SIZE = 3 * 48 + 32  # tiny_config: three Llama views and one BERT view
+
+
+@pytest.fixture
+def head_only(tiny_config):
+    """Factory: a head without backbones (eval mode) for ``tiny_config(**kwargs)``."""
+
+    def make(**kwargs) -> LLMEmbedForSequenceClassification:
+        torch.manual_seed(0)
+        return LLMEmbedForSequenceClassification(tiny_config(**kwargs)).eval()
+
+    return make
+
+
+@pytest.fixture
+def text_model(tiny_config):
+    """Factory: a fresh head with the tiny backbones loaded through the resolver (eval mode)."""
+
+    def make(**kwargs) -> LLMEmbedForSequenceClassification:
+        torch.manual_seed(0)
+        return LLMEmbedForSequenceClassification.from_backbones(tiny_config(**kwargs)).eval()
+
+    return make
+
+
+def random_features(batch: int = 4, width: int = FEATURE_SIZE) -> torch.Tensor:
+    return torch.randn(batch, width, generator=torch.Generator().manual_seed(1)) * 3
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# 1. Paper preset
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+def test_paper_preset_head_matches_reference(monkeypatch):
+    def no_loading(*args, **kwargs):
+        raise AssertionError("building a head from a config must not load backbones")
+
+    monkeypatch.setattr(LLMEmbedForSequenceClassification, "backbone_loader", staticmethod(no_loading))
+    model = LLMEmbedForSequenceClassification(LLMEmbedConfig.from_preset("paper", num_labels=2))
+
+    assert sum(p.numel() for p in model.parameters() if p.requires_grad) == 25_485_058
+    assert model.backbones == {}
+    projections = list(model.head.projections)
+    assert len(projections) == 7
+    for projection in projections[:5]:  # the five Llama-2 layers
+        linear = projection[0]
+        assert isinstance(linear, nn.Linear) and (linear.in_features, linear.out_features) == (4096, 1024)
+    assert all(isinstance(p, nn.Identity) for p in projections[5:])  # BERT-large and RoBERTa-large, already 1024
+    linears = [m for m in model.head.classifier if isinstance(m, nn.Linear)]
+    assert [(m.in_features, m.out_features) for m in linears] == [(4145, 1024), (1024, 256), (256, 2)]
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# 2-3. Text path, pooling and padding
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+def test_text_path_equals_feature_path(text_model):
+    model = text_model()
+    encoded = model.tokenizer(TEXTS, return_tensors="pt")
+    assert sorted(encoded) == ["enc_attention_mask", "enc_input_ids", "llm_attention_mask", "llm_input_ids"]
+    features = model.encode(**encoded)
+    assert features.shape == (len(TEXTS), FEATURE_SIZE) and features.dtype == torch.float32
+    assert torch.equal(model(**encoded).logits, model(pooled_features=features).logits)
+
+
+@pytest.mark.parametrize("pooling", ["mean", "cls", "last_token"])
+def test_features_do_not_depend_on_padding(text_model, pooling):
+    model = text_model(llm={"pooling": pooling}, enc={"pooling": pooling})
+    alone = model.tokenizer([TEXTS[2]], return_tensors="pt")
+    batched = model.tokenizer([TEXTS[2], LONG_TEXT], return_tensors="pt")
+    for name in ("llm", "enc"):  # the short text really is padded in the batch
+        assert batched[f"{name}_attention_mask"][0].sum() < batched[f"{name}_attention_mask"].shape[1]
+    torch.testing.assert_close(model.encode(**batched)[0], model.encode(**alone)[0], atol=1e-5, rtol=0)
+
+
+PADDING_MASKS = {
+    "right": torch.tensor([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1], [1, 0, 0, 0, 0]]),
+    "left": torch.tensor([[0, 0, 1, 1, 1], [1, 1, 1, 1, 1], [0, 0, 0, 0, 1]]),
+}
+
+
+@pytest.mark.parametrize("side", sorted(PADDING_MASKS))
+@pytest.mark.parametrize(
+    ("pool", "reference"),
+    [(mean_pool, lambda real: real.mean(0)), (first_token_pool, lambda real: real[0]),
+     (last_token_pool, lambda real: real[-1])],
+    ids=["mean", "first", "last"],
+)
+def test_pooling_functions_use_only_real_tokens(side, pool, reference):
+    mask = PADDING_MASKS[side]
+    hidden = torch.randn(*mask.shape, 4, dtype=torch.bfloat16)
+    expected = torch.stack([reference(hidden[row, mask[row].bool()].float()) for row in range(mask.shape[0])])
+    pooled = pool(hidden, mask)
+    assert pooled.dtype == torch.float32
+    torch.testing.assert_close(pooled, expected)
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# 4-5. Training only the head, saving only the head
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+def test_gradients_reach_only_the_head(text_model):
+    model = text_model()
+    model.train()
+    output = model(**model.tokenizer(TEXTS, return_tensors="pt"), labels=torch.tensor([0, 1, 1]))
+    output.loss.backward()
+
+    head_parameters = dict(model.head.named_parameters())
+    assert head_parameters and all(p.grad is not None for p in head_parameters.values())
+    assert set(model.backbones) == {"llm", "enc"}
+    for backbone in model.backbones.values():
+        assert not any(module.training for module in backbone.modules())
+        assert all(not p.requires_grad and p.grad is None for p in backbone.parameters())
+    assert all(key.startswith("head.") for key in model.state_dict())
+
+
+def test_save_and_load_round_trip(text_model, tmp_path):
+    from safetensors import safe_open
+    from transformers import AutoModel, AutoModelForSequenceClassification, AutoTokenizer
+
+    model = text_model()
+    model.save_pretrained(tmp_path)
+
+    config = json.loads((tmp_path / "config.json").read_text())
+    assert {"AutoConfig", "AutoModel", "AutoModelForSequenceClassification"} <= set(config["auto_map"])
+    assert (tmp_path / "configuration_llmembed.py").is_file() and (tmp_path / "modeling_llmembed.py").is_file()
+
+    head_values = sum(t.numel() for t in model.state_dict().values())  # parameters and standardisation buffers
+    with safe_open(tmp_path / "model.safetensors", "pt") as weights:
+        assert all(key.startswith("head.") for key in weights.keys())
+    header = (tmp_path / "model.safetensors").stat().st_size - 4 * head_values
+    assert 0 < header < 8192, f"model.safetensors holds more than the head ({header} extra bytes)"
+
+    features = random_features()
+    expected = model(pooled_features=features).logits
+    for auto in (AutoModel, AutoModelForSequenceClassification):
+        loaded = auto.from_pretrained(tmp_path).eval()
+        assert type(loaded) is LLMEmbedForSequenceClassification
+        assert torch.equal(loaded(pooled_features=features).logits, expected)
+
+    tokenizer = AutoTokenizer.from_pretrained(tmp_path)
+    assert isinstance(tokenizer, LLMEmbedTokenizer)
+    original, reloaded = model.tokenizer(TEXTS, return_tensors="pt"), tokenizer(TEXTS, return_tensors="pt")
+    assert sorted(original) == sorted(reloaded)
+    assert all(torch.equal(original[key], reloaded[key]) for key in original)
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# 6-7. Losses and Trainer
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("num_labels", "labels", "reference", "problem_type"),
+    [
+        (2, torch.tensor([0, 1, 1, 0]), F.cross_entropy, "single_label_classification"),
+        (3, torch.tensor([[1, 0, 1], [0, 0, 0], [1, 1, 1], [0, 1, 0]]).float(), F.binary_cross_entropy_with_logits,
+         "multi_label_classification"),
+        (1, torch.tensor([0.5, -1.0, 2.0, 0.0]), lambda logits, y: F.mse_loss(logits.squeeze(-1), y), "regression"),
+    ],
+    ids=["single_label", "multi_label", "regression"],
+)
+def test_loss_follows_problem_type(head_only, num_labels, labels, reference, problem_type):
+    model = head_only(num_labels=num_labels)
+    output = model(pooled_features=random_features(), labels=labels)
+    assert output.logits.shape == (4, num_labels)
+    assert model.config.problem_type == problem_type
+    torch.testing.assert_close(output.loss, reference(output.logits, labels))
+
+
+def test_logits_are_raw_scores(head_only):
+    logits = head_only(num_labels=3)(pooled_features=random_features()).logits
+    assert not torch.allclose(logits.sum(-1), torch.ones(len(logits)))
+    assert not torch.allclose(logits, logits.softmax(-1))
+
+
+def test_trainer_learns_separable_features(head_only, tmp_path):
+    from datasets import Dataset
+    from transformers import Trainer, TrainingArguments
+
+    def gaussians(n: int, seed: int) -> Dataset:
+        generator = torch.Generator().manual_seed(seed)
+        labels = torch.arange(n) % 2
+        features = torch.randn(n, FEATURE_SIZE, generator=generator) + (labels[:, None] * 2 - 1) * 0.5
+        return Dataset.from_dict({"pooled_features": features.tolist(), "labels": labels.tolist()})
+
+    model = head_only()
+    args = TrainingArguments(
+        output_dir=str(tmp_path), max_steps=40, per_device_train_batch_size=16, learning_rate=1e-3, logging_steps=5,
+        use_cpu=True, report_to=[], save_strategy="no", disable_tqdm=True, seed=0,
+    )
+    trainer = Trainer(model=model, args=args, train_dataset=gaussians(256, seed=0))
+    trainer.train()
+
+    losses = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
+    assert len(losses) >= 4 and losses[-1] < losses[0] - 0.1, losses
+    prediction = trainer.predict(gaussians(128, seed=1))
+    accuracy = (prediction.predictions.argmax(-1) == prediction.label_ids).mean()
+    assert accuracy > 0.9, accuracy
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# 8-10. Errors
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        (dict(backbones=[]), r"backbones is empty"),
+        (dict(enc={"name": "llm"}), r"duplicate name\(s\) \['llm'\]"),
+        (dict(llm={"pooling": "max"}), r"backbones\['llm'\]\.pooling='max' is unknown"),
+        (dict(llm={"layers": []}), r"backbones\['llm'\]\.layers=\[\] is empty"),
+        (dict(sigma=0), r"sigma=0 must be > 0"),
+        (dict(sigma=-0.5), r"sigma=-0\.5 must be > 0"),
+        (dict(num_labels=3, id2label={0: "neg", 1: "pos"}), r"num_labels=3 disagrees with id2label, which has 2"),
+        (dict(enc={"pooling": "pooler", "layers": [-2]}),
+         r"backbones\['enc'\]: pooling='pooler'.*layers must be \[-1\], got \[-2\]"),
+        (dict(enc={"name": "Enc-1"}), r"name 'Enc-1' is not valid"),
+        (dict(enc={"widht": 32}), r"unknown field\(s\) \['widht'\] in spec 'enc'"),
+    ],
+    ids=["no_backbones", "duplicate_name", "pooling", "empty_layers", "sigma_zero", "sigma_negative", "id2label",
+         "pooler_layers", "bad_name", "unknown_field"],
+)
+def test_config_validation_errors(tiny_config, kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        tiny_config(**kwargs)
+
+
+def test_head_only_model_needs_hidden_size(tiny_config):
+    config = tiny_config(enc={"hidden_size": None})  # a valid config: from_backbones can read the width
+    with pytest.raises(ValueError, match=r"backbones\['enc'\]\.hidden_size is missing"):
+        LLMEmbedForSequenceClassification(config)
+
+
+def test_from_backbones_reads_missing_widths(tiny_config):
+    model = LLMEmbedForSequenceClassification.from_backbones(tiny_config(enc={"hidden_size": None}))
+    assert model.config.backbones[1]["hidden_size"] == 32
+    assert model.config.feature_size == 3 * 48 + 32
+
+
+def test_forward_rejects_wrong_feature_width(head_only):
+    with pytest.raises(ValueError, match=rf"\(2, {FEATURE_SIZE - 1}\); expected \(batch, {FEATURE_SIZE}\)"):
+        head_only()(pooled_features=torch.zeros(2, FEATURE_SIZE - 1))
+
+
+def test_forward_rejects_unknown_tokenised_keys(head_only):
+    model = head_only()
+    ids = torch.ones(1, 3, dtype=torch.long)
+    expected = ["enc_attention_mask", "enc_input_ids", "llm_attention_mask", "llm_input_ids"]
+    with pytest.raises(TypeError, match=r"\['bert_input_ids'\].*" + re.escape(str(expected))):
+        model(bert_input_ids=ids, llm_input_ids=ids, llm_attention_mask=ids)
+    assert model.backbones == {}  # rejected before any backbone was loaded
+
+
+def test_backbone_sha256_mismatch(tiny_config, monkeypatch, caplog):
+    monkeypatch.delenv(ALLOW_MISMATCH_ENV, raising=False)
+    wrong = "0" * 64
+    model = LLMEmbedForSequenceClassification(tiny_config(llm={"weights_sha256": wrong}))
+
+    with pytest.raises(ValueError, match=rf"sha256 {wrong}.*allow_backbone_mismatch=True"):
+        model.load_backbones()
+    assert model.backbones == {}
+
+    with caplog.at_level(logging.WARNING):
+        model.load_backbones(allow_backbone_mismatch=True)
+    assert set(model.backbones) == {"llm", "enc"}
+    assert any(wrong in record.getMessage() and record.levelno == logging.WARNING for record in caplog.records)
