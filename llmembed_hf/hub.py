@@ -16,8 +16,6 @@ from .modeling.configuration_llmembed import LLMEmbedConfig
 logger = logging.get_logger(__name__)
 
 CARD_TEMPLATE = "model_card_template.md"
-#: Files of a saved folder that never go to the Hub (Trainer checkpoints live in the output folder too).
-UPLOAD_IGNORE = ["checkpoints/*", "checkpoints/**", "*.tmp"]
 
 
 def _front_matter(config: LLMEmbedConfig, report: Any, model_name: str) -> dict[str, Any]:
@@ -36,7 +34,7 @@ def _front_matter(config: LLMEmbedConfig, report: Any, model_name: str) -> dict[
         "base_model": [spec.model_id for spec in config.backbone_specs],
         "metrics": ["accuracy", "f1"],
     }
-    if not local:
+    if not local and report.num_train:
         meta["datasets"] = [report.dataset]
     if metrics:
         meta["model-index"] = [{
@@ -108,6 +106,7 @@ def write_model_card(folder: str | os.PathLike, config: LLMEmbedConfig, report: 
     """Write ``README.md`` (YAML metadata + body) and its plots into a saved head's folder."""
     folder = Path(folder)
     repo_id = repo_id or f"<your-org>/{folder.resolve().name}"
+    name = repo_id.split("/")[-1]
     from .modeling.modeling_llmembed import LLMEmbedFusionHead
 
     num_params = sum(p.numel() for p in LLMEmbedFusionHead(config).parameters())
@@ -128,8 +127,8 @@ def write_model_card(folder: str | os.PathLike, config: LLMEmbedConfig, report: 
         logger.warning("Writing a model card for an untrained head: its predictions are random.")
     template = Template(resources.files("llmembed_hf.hub_cards").joinpath(CARD_TEMPLATE).read_text())
     card = template.substitute(
-        front_matter=yaml.safe_dump(_front_matter(config, report, folder.name), sort_keys=False).strip(),
-        title=folder.name,
+        front_matter=yaml.safe_dump(_front_matter(config, report, name), sort_keys=False).strip(),
+        title=name,
         warning="> **Warning:** this head is untrained; its predictions are random.\n" if untrained else "",
         repo_id=repo_id,
         num_head_params=f"{num_params:,}",
@@ -154,13 +153,23 @@ def write_model_card(folder: str | os.PathLike, config: LLMEmbedConfig, report: 
     return path
 
 
-def push_folder_to_hub(folder: str | os.PathLike, repo_id: str, **kwargs: Any) -> Any:
-    """Upload a saved head folder (head, config, tokenizer, code, card, plots; never backbones) in one commit."""
-    from huggingface_hub import HfApi
-    from huggingface_hub.utils import validate_repo_id
+def write_card_for_push(folder: str | os.PathLike, model: Any, repo_id: str) -> None:
+    """`LLMEmbedForSequenceClassification.card_writer`: the card of the model's training run, or of an untrained head.
 
-    validate_repo_id(repo_id)
-    api = HfApi(token=kwargs.pop("token", None))
-    api.create_repo(repo_id, private=kwargs.pop("private", None), exist_ok=True)
-    return api.upload_folder(repo_id=repo_id, folder_path=str(folder), ignore_patterns=UPLOAD_IGNORE,
-                             commit_message=kwargs.pop("commit_message", "Upload LLMEmbed head"), **kwargs)
+    The run is the one `train_head` attached to the model, else the ``training_report.json`` of the folder or
+    repo the model was loaded from.
+    """
+    from .training import TrainingReport
+
+    report = getattr(model, "training_report", None)
+    if report is None and model.name_or_path:
+        from transformers.utils import cached_file
+
+        path = cached_file(model.name_or_path, "training_report.json", _raise_exceptions_for_missing_entries=False)
+        if path is not None:
+            report = TrainingReport.load(path)
+    if report is None:
+        logger.warning(f"Pushing a head to {repo_id} with no record of training: the card says it is untrained.")
+        report = TrainingReport.untrained()
+    report.save(folder)
+    write_model_card(folder, model.config, report, repo_id=repo_id)

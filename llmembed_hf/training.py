@@ -129,6 +129,17 @@ class TrainingReport:
     def save(self, folder: str | os.PathLike) -> None:
         Path(folder, "training_report.json").write_text(json.dumps(asdict(self), indent=2))
 
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> TrainingReport:
+        return cls(**json.loads(Path(path).read_text()))
+
+    @classmethod
+    def untrained(cls) -> TrainingReport:
+        """The report of a head that was never trained (its card carries a warning)."""
+        return cls(dataset="none", preset="custom", text_column="", label_column="", train_split="",
+                   eval_split=None, validation="none", num_train=0, num_validation=0, num_eval=0,
+                   hyperparameters={}, environment=environment())
+
 
 def environment() -> dict[str, str]:
     import datasets
@@ -251,19 +262,16 @@ def train_head(
         report.confusion_matrix = matrix.tolist()
     report.timings = {"load_backbones_s": loaded - started, "extract_s": extracted - loaded,
                       "train_s": trained - extracted, "total_s": time.perf_counter() - started}
-    save_trained_head(model, output_dir, report)
+    model.training_report = report
+    save_trained_head(model, output_dir)
     if push_to_hub:
-        from .hub import push_folder_to_hub
-
-        push_folder_to_hub(output_dir, push_to_hub)
+        model.push_to_hub(push_to_hub)
     return model, report
 
 
-def save_trained_head(model: LLMEmbedForSequenceClassification, output_dir: str | os.PathLike,
-                      report: TrainingReport) -> None:
+def save_trained_head(model: LLMEmbedForSequenceClassification, output_dir: str | os.PathLike) -> None:
     """Write the Hub-style folder: head, config, tokenizer, code, training report and model card."""
-    from .hub import write_model_card
+    from .hub import write_card_for_push
 
     model.save_pretrained(output_dir)
-    report.save(output_dir)
-    write_model_card(output_dir, model.config, report)
+    write_card_for_push(output_dir, model, f"<your-org>/{Path(output_dir).resolve().name}")

@@ -390,15 +390,62 @@ class LLMEmbedForSequenceClassification(LLMEmbedPreTrainedModel):
         return cls.from_backbones(config) if load_backbones else cls(config)
 
     def save_pretrained(self, save_directory: str | os.PathLike, *args: Any, **kwargs: Any) -> Any:
-        """Save the head (config + safetensors + code); with a tokenizer attached, save it alongside."""
+        """Save the head (config + safetensors + code) and the composite tokenizer beside it."""
         if self._auto_class is not None:
             auto_map = dict(getattr(self.config, "auto_map", None) or {})
             auto_map["AutoModel"] = f"modeling_llmembed.{type(self).__name__}"
             self.config.auto_map = auto_map
         result = super().save_pretrained(save_directory, *args, **kwargs)
-        if self.tokenizer is not None and kwargs.get("is_main_process", True):
-            self.tokenizer.save_pretrained(save_directory)
+        if kwargs.get("is_main_process", True):
+            tokenizer = self._tokenizer_for_saving()
+            if tokenizer is not None:
+                tokenizer.save_pretrained(save_directory)
         return result
+
+    def _tokenizer_for_saving(self) -> Any:
+        """The attached tokenizer, else the one of the repo this head was loaded from (kept for next time)."""
+        if self.tokenizer is None and self.name_or_path:
+            from .tokenization_llmembed import LLMEmbedTokenizer
+
+            try:
+                self.tokenizer = LLMEmbedTokenizer.from_pretrained(self.name_or_path)
+            except (OSError, ValueError) as error:
+                logger.warning(f"No tokenizer saved with the head: {error}")
+        return self.tokenizer
+
+    #: ``(folder, model, repo_id) -> None`` writes the model card into a folder about to be pushed;
+    #: `llmembed_hf` installs one that describes the training run.
+    card_writer: Callable[[str, Any, str], None] | None = None
+
+    def push_to_hub(
+        self,
+        repo_id: str,
+        *,
+        commit_message: str | None = None,
+        commit_description: str | None = None,
+        private: bool | None = None,
+        token: bool | str | None = None,
+        revision: str | None = None,
+        create_pr: bool = False,
+        **kwargs: Any,
+    ) -> Any:
+        """Upload head, config, code, composite tokenizer and model card in one commit; never the backbones."""
+        import tempfile
+
+        from huggingface_hub import HfApi
+        from huggingface_hub.utils import validate_repo_id
+
+        validate_repo_id(repo_id)  # a bad id fails here, before anything is uploaded
+        api = HfApi(token=token)
+        with tempfile.TemporaryDirectory() as folder:
+            self.save_pretrained(folder, **kwargs)
+            if type(self).card_writer is not None:
+                type(self).card_writer(folder, self, repo_id)
+            repo_id = api.create_repo(repo_id, private=private, exist_ok=True).repo_id
+            return api.upload_folder(
+                repo_id=repo_id, folder_path=folder, revision=revision, create_pr=create_pr,
+                commit_message=commit_message or "Upload LLMEmbed head", commit_description=commit_description,
+            )
 
 
 __all__ = [

@@ -139,20 +139,47 @@ class LLMEmbedTokenizer:
             json.dump(config, handle, indent=2)
         return (path, *files)
 
+    @staticmethod
+    def backbone_tokenizer_loader(spec: BackboneSpec) -> Any:
+        """A backbone's own tokenizer by its spec (`llmembed_hf` replaces this with its resolver's lookup)."""
+        kwargs = {"revision": spec.revision, **({"gguf_file": spec.gguf_file} if spec.gguf_file else {})}
+        return AutoTokenizer.from_pretrained(spec.model_id, **kwargs)
+
+    @classmethod
+    def from_backbone_specs(cls, specs: Sequence[BackboneSpec | dict[str, Any]]) -> LLMEmbedTokenizer:
+        """Build the composite tokenizer from each backbone's own tokenizer."""
+        specs = [BackboneSpec.from_dict(s) for s in specs]
+        tokenizers = {}
+        for spec in specs:
+            tokenizers[spec.name] = cls.backbone_tokenizer_loader(spec)
+            tokenizers[spec.name].padding_side = spec.padding_side
+        return cls(tokenizers, specs)
+
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike, *args: Any, **kwargs: Any) -> LLMEmbedTokenizer:
-        """Load from a folder or Hub repo written by `save_pretrained`."""
+        """Load from a folder or Hub repo written by `save_pretrained`.
+
+        A repo without tokenizer files falls back, with a warning, to the backbones' own tokenizers named in its
+        config.json.
+        """
         hub_kwargs = {k: kwargs[k] for k in ("revision", "token", "cache_dir", "local_files_only") if k in kwargs}
         from transformers.utils import cached_file
 
-        config_path = cached_file(pretrained_model_name_or_path, TOKENIZER_CONFIG_FILE, **hub_kwargs)
-        with open(config_path, encoding="utf-8") as handle:
-            config = json.load(handle)
+        config_path = cached_file(pretrained_model_name_or_path, TOKENIZER_CONFIG_FILE,
+                                  _raise_exceptions_for_missing_entries=False, **hub_kwargs)
+        config = {}
+        if config_path is not None:
+            with open(config_path, encoding="utf-8") as handle:
+                config = json.load(handle)
         if "backbones" not in config:
-            raise ValueError(
-                f"{pretrained_model_name_or_path}/{TOKENIZER_CONFIG_FILE} has no 'backbones' entry: it was not "
-                "written by LLMEmbedTokenizer.save_pretrained."
+            from .configuration_llmembed import LLMEmbedConfig
+
+            logger.warning(
+                f"{pretrained_model_name_or_path} has no LLMEmbedTokenizer files ({TOKENIZER_CONFIG_FILE} with "
+                "'backbones'); falling back to the backbones' own tokenizers from its config.json."
             )
+            return cls.from_backbone_specs(LLMEmbedConfig.from_pretrained(pretrained_model_name_or_path,
+                                                                          **hub_kwargs).backbone_specs)
         specs = [BackboneSpec.from_dict(b) for b in config["backbones"]]
         tokenizers = {
             spec.name: AutoTokenizer.from_pretrained(
