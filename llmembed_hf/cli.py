@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 from pathlib import Path
@@ -175,7 +176,9 @@ def main(argv: list[str] | None = None) -> int:
     if getattr(args, "eval_split", None) == "none":
         args.eval_split = None
     try:
-        result = args.func(args)
+        # Progress bars and Trainer's log lines go to stderr, so stdout is one JSON document (or JSON lines).
+        with contextlib.redirect_stdout(sys.stderr):
+            result = args.func(args)
     except (ValueError, TypeError, FileNotFoundError, OSError) as error:
         print(f"llmembed {args.command}: error: {error}", file=sys.stderr)
         return 2

@@ -38,7 +38,10 @@ def load_split(source: str | os.PathLike | DatasetDict, split: str) -> Dataset:
     if folder.is_dir():
         path = _split_file(folder, split)
         if path is not None:
-            return load_dataset("json", data_files={split: str(path)}, split=split)
+            try:
+                return load_dataset("json", data_files={split: str(path)}, split=split)
+            except StopIteration:  # datasets' json builder on a file with no rows
+                raise ValueError(f"split {split!r} is empty ({path} has no rows): nothing to train or evaluate on.")
         if (folder / "dataset_dict.json").is_file() or (folder / "state.json").is_file():
             saved = load_from_disk(str(folder))
             return load_split(saved, split) if isinstance(saved, DatasetDict) else saved
@@ -89,11 +92,15 @@ def encode_labels(values: list, names: list[str] | None, split: str) -> tuple[li
         if unknown:
             raise ValueError(f"split {split!r} has label(s) {unknown[:10]} that are not among the classes {names}.")
         return [index[v] for v in values], names
+    if any(isinstance(v, str) for v in values):
+        raise ValueError(f"split {split!r} mixes string and non-string labels; use one kind for every row.")
+    nan = [i for i, v in enumerate(values) if isinstance(v, float) and math.isnan(v)]
+    if nan:
+        raise ValueError(f"split {split!r} has a label NaN at row {nan[0]}; every row needs a class.")
+    values = [int(v) if isinstance(v, float) and v.is_integer() else v for v in values]  # a float column of ints
     bad = [v for v in values if isinstance(v, bool) or not isinstance(v, int)]
     if bad:
-        example = bad[0]
-        what = "NaN" if isinstance(example, float) and math.isnan(example) else repr(example)
-        raise ValueError(f"split {split!r} has a label {what} that is neither an int nor a string.")
+        raise ValueError(f"split {split!r} has a label {bad[0]!r} that is neither an int nor a string.")
     num_classes = len(names) if names else max(values) + 1
     outside = sorted({v for v in values if not 0 <= v < num_classes})
     if outside:

@@ -228,9 +228,10 @@ def train_head(
         config = LLMEmbedConfig.from_preset(preset, id2label=id2label, label2id={v: k for k, v in id2label.items()},
                                             **overrides)
         model = LLMEmbedForSequenceClassification.from_backbones(config)
-    elif model.config.num_labels != len(names):
+    elif [model.config.id2label[i] for i in range(model.config.num_labels)] != names:
         raise ValueError(
-            f"the model has {model.config.num_labels} labels but the data has {len(names)} classes {names}."
+            f"the model's labels {model.config.id2label} differ from the data's classes {dict(id2label)}; "
+            "build the model with id2label matching the data."
         )
     loaded = time.perf_counter()
 
@@ -249,7 +250,7 @@ def train_head(
         hyperparameters={**asdict(training), "sigma": model.config.sigma,
                          "projection_dim": model.config.projection_dim, "dropout": model.config.dropout,
                          "mlp_hidden_sizes": model.config.mlp_hidden_sizes, "feature_dtype": extraction.dtype},
-        log_history=trainer.state.log_history,
+        log_history=list(trainer.state.log_history),  # before the final evaluate() appends to it
         validation_metrics={k: v for k, v in trainer.evaluate().items() if k.startswith("eval_")},
         environment=environment(),
     )

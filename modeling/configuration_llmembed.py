@@ -5,10 +5,13 @@ from __future__ import annotations
 
 import copy
 import re
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, is_dataclass
 from typing import Any
 
 from transformers import PretrainedConfig
+from transformers.utils import logging
+
+logger = logging.get_logger(__name__)
 
 POOLINGS = ("mean", "cls", "pooler", "last_token")
 ROLES = ("llm", "encoder")
@@ -38,8 +41,9 @@ class BackboneSpec:
 
     @classmethod
     def from_dict(cls, spec: dict[str, Any] | BackboneSpec) -> BackboneSpec:
-        if isinstance(spec, BackboneSpec):
-            return copy.deepcopy(spec)
+        if is_dataclass(spec) and type(spec).__name__ == cls.__name__:
+            # also a BackboneSpec from another copy of this file (remote code loads it into several modules)
+            spec = asdict(spec)
         if not isinstance(spec, dict):
             raise TypeError(f"backbones: each entry must be a dict or BackboneSpec, got {type(spec).__name__}.")
         known = {f.name for f in fields(cls)}
@@ -169,6 +173,20 @@ class LLMEmbedConfig(PretrainedConfig):
         # A bare LLMEmbedConfig() is what transformers builds to diff defaults on save: only validate real ones.
         if backbones is not None:
             self.validate()
+
+    @classmethod
+    def from_dict(cls, config_dict: dict[str, Any], **kwargs: Any) -> LLMEmbedConfig:
+        """As transformers does for its own heads, ``num_labels`` passed to ``from_pretrained`` replaces the saved
+        labels (with a warning); the saved classifier then no longer fits, which ``from_pretrained`` reports unless
+        ``ignore_mismatched_sizes=True`` asks for a new one."""
+        num_labels, id2label = kwargs.get("num_labels"), config_dict.get("id2label")
+        if num_labels is not None and id2label is not None and len(id2label) != num_labels:
+            logger.warning(
+                f"num_labels={num_labels} replaces the saved {len(id2label)} labels {id2label}: the saved classifier "
+                "does not fit; pass ignore_mismatched_sizes=True to start a new one."
+            )
+            config_dict = {k: v for k, v in config_dict.items() if k not in ("id2label", "label2id")}
+        return super().from_dict(config_dict, **kwargs)
 
     @staticmethod
     def _check_labels(kwargs: dict[str, Any]) -> None:

@@ -7,7 +7,7 @@ import json
 import os
 from typing import Any, Sequence
 
-from transformers import AutoTokenizer, BatchEncoding
+from transformers import AutoTokenizer, BatchEncoding, PretrainedConfig
 from transformers.utils import logging
 
 from .configuration_llmembed import BackboneSpec
@@ -46,6 +46,7 @@ class LLMEmbedTokenizer:
     """
 
     model_input_names = ["input_ids", "attention_mask"]
+    _auto_class: str | None = None
     padding_side = "right"
     pad_token_id = 0
     pad_token = None
@@ -139,6 +140,11 @@ class LLMEmbedTokenizer:
             json.dump(config, handle, indent=2)
         return (path, *files)
 
+    @classmethod
+    def register_for_auto_class(cls, auto_class: str = "AutoTokenizer") -> None:
+        """Called by transformers when loading as remote code; `save_pretrained` always writes the auto_map."""
+        cls._auto_class = auto_class
+
     @staticmethod
     def backbone_tokenizer_loader(spec: BackboneSpec) -> Any:
         """A backbone's own tokenizer by its spec (`llmembed_hf` replaces this with its resolver's lookup)."""
@@ -181,9 +187,12 @@ class LLMEmbedTokenizer:
             return cls.from_backbone_specs(LLMEmbedConfig.from_pretrained(pretrained_model_name_or_path,
                                                                           **hub_kwargs).backbone_specs)
         specs = [BackboneSpec.from_dict(b) for b in config["backbones"]]
+        # config=PretrainedConfig(): the subfolders hold tokenizer files only; without it AutoTokenizer looks for
+        # a config.json there, which offline (HF_HUB_OFFLINE=1) fails instead of being skipped.
         tokenizers = {
             spec.name: AutoTokenizer.from_pretrained(
-                pretrained_model_name_or_path, subfolder=f"{SUBFOLDER}/{spec.name}", **hub_kwargs
+                pretrained_model_name_or_path, subfolder=f"{SUBFOLDER}/{spec.name}", config=PretrainedConfig(),
+                **hub_kwargs,
             )
             for spec in specs
         }

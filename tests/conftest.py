@@ -14,7 +14,7 @@ from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processor
 from llmembed_hf import LLMEmbedConfig
 
 #: Words and word pieces of the tiny vocabularies: any lower-case ASCII text tokenises without [UNK].
-_WORDS = "the a cat dog sat on mat movie film good bad very not".split()
+_WORDS = "the cat dog sat on mat movie film good bad very not".split()  # "a" is already a letter token
 _LETTERS = [chr(c) for c in range(ord("a"), ord("z") + 1)]
 
 
