@@ -186,7 +186,11 @@ class LLMEmbedConfig(PretrainedConfig):
                 "does not fit; pass ignore_mismatched_sizes=True to start a new one."
             )
             config_dict = {k: v for k, v in config_dict.items() if k not in ("id2label", "label2id")}
-        return super().from_dict(config_dict, **kwargs)
+        try:
+            return super().from_dict(config_dict, **kwargs)
+        except ValueError as error:  # say which repo or folder holds the bad config
+            source = kwargs.get("name_or_path") or config_dict.get("_name_or_path")
+            raise ValueError(f"{source}/config.json: {error}" if source else str(error)) from error
 
     @staticmethod
     def _check_labels(kwargs: dict[str, Any]) -> None:

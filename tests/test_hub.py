@@ -515,10 +515,9 @@ def test_pulled_config_with_a_bad_field_names_it(saved_head, edit, message):
     config = json.loads((folder / "config.json").read_text())
     edit(config)
     (folder / "config.json").write_text(json.dumps(config))
-    with pytest.raises(ValueError, match=message):
+    with pytest.raises(ValueError, match=message) as error:
         AutoModelForSequenceClassification.from_pretrained(folder)
-
-
+    assert str(error.value).startswith(f"{folder}/config.json: ")  # names where the bad config came from
 
 
 def test_other_num_labels_points_at_ignore_mismatched_sizes(saved_head):
