@@ -2,8 +2,10 @@
 
 Extraction is almost all of LLMEmbed's cost, so it is done once per (texts, backbones) and cached:
 
-* texts are tokenised once, sorted by length and cut into batches under a token budget (dynamic padding: a
-  batch is padded to its own longest text, and long documents get small batches so memory stays bounded);
+* texts are tokenised once; for each backbone they are sorted by that backbone's own token counts and cut into
+  batches under a token budget (dynamic padding: a batch is padded to its own longest text, and long documents get
+  small batches so memory stays bounded). The budget is small on CPU, where batches beyond ~2k tokens fall out of
+  cache and get slower per token (benchmarks/RESULTS.md), and larger on accelerators;
 * the sorted order is cut into shards; each finished shard is written atomically with a checksum beside it, so an
   interrupted run resumes from the completed shards, and a corrupted or truncated shard is recomputed;
 * the shards are assembled in the original order into a `datasets.Dataset` (`pooled_features`, plus any columns
@@ -45,14 +47,29 @@ CACHE_FORMAT_VERSION = 1
 STORAGE_DTYPES = {"float32": torch.float32, "float16": torch.float16}
 
 
+#: Default token budgets of one batch (padded tokens): measured best on CPU (benchmarks/RESULTS.md), and the value
+#: the accelerator runs used.
+CPU_TOKENS_PER_BATCH = 2048
+ACCELERATOR_TOKENS_PER_BATCH = 8192
+
+
 @dataclass
 class ExtractionConfig:
-    """Knobs of one extraction run (none of them changes the features, except ``dtype``)."""
+    """Knobs of one extraction run (none of them changes the features beyond float rounding, except ``dtype``).
 
-    max_tokens_per_batch: int = 8192
+    ``max_tokens_per_batch=None`` picks `CPU_TOKENS_PER_BATCH` on CPU, `ACCELERATOR_TOKENS_PER_BATCH` elsewhere.
+    """
+
+    max_tokens_per_batch: int | None = None
     max_batch_size: int = 128
     shard_size: int = 2048
     dtype: str = "float32"
+
+    def token_budget(self, device: torch.device | str) -> int:
+        """The padded-token budget of one batch on ``device``."""
+        if self.max_tokens_per_batch is not None:
+            return self.max_tokens_per_batch
+        return CPU_TOKENS_PER_BATCH if torch.device(device).type == "cpu" else ACCELERATOR_TOKENS_PER_BATCH
 
 
 def features_fingerprint(model: LLMEmbedForSequenceClassification, texts: Sequence[str], dtype: str) -> str:
@@ -70,12 +87,15 @@ def features_fingerprint(model: LLMEmbedForSequenceClassification, texts: Sequen
     return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:32]
 
 
-def _length_sorted_batches(lengths: np.ndarray, order: np.ndarray, config: ExtractionConfig) -> Iterator[np.ndarray]:
-    """Batches of indices (already sorted longest first) whose padded size stays within the token budget."""
+def length_sorted_batches(
+    lengths: np.ndarray, indices: np.ndarray, token_budget: int, max_batch_size: int
+) -> Iterator[np.ndarray]:
+    """Batches of ``indices``, longest first by ``lengths``, each padded size within ``token_budget`` tokens."""
+    order = indices[np.argsort(-lengths[indices], kind="stable")]
     start = 0
     while start < len(order):
         longest = max(int(lengths[order[start]]), 1)
-        size = max(1, min(config.max_batch_size, config.max_tokens_per_batch // longest))
+        size = max(1, min(max_batch_size, token_budget // longest))
         yield order[start : start + size]
         start += size
 
@@ -149,6 +169,8 @@ def extract_features(
     config = config or ExtractionConfig()
     if config.dtype not in STORAGE_DTYPES:
         raise ValueError(f"dtype={config.dtype!r} is not supported; choose one of {sorted(STORAGE_DTYPES)}.")
+    if config.max_tokens_per_batch is not None and config.max_tokens_per_batch < 1:
+        raise ValueError(f"max_tokens_per_batch={config.max_tokens_per_batch} must be a positive token count.")
     if isinstance(texts, Dataset):
         if text_column not in texts.column_names:
             raise ValueError(f"text column {text_column!r} not found; the dataset has columns {texts.column_names}.")
@@ -174,41 +196,52 @@ def extract_features(
     return features.with_format("torch")
 
 
-def _shard_plan(model: LLMEmbedForSequenceClassification, texts: list[str], shard_size: int):
-    """Tokenise once; return the ragged encodings, per-text lengths and the length-sorted shards of indices."""
+def shard_plan(
+    model: LLMEmbedForSequenceClassification, texts: list[str], shard_size: int
+) -> tuple[dict[str, list[list[int]]], dict[str, np.ndarray], list[np.ndarray]]:
+    """Tokenise once; return the ragged ids per backbone, their lengths, and shards of indices (longest first)."""
     encoded = model.tokenizer(texts, padding=False)
-    lengths = np.zeros(len(texts), dtype=np.int64)
-    for key, rows in encoded.items():
-        if key.endswith("_input_ids"):
-            lengths = np.maximum(lengths, np.fromiter((len(r) for r in rows), dtype=np.int64, count=len(rows)))
-    order = np.argsort(-lengths, kind="stable")
+    ids = {spec.name: encoded[f"{spec.name}_input_ids"] for spec in model.config.backbone_specs}
+    lengths = {name: np.fromiter((len(r) for r in rows), dtype=np.int64, count=len(rows)) for name, rows in ids.items()}
+    order = np.argsort(-np.max(np.stack(list(lengths.values())), axis=0), kind="stable")
     shards = [order[i : i + shard_size] for i in range(0, len(order), shard_size)]
-    return encoded, lengths, shards
+    return ids, lengths, shards
 
 
 def _extract_shards(model, texts, folder: Path, config: ExtractionConfig, state, show_progress, raise_after):
     store = ShardStore(folder)
     width = model.config.feature_size
-    encoded, lengths, shards = _shard_plan(model, texts, config.shard_size)
+    ids, lengths, shards = shard_plan(model, texts, config.shard_size)
     mine = [i for i in range(len(shards)) if i % state.num_processes == state.process_index]
     todo = [i for i in mine if store.load(i, len(shards[i]), width) is None]
     if len(todo) < len(mine):
         logger.info(f"Resuming: {len(mine) - len(todo)} of {len(mine)} shards already extracted.")
     device = next(iter(model.backbones.values())).device
+    budget = config.token_budget(device)
+    # Each backbone runs over the shard in its own length order, so progress counts a text once per backbone.
+    share = 1 / len(ids)
     progress = tqdm(total=sum(len(shards[i]) for i in todo), desc="Extracting features", unit="text",
+                    bar_format="{l_bar}{bar}| {n:.0f}/{total_fmt} [{elapsed}<{remaining}, {rate_fmt}]",
                     disable=not show_progress or not state.is_local_main_process)
     for done, shard in enumerate(todo):
         if raise_after is not None and done >= raise_after:
             raise KeyboardInterrupt(f"simulated interruption after {done} shards")
         indices = shards[shard]
-        chunks = []
+        row_of = {index: row for row, index in enumerate(indices.tolist())}
+        views = []
         with torch.inference_mode():
-            for batch in _length_sorted_batches(lengths, indices, config):
-                rows = {key: [encoded[key][i] for i in batch] for key in encoded if key.endswith("_input_ids")}
-                inputs = model.tokenizer.pad(rows, return_tensors="pt").to(device)
-                chunks.append(model.encode(**inputs).to("cpu", STORAGE_DTYPES[config.dtype]))
-                progress.update(len(batch))
-        features = torch.cat(chunks)
+            for name, rows in ids.items():
+                view = None
+                for batch in length_sorted_batches(lengths[name], indices, budget, config.max_batch_size):
+                    inputs = model.tokenizer.pad({f"{name}_input_ids": [rows[i] for i in batch]}, return_tensors="pt",
+                                                 backbones=[name]).to(device)
+                    pooled = model.encode_backbone(name, inputs[f"{name}_input_ids"], inputs[f"{name}_attention_mask"])
+                    if view is None:
+                        view = torch.empty(len(indices), pooled.shape[-1], dtype=STORAGE_DTYPES[config.dtype])
+                    view[[row_of[i] for i in batch.tolist()]] = pooled.to("cpu", STORAGE_DTYPES[config.dtype])
+                    progress.update(len(batch) * share)
+                views.append(view)
+        features = torch.cat(views, dim=-1)
         if not torch.isfinite(features.float()).all():
             raise FloatingPointError(
                 f"NaN or inf in the features of shard {shard}; try dtype float32 / a float32 backbone."

@@ -360,20 +360,29 @@ class LLMEmbedForSequenceClassification(OneCommitPushMixin, LLMEmbedPreTrainedMo
                 f"LLMEmbedForSequenceClassification got unexpected inputs {unknown} and lacks {missing}. Pass "
                 f"`pooled_features`, or the composite tokenizer's output with keys {sorted(expected)}."
             )
+        views = [
+            self.encode_backbone(spec.name, backbone_inputs[f"{spec.name}_input_ids"],
+                                 backbone_inputs[f"{spec.name}_attention_mask"])
+            for spec in specs
+        ]
+        return torch.cat([view.to(self.device) for view in views], dim=-1)
+
+    def encode_backbone(self, name: str, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """One backbone's pooled views, concatenated (batch, its share of ``feature_size``), on its device.
+
+        Lets a caller batch each backbone by its own token lengths (`llmembed_hf.extract_features` does).
+        """
         if not self._backbones:
             logger.info("Loading the frozen backbones on first use.")
             self.load_backbones()
-        views: list[torch.Tensor] = []
+        spec = next(spec for spec in self.config.backbone_specs if spec.name == name)
+        backbone = self._backbones[name]
+        attention_mask = attention_mask.to(backbone.device)
         with torch.no_grad():
-            for spec in specs:
-                backbone = self._backbones[spec.name]
-                input_ids = backbone_inputs[f"{spec.name}_input_ids"].to(backbone.device)
-                attention_mask = backbone_inputs[f"{spec.name}_attention_mask"].to(backbone.device)
-                outputs = backbone(input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=True)
-                views += pool_backbone_outputs(
-                    outputs, attention_mask, spec, getattr(backbone, NUM_HIDDEN_STATES_ATTR, None)
-                )
-        return torch.cat(views, dim=-1).to(self.device)
+            outputs = backbone(input_ids=input_ids.to(backbone.device), attention_mask=attention_mask,
+                               output_hidden_states=True)
+            views = pool_backbone_outputs(outputs, attention_mask, spec, getattr(backbone, NUM_HIDDEN_STATES_ATTR, None))
+        return torch.cat(views, dim=-1)
 
     # -- forward ---------------------------------------------------------------------------------------------------
 

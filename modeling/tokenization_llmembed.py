@@ -112,14 +112,27 @@ class LLMEmbedTokenizer:
             encoded = {key: rows[0] for key, rows in encoded.items()}
         return BatchEncoding(encoded)
 
-    def pad(self, encoded: dict[str, list[list[int]]], return_tensors: str | None = None) -> BatchEncoding:
-        """Right-pad ragged ``<name>_input_ids`` rows (e.g. a length-sorted batch) and build their masks."""
+    def pad(
+        self,
+        encoded: dict[str, list[list[int]]],
+        return_tensors: str | None = None,
+        backbones: Sequence[str] | None = None,
+    ) -> BatchEncoding:
+        """Right-pad ragged ``<name>_input_ids`` rows (e.g. a length-sorted batch) and build their masks.
+
+        ``backbones`` restricts this to some backbones' rows (default: all of them).
+        """
+        names = [spec.name for spec in self.specs]
+        if backbones is not None:
+            if unknown := sorted(set(backbones) - set(names)):
+                raise ValueError(f"pad: unknown backbones {unknown}; this tokenizer has {names}.")
+            names = list(backbones)
         padded: dict[str, Any] = {}
-        for spec in self.specs:
-            ids = encoded[f"{spec.name}_input_ids"]
+        for name in names:
+            ids = encoded[f"{name}_input_ids"]
             width = max((len(row) for row in ids), default=0)
-            padded[f"{spec.name}_input_ids"] = [list(row) + [self.pad_token_id] * (width - len(row)) for row in ids]
-            padded[f"{spec.name}_attention_mask"] = [[1] * len(row) + [0] * (width - len(row)) for row in ids]
+            padded[f"{name}_input_ids"] = [list(row) + [self.pad_token_id] * (width - len(row)) for row in ids]
+            padded[f"{name}_attention_mask"] = [[1] * len(row) + [0] * (width - len(row)) for row in ids]
         return BatchEncoding(padded, tensor_type=return_tensors)
 
     # -- persistence -----------------------------------------------------------------------------------------------

@@ -14,7 +14,12 @@ from datasets import Dataset, load_from_disk
 from safetensors.torch import load_file, save_file
 
 from llmembed_hf import ExtractionConfig, LLMEmbedForSequenceClassification, extract_features
-from llmembed_hf.features import FEATURES_COLUMN, features_fingerprint
+from llmembed_hf.features import (
+    ACCELERATOR_TOKENS_PER_BATCH,
+    CPU_TOKENS_PER_BATCH,
+    FEATURES_COLUMN,
+    features_fingerprint,
+)
 
 #: Words of the tiny vocabularies (not "not": conftest gives it an id beyond the tiny models' vocab_size).
 _WORDS = "the a cat dog sat on mat movie film good bad very".split()
@@ -46,24 +51,28 @@ def extract(model, folder, texts=TEXTS, config=SMALL, **kwargs):
     return extract_features(model, texts, cache_folder=folder, config=config, show_progress=False, **kwargs)
 
 
-def spy_encode(model, monkeypatch) -> list[int]:
-    """Record the number of rows of every `model.encode` call (the real encode still runs)."""
-    rows: list[int] = []
-    real = model.encode
+def spy_batches(model, monkeypatch) -> list[tuple[str, torch.Tensor]]:
+    """Record ``(backbone, attention_mask)`` of every forward batch of the extraction (the real one still runs)."""
+    batches: list[tuple[str, torch.Tensor]] = []
+    real = model.encode_backbone
 
-    def spy(**inputs):
-        rows.append(int(inputs["llm_input_ids"].shape[0]))
-        return real(**inputs)
+    def spy(name, input_ids, attention_mask):
+        batches.append((name, attention_mask.clone()))
+        return real(name, input_ids, attention_mask)
 
-    monkeypatch.setattr(model, "encode", spy)
-    return rows
+    monkeypatch.setattr(model, "encode_backbone", spy)
+    return batches
+
+
+def rows_of(batches, backbone: str = "llm") -> list[int]:
+    return [len(mask) for name, mask in batches if name == backbone]
 
 
 def forbid_encode(model, monkeypatch) -> None:
-    def fail(**inputs):
-        raise AssertionError("model.encode was called although the features are cached")
+    def fail(*args, **kwargs):
+        raise AssertionError("a backbone ran although the features are cached")
 
-    monkeypatch.setattr(model, "encode", fail)
+    monkeypatch.setattr(model, "encode_backbone", fail)
 
 
 def shard_folder(model, root: Path, texts=TEXTS, dtype: str = "float32") -> Path:
@@ -83,7 +92,7 @@ def test_features_equal_direct_forward_in_original_order(model, tmp_path, monkey
     lengths = [len(ids) for ids in model.tokenizer(TEXTS, padding=False)["llm_input_ids"]]
     assert lengths != sorted(lengths) and lengths != sorted(lengths, reverse=True)
     assert max(lengths) == 32 and min(lengths) <= 3
-    batch_rows = spy_encode(model, monkeypatch)
+    batches = spy_batches(model, monkeypatch)
 
     features = extract(model, tmp_path)
 
@@ -96,8 +105,16 @@ def test_features_equal_direct_forward_in_original_order(model, tmp_path, monkey
     single = torch.cat([direct_features(model, [text]) for text in TEXTS])
     torch.testing.assert_close(got, single, atol=1e-5, rtol=0)
     # Dynamic batching under the token budget: several batches, the longest first and smallest.
-    assert sum(batch_rows) == len(TEXTS) and len(batch_rows) > NUM_SHARDS
-    assert batch_rows[0] == 2  # 64 tokens // 32 tokens
+    assert sum(rows_of(batches, "llm")) == sum(rows_of(batches, "enc")) == len(TEXTS)
+    assert len(rows_of(batches)) > NUM_SHARDS
+    assert rows_of(batches)[0] == 2  # 64 tokens // 32 tokens
+    # Each backbone is batched by its own token lengths: no batch holds a column of pads only, none exceeds the
+    # budget, and within a shard each backbone's batches come longest first.
+    own = [(name, mask.sum(1)) for name, mask in batches]
+    assert all(bool((mask[:, -1] == 1).any()) and mask.numel() <= SMALL.max_tokens_per_batch for _, mask in batches)
+    for backbone in ("llm", "enc"):
+        widths = [int(lengths.max()) for name, lengths in own if name == backbone]
+        assert widths[:2] == sorted(widths[:2], reverse=True)
     assert len(shard_files(shard_folder(model, tmp_path))) == NUM_SHARDS
 
 
@@ -134,13 +151,13 @@ def test_resume_after_interruption_computes_only_missing_shards(model, tmp_path,
 
     folder = interrupted_run(model, tmp_path / "resumed")
     before = {p.name: (p.stat().st_mtime_ns, p.read_bytes()) for p in shard_files(folder)}
-    batch_rows = spy_encode(model, monkeypatch)
+    batches = spy_batches(model, monkeypatch)
 
     resumed = values(extract(model, tmp_path / "resumed"))
 
     assert torch.equal(resumed, reference)
     # Only the remaining shards were computed: the first two shards hold the 6 longest texts.
-    assert sum(batch_rows) == len(TEXTS) - 2 * SMALL.shard_size
+    assert sum(rows_of(batches)) == len(TEXTS) - 2 * SMALL.shard_size
     after = {p.name: (p.stat().st_mtime_ns, p.read_bytes()) for p in shard_files(folder)}
     assert len(after) == NUM_SHARDS
     assert all(after[name] == before[name] for name in before)
@@ -165,13 +182,13 @@ def test_corrupted_shard_is_recomputed(model, tmp_path, monkeypatch, damage):
         meta.write_text(json.dumps({"sha256": hashlib.sha256(data.read_bytes()).hexdigest(), "rows": 2}))
     else:
         meta.unlink()
-    batch_rows = spy_encode(model, monkeypatch)
+    batches = spy_batches(model, monkeypatch)
 
     recomputed = values(extract(model, tmp_path / "damaged"))
 
     torch.testing.assert_close(recomputed, reference, atol=1e-6, rtol=0)
     # Shard 0 (3 texts) and the 3 shards never written were computed; shard 1 was reused.
-    assert sum(batch_rows) == len(TEXTS) - SMALL.shard_size
+    assert sum(rows_of(batches)) == len(TEXTS) - SMALL.shard_size
     assert load_file(str(data))["features"].shape == (SMALL.shard_size, FEATURE_SIZE)
 
 
@@ -238,6 +255,14 @@ def test_float16_storage_is_a_miss_and_close_to_float32(model, tmp_path):
     assert torch.equal(half.float(), full.half().float())
 
 
+def test_default_token_budget_depends_on_the_device(model, tmp_path):
+    assert ExtractionConfig().token_budget("cpu") == CPU_TOKENS_PER_BATCH
+    assert ExtractionConfig().token_budget(torch.device("cuda", 0)) == ACCELERATOR_TOKENS_PER_BATCH
+    assert ExtractionConfig(max_tokens_per_batch=100).token_budget("cpu") == 100
+    with pytest.raises(ValueError, match="max_tokens_per_batch=0"):
+        extract(model, tmp_path, config=ExtractionConfig(max_tokens_per_batch=0))
+
+
 def test_unsupported_dtype_is_rejected(model, tmp_path):
     with pytest.raises(ValueError, match="bfloat16.*float16"):
         extract(model, tmp_path, config=ExtractionConfig(dtype="bfloat16"))
@@ -299,14 +324,14 @@ def test_dataset_without_text_column_lists_columns(model, tmp_path):
 
 
 def test_nan_features_raise_and_write_no_shard(model, tmp_path, monkeypatch):
-    real = model.encode
+    real = model.encode_backbone
 
-    def nan_encode(**inputs):
-        features = real(**inputs)
+    def nan_encode(*args):
+        features = real(*args)
         features[0, 5] = float("nan")
         return features
 
-    monkeypatch.setattr(model, "encode", nan_encode)
+    monkeypatch.setattr(model, "encode_backbone", nan_encode)
     with pytest.raises(FloatingPointError, match="NaN"):
         extract(model, tmp_path)
     assert list(tmp_path.rglob("shard-*")) == []
@@ -318,12 +343,12 @@ def test_nan_features_raise_and_write_no_shard(model, tmp_path, monkeypatch):
 
 def test_float16_overflow_is_caught(model, tmp_path, monkeypatch):
     """Values beyond float16's range become inf when stored as float16: an error, not a silent inf."""
-    real = model.encode
+    real = model.encode_backbone
 
-    def huge(**inputs):
-        return real(**inputs) * 1e6
+    def huge(*args):
+        return real(*args) * 1e6
 
-    monkeypatch.setattr(model, "encode", huge)
+    monkeypatch.setattr(model, "encode_backbone", huge)
     with pytest.raises(FloatingPointError, match="float32"):
         extract(model, tmp_path, config=ExtractionConfig(shard_size=3, max_tokens_per_batch=64, dtype="float16"))
     assert list(tmp_path.rglob("shard-*")) == []
