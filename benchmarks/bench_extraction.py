@@ -642,7 +642,7 @@ def extraction_section(results: dict, command: str, info: dict) -> str:
               "over ALL positions of each configured layer (pads included, as the reference code did), L2-normalised "
               "where the preset says so; its tokenisation is timed.",
               "- floor: the texts tokenised exactly as ours (same truncation; not timed), grouped per backbone by "
-              "exact token length, each group cut into batches under ours' budget (2,048 tokens on CPU, ≤ 128 rows), "
+              "exact token length, each group cut into batches under ours' budget (1,024 tokens on CPU, ≤ 128 rows), "
               "forward with an all-ones mask and plain mean pooling: the same tokens as ours with no pad at all.",
               "- Peak memory: one fresh subprocess per variant and dataset loads the backbones, warms up, then runs "
               "the batches that set the variant's peak (after one tiny `extract_features` call, so lazy imports are in the baseline); a psutil thread samples its RSS every 2 ms (cross-checked "
@@ -758,7 +758,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--output", default=str(Path(__file__).resolve().parent / "RESULTS.md"))
     parser.add_argument("--json", default=None, help="also write the raw measurements here")
     parser.add_argument("--skip-memory", action="store_true", help="skip the peak-memory subprocesses")
-    parser.add_argument("--budgets", type=int, nargs="*", default=[1024, 2048, 4096, 8192],
+    parser.add_argument("--budgets", type=int, nargs="*", default=[512, 1024, 2048, 8192],
                         help="token budgets of the budget sweep (none: skip it)")
     parser.add_argument("--budget-texts", type=int, nargs=2, default=[400, 60], metavar=("SST2_N", "R8_N"),
                         help="texts of the budget sweep (default: 400 SST-2 sentences, 60 R8 documents)")

@@ -193,7 +193,7 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--feature-dtype", default="float32", choices=["float32", "float16"],
                        help="storage dtype of cached features (default: float32)")
         p.add_argument("--max-tokens-per-batch", type=int, default=None,
-                       help="padded-token budget of one extraction batch (bounds memory; default: 2048 on CPU, "
+                       help="padded-token budget of one extraction batch (bounds memory; default: 1024 on CPU, "
                             "8192 on GPUs)")
 
     p = sub.add_parser("extract", help="extract and cache pooled features of one split")

@@ -4,7 +4,7 @@ Extraction is almost all of LLMEmbed's cost, so it is done once per (texts, back
 
 * texts are tokenised once; for each backbone they are sorted by that backbone's own token counts and cut into
   batches under a token budget (dynamic padding: a batch is padded to its own longest text, and long documents get
-  small batches so memory stays bounded). The budget is small on CPU, where batches beyond ~2k tokens fall out of
+  small batches so memory stays bounded). The budget is small on CPU, where batches beyond ~1k tokens fall out of
   cache and get slower per token (benchmarks/RESULTS.md), and larger on accelerators;
 * the sorted order is cut into shards; each finished shard is written atomically with a checksum beside it, so an
   interrupted run resumes from the completed shards, and a corrupted or truncated shard is recomputed;
@@ -49,7 +49,7 @@ STORAGE_DTYPES = {"float32": torch.float32, "float16": torch.float16}
 
 #: Default token budgets of one batch (padded tokens): measured best on CPU (benchmarks/RESULTS.md), and the value
 #: the accelerator runs used.
-CPU_TOKENS_PER_BATCH = 2048
+CPU_TOKENS_PER_BATCH = 1024
 ACCELERATOR_TOKENS_PER_BATCH = 8192
 
 
