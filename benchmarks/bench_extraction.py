@@ -492,8 +492,9 @@ def budget_section(sweep: dict, sizes: dict[str, int], command: str, info: dict,
             lines.append(f"| {name} | {sizes[name]:,} | {int(budget):,} | "
                          + ", ".join(f"{w:.1f}" for w in t["wall_s"])
                          + f" | {mean:.1f} | {float(np.mean(t['cpu_s'])):.1f} | {mean / base:.2f}× |")
-    lines += ["", "Larger batches get slower per token on this CPU once a batch's activations outgrow the caches "
-              "(the backbones' own throughput at fixed shapes shows the same); the token budget also bounds memory.",
+    lines += ["", "Larger batches are slower per token on this CPU, most likely because a batch's activations outgrow "
+              "the CPU caches; the token budget also bounds memory. The default is the fastest budget measured "
+              "(or the smaller of two that tie).",
               ""]
     return "\n".join(lines)
 
@@ -580,12 +581,12 @@ def extraction_section(results: dict, command: str, info: dict) -> str:
              f"Date: {results['date']}; the whole script took {results['total_s'] / 60:.0f} min.  ",
              f"Machine: {info['nproc']} CPU cores ({info['cpu']}), {info['ram_gb']} GiB RAM, torch "
              f"{info['torch']} ({info['torch_threads']} threads, fp32, CPU), transformers {info['transformers']}, "
-             f"Python {info['python']}. Other processes competed for the cores during the run (1-min load average "
-             "at start / end of each dataset's timed run: " + "; ".join(
+             f"Python {info['python']}. 1-min load average at start / end of each dataset's timed run (the run itself "
+             f"accounts for up to {info['torch_threads']}; more means other processes competed): " + "; ".join(
                  f"{name} " + " / ".join(f"{x:.1f}" for x in r["load_avg_1min"][:2])
                  for name, r in results["datasets"].items()) +
-             "), so absolute times are inflated and noisy; the RATIOS are the result: the three variants ran "
-             "interleaved batch by batch in one process (see Method) and so shared the same contention.  ",
+             ". Absolute times depend on that load; the RATIOS are the result: the three variants ran "
+             "interleaved batch by batch in one process (see Method) and so shared any contention.  ",
              f"Backbones: the `small` preset ({', '.join(names)}), feature width {results['feature_size']}; "
              "texts: the first N rows of each `train.jsonl.gz`.", ""]
     lines += ["| dataset | ours vs reference: speed-up (wall) | (CPU) | ours time / floor time (wall) | (CPU) | goal |",
