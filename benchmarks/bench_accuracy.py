@@ -39,6 +39,7 @@ from llmembed_hf import (
 )
 from llmembed_hf.data import load_classification_splits, score_top_level
 from llmembed_hf.training import load_metric, predict_logits
+from transformers import set_seed
 
 TITLE = "## Accuracy: fused head vs single backbones, concatenated probe and TF-IDF"
 
@@ -177,6 +178,7 @@ def fused_heads(name: str, splits: Any, args: argparse.Namespace, loader_kwargs:
             if args.backbone_root:  # e.g. fp16 copies on a GPU machine: other weights, sha256 not checked
                 spec.update(model_id=str(Path(args.backbone_root) / spec["name"]), weights_sha256=None,
                             revision=None)
+        set_seed(args.seed)  # as `train_head` does: the same seed gives the CLI's head, whatever ran before
         model = LLMEmbedForSequenceClassification.from_backbones(config, **loader_kwargs)
         if not features:
             for split_name, split in (("train", splits.train), ("validation", splits.validation),

@@ -239,6 +239,7 @@ def train_head(
         overrides = {"sigma": sigma} if sigma is not None else {}
         config = LLMEmbedConfig.from_preset(preset, id2label=id2label, label2id={v: k for k, v in id2label.items()},
                                             **overrides)
+        set_seed(training.seed)  # the head's initial weights too, not only the training order, follow the seed
         model = LLMEmbedForSequenceClassification.from_backbones(config)
     elif [model.config.id2label[i] for i in range(model.config.num_labels)] != names:
         raise ValueError(

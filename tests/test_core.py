@@ -93,6 +93,18 @@ def test_features_do_not_depend_on_padding(text_model, pooling):
     torch.testing.assert_close(model.encode(**batched)[0], model.encode(**alone)[0], atol=1e-5, rtol=0)
 
 
+def test_one_backbone_padded_and_encoded_alone_matches_its_share_of_the_features(text_model):
+    model = text_model()
+    ragged = model.tokenizer(TEXTS[:3], padding=False)
+    padded = model.tokenizer.pad({"enc_input_ids": ragged["enc_input_ids"]}, return_tensors="pt", backbones=["enc"])
+    assert sorted(padded) == ["enc_attention_mask", "enc_input_ids"]
+    view = model.encode_backbone("enc", padded["enc_input_ids"], padded["enc_attention_mask"])
+    full = model.encode(**model.tokenizer(TEXTS[:3], return_tensors="pt"))
+    torch.testing.assert_close(view, full[:, -view.shape[1] :], atol=1e-5, rtol=0)
+    with pytest.raises(ValueError, match=r"unknown backbones \['bert'\]; this tokenizer has \['llm', 'enc'\]"):
+        model.tokenizer.pad(ragged, backbones=["bert"])
+
+
 PADDING_MASKS = {
     "right": torch.tensor([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1], [1, 0, 0, 0, 0]]),
     "left": torch.tensor([[0, 0, 1, 1, 1], [1, 1, 1, 1, 1], [0, 0, 0, 0, 1]]),

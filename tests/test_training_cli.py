@@ -331,6 +331,20 @@ def test_fit_head_is_deterministic(tiny_config, tmp_path):
     assert not all(torch.equal(first[k], other[k]) for k in first)
 
 
+def test_train_head_seed_also_fixes_the_initial_head(tiny_preset, keyword_data, tmp_path):
+    """Whatever the global RNG did before, the same seed gives the same head (its init included)."""
+
+    def run(name: str, torch_seed: int, seed: int) -> dict[str, torch.Tensor]:
+        torch.manual_seed(torch_seed)
+        model, _ = train_head(keyword_data, tmp_path / name, preset=tiny_preset,
+                              training=HeadTrainingArguments(epochs=1, batch_size=16, seed=seed))
+        return {k: v.detach().clone() for k, v in model.head.state_dict().items()}
+
+    first, second, other = run("a", 0, 42), run("b", 123, 42), run("c", 0, 7)
+    assert all(torch.equal(first[k], second[k]) for k in first)
+    assert not all(torch.equal(first[k], other[k]) for k in first)
+
+
 # ----------------------------------------------------------------------------------------------------------------------
 # train_head end to end and the saved folder
 # ----------------------------------------------------------------------------------------------------------------------
