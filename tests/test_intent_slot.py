@@ -7,7 +7,6 @@ from __future__ import annotations
 import gzip
 import json
 import os
-import time
 from pathlib import Path
 from typing import Any, Callable
 
@@ -388,7 +387,6 @@ def test_massive_slice_with_minilm_through_the_cli(tmp_path, capsys):
         llmembed_hf.backbones.locate_backbone("minilm")
     except OSError as error:
         pytest.skip(f"MiniLM weights are not installed: {error}")
-    started = time.perf_counter()
     result = run_cli(["finetune-intent-slot", "--backbone", "minilm", "--dataset", str(MASSIVE), "--mode", "lora",
                       "--validation-split", "validation", "--max-train-samples", "200", "--max-eval-samples", "200", "--epochs", "10",
                       "--batch-size", "16", "--output-dir", str(tmp_path / "massive")], capsys)
@@ -397,7 +395,6 @@ def test_massive_slice_with_minilm_through_the_cli(tmp_path, capsys):
     assert test["intent_accuracy"] > 0.3, test  # measured 0.62 (LoRA, lr 3e-3, 10 epochs)
     assert test["slot_f1"] > 0.2, test  # measured 0.47
     assert 0 <= test["exact_match"] <= test["intent_accuracy"]
-    assert time.perf_counter() - started < 240
     served = pipeline("intent-slot-filling", model=str(tmp_path / "massive"), device="cpu")(
         "wake me up at nine am on friday")
     assert all(s["text"] == "wake me up at nine am on friday"[s["start"]:s["end"]] for s in served["slots"])
