@@ -149,14 +149,13 @@ def floor_units(model, texts: list[str], weights: dict[str, int]) -> tuple[list[
     return _merge_by_progress(by_backbone), processed
 
 
-def run_floor_unit(model, unit: dict, out: np.ndarray, offsets: dict[str, tuple[int, int]]) -> None:
+def run_floor_unit(model, unit: dict, out: np.ndarray) -> None:
     spec = next(s for s in model.config.backbone_specs if s.name == unit["backbone"])
     ids = unit["ids"]
     with torch.inference_mode():
         outputs = model.backbones[spec.name](input_ids=ids, attention_mask=torch.ones_like(ids),
                                              output_hidden_states=True)
-        start, stop = offsets[spec.name]
-        out[unit["rows"], start:stop] = torch.cat(pool_all_positions(outputs, spec), -1).numpy()
+        out[unit["rows"], model.config.backbone_columns[spec.name]] = torch.cat(pool_all_positions(outputs, spec), -1).numpy()
 
 
 def reference_units(model, texts: list[str], max_length: int, batch_size: int, weights: dict[str, int]):
@@ -170,7 +169,7 @@ def reference_units(model, texts: list[str], max_length: int, batch_size: int, w
     return _merge_by_progress(by_backbone), caps
 
 
-def run_reference_unit(model, unit: dict, cap: int, out: np.ndarray, offsets, counts: dict) -> None:
+def run_reference_unit(model, unit: dict, cap: int, out: np.ndarray, counts: dict) -> None:
     """Tokenise with padding="max_length", forward with output_hidden_states, mean over ALL positions (pads too)."""
     spec = next(s for s in model.config.backbone_specs if s.name == unit["backbone"])
     tokenizer = model.tokenizer.tokenizers[spec.name]
@@ -178,9 +177,8 @@ def run_reference_unit(model, unit: dict, cap: int, out: np.ndarray, offsets, co
         batch = tokenizer(unit["texts"], padding="max_length", truncation=True, max_length=cap, return_tensors="pt")
         outputs = model.backbones[spec.name](input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
                                              output_hidden_states=True)
-        start, stop = offsets[spec.name]
         rows = slice(unit["start"], unit["start"] + len(unit["texts"]))
-        out[rows, start:stop] = torch.cat(pool_all_positions(outputs, spec), -1).numpy()
+        out[rows, model.config.backbone_columns[spec.name]] = torch.cat(pool_all_positions(outputs, spec), -1).numpy()
     processed, real = counts.setdefault("processed", {}), counts.setdefault("real", {})
     processed[spec.name] = processed.get(spec.name, 0) + batch["input_ids"].numel()
     real[spec.name] = real.get(spec.name, 0) + int(batch["attention_mask"].sum())
@@ -207,11 +205,6 @@ def run_interleaved(model, texts: list[str], ref_n: int, settings: dict) -> dict
     import llmembed_hf
 
     weights = work_weights(model)
-    specs = model.config.backbone_specs
-    offsets, start = {}, 0
-    for spec in specs:
-        offsets[spec.name] = (start, start + spec.hidden_size * len(spec.layers))
-        start += spec.hidden_size * len(spec.layers)
     width = model.config.feature_size
 
     plan, ours_processed, ours_real = ours_plan(model, texts)
@@ -233,13 +226,13 @@ def run_interleaved(model, texts: list[str], ref_n: int, settings: dict) -> dict
         progress = 1.0 if final else state["ours_done"] / ours_total
         while state["f"] < len(f_units) and (state["f_done"] / f_total < progress or final):
             unit = f_units[state["f"]]
-            floor_clock.time(run_floor_unit, model, unit, floor_out, offsets, label=unit["backbone"],
+            floor_clock.time(run_floor_unit, model, unit, floor_out, label=unit["backbone"],
                              size=len(unit["rows"]))
             state["f_done"] += unit["work"]
             state["f"] += 1
         while state["r"] < len(r_units) and (state["r_done"] / r_total < progress or final):
             unit = r_units[state["r"]]
-            ref_clock.time(run_reference_unit, model, unit, caps[unit["backbone"]], ref_out, offsets, ref_counts,
+            ref_clock.time(run_reference_unit, model, unit, caps[unit["backbone"]], ref_out, ref_counts,
                            label=unit["backbone"], size=len(unit["texts"]))
             state["r_done"] += unit["work"]
             state["r"] += 1
@@ -322,30 +315,27 @@ def memory_probe(variant: str, dataset: str, n: int) -> dict:
     thread.start()
     if variant == "ours":
         # ours sorts all texts longest first, so its first (largest) batches are those of the longest texts.
-        from llmembed_hf.features import ExtractionConfig, shard_plan
+        from llmembed_hf.features import ExtractionConfig, length_sorted_batches, shard_plan
 
         config = ExtractionConfig()
         _, lengths, shards = shard_plan(model, texts, config.shard_size)
         longest = np.max(np.stack(list(lengths.values())), axis=0)
-        rows = max(1, min(config.max_batch_size, config.token_budget(model.device) // int(longest[shards[0][0]])))
-        subset = [texts[i] for i in shards[0][: 2 * rows]]
+        batches = list(length_sorted_batches(longest, shards[0], config.token_budget(model.device),
+                                             config.max_batch_size))[:2]
+        subset = [texts[i] for batch in batches for i in batch]
         with tempfile.TemporaryDirectory() as folder:
             llmembed_hf.extract_features(model, subset, cache_folder=folder, show_progress=False)
         what = f"extract_features on the {len(subset)} texts of its first two (longest) batches"
     elif variant == "floor":
         units, _ = floor_units(model, texts, weights)
         out = np.zeros((len(texts), model.config.feature_size), dtype=np.float32)
-        offsets, start = {}, 0
-        for spec in model.config.backbone_specs:
-            offsets[spec.name] = (start, start + spec.hidden_size * len(spec.layers))
-            start += spec.hidden_size * len(spec.layers)
         largest = {}
         for unit in units:
             tokens = unit["ids"].numel()
             if tokens > largest.get(unit["backbone"], (0, None))[0]:
                 largest[unit["backbone"]] = (tokens, unit)
         for _, unit in largest.values():
-            run_floor_unit(model, unit, out, offsets)
+            run_floor_unit(model, unit, out)
         what = "each backbone's largest batch (" + ", ".join(
             f"{k} {tuple(u['ids'].shape)}" for k, (_, u) in largest.items()) + ")"
     else:
@@ -353,12 +343,8 @@ def memory_probe(variant: str, dataset: str, n: int) -> dict:
         batch_texts = texts[: settings["batch_size"]]
         units, caps = reference_units(model, batch_texts, settings["max_length"], settings["batch_size"], weights)
         out = np.zeros((len(batch_texts), model.config.feature_size), dtype=np.float32)
-        offsets, start = {}, 0
-        for spec in model.config.backbone_specs:
-            offsets[spec.name] = (start, start + spec.hidden_size * len(spec.layers))
-            start += spec.hidden_size * len(spec.layers)
         for unit in units:
-            run_reference_unit(model, unit, caps[unit["backbone"]], out, offsets, {})
+            run_reference_unit(model, unit, caps[unit["backbone"]], out, {})
         what = f"one batch per backbone ({settings['batch_size']} texts padded to " + ", ".join(
             f"{k} {v}" for k, v in caps.items()) + "; every batch has this shape)"
     stop.set()

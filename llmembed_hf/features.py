@@ -218,6 +218,7 @@ def _extract_shards(model, texts, folder: Path, config: ExtractionConfig, state,
         logger.info(f"Resuming: {len(mine) - len(todo)} of {len(mine)} shards already extracted.")
     device = next(iter(model.backbones.values())).device
     budget = config.token_budget(device)
+    columns = model.config.backbone_columns
     # Each backbone runs over the shard in its own length order, so progress counts a text once per backbone.
     share = 1 / len(ids)
     progress = tqdm(total=sum(len(shards[i]) for i in todo), desc="Extracting features", unit="text",
@@ -227,21 +228,17 @@ def _extract_shards(model, texts, folder: Path, config: ExtractionConfig, state,
         if raise_after is not None and done >= raise_after:
             raise KeyboardInterrupt(f"simulated interruption after {done} shards")
         indices = shards[shard]
-        row_of = {index: row for row, index in enumerate(indices.tolist())}
-        views = []
+        features = torch.empty(len(indices), width, dtype=STORAGE_DTYPES[config.dtype])
         with torch.inference_mode():
             for name, rows in ids.items():
-                view = None
-                for batch in length_sorted_batches(lengths[name], indices, budget, config.max_batch_size):
-                    inputs = model.tokenizer.pad({f"{name}_input_ids": [rows[i] for i in batch]}, return_tensors="pt",
-                                                 backbones=[name]).to(device)
+                # batches of positions within the shard, sorted by this backbone's own lengths
+                for batch in length_sorted_batches(lengths[name][indices], np.arange(len(indices)), budget,
+                                                   config.max_batch_size):
+                    inputs = model.tokenizer.pad({f"{name}_input_ids": [rows[i] for i in indices[batch]]},
+                                                 return_tensors="pt", backbones=[name]).to(device)
                     pooled = model.encode_backbone(name, inputs[f"{name}_input_ids"], inputs[f"{name}_attention_mask"])
-                    if view is None:
-                        view = torch.empty(len(indices), pooled.shape[-1], dtype=STORAGE_DTYPES[config.dtype])
-                    view[[row_of[i] for i in batch.tolist()]] = pooled.to("cpu", STORAGE_DTYPES[config.dtype])
+                    features[torch.from_numpy(batch), columns[name]] = pooled.to("cpu", features.dtype)
                     progress.update(len(batch) * share)
-                views.append(view)
-        features = torch.cat(views, dim=-1)
         if not torch.isfinite(features.float()).all():
             raise FloatingPointError(
                 f"NaN or inf in the features of shard {shard}; try dtype float32 / a float32 backbone."

@@ -268,6 +268,16 @@ class LLMEmbedConfig(PretrainedConfig):
         return [spec.hidden_size for spec in self.backbone_specs for _ in spec.layers]
 
     @property
+    def backbone_columns(self) -> dict[str, slice]:
+        """Columns of each backbone's views (all its layers) in ``pooled_features``."""
+        columns, start = {}, 0
+        for spec in self.backbone_specs:
+            width = spec.hidden_size * len(spec.layers)
+            columns[spec.name] = slice(start, start + width)
+            start += width
+        return columns
+
+    @property
     def feature_size(self) -> int:
         """Width of the flat ``pooled_features`` vector the head consumes."""
         return sum(self.view_widths)
