@@ -68,7 +68,8 @@ def cmd_tune(args: argparse.Namespace) -> dict[str, Any]:
     report = tune_head(
         args.dataset, args.output_dir, preset=args.preset, trials=args.trials,
         search_space=SearchSpace.from_dict(space), metric=args.metric, text_column=args.text_column,
-        label_column=args.label_column, train_split=args.train_split, validation_fraction=args.validation_fraction,
+        label_column=args.label_column, train_split=args.train_split, validation_split=args.validation_split,
+        validation_fraction=args.validation_fraction,
         max_train_samples=args.max_train_samples, seed=args.seed, weight_decay=args.weight_decay,
         extraction=_extraction_config(args),
     )
@@ -221,9 +222,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser(
-        "tune", help="search the head's hyper-parameters on cached features (validation carved from train)",
+        "tune", help="search the head's hyper-parameters on cached features, scored on validation data",
         description="Extract features once (cached), then train TRIALS heads with different hyper-parameters and "
-        "score each on a validation split carved from the training subset (the test split is never read). Trial 0 "
+        "score each on --validation-split, else on a part carved from the training subset (the test split is never "
+        "read). Trial 0 "
         "is the preset's defaults (when they lie in the grid); the others are distinct points of the grid of "
         "candidate values below, drawn with "
         "--seed. Writes tuning_results.json and tuning_results.md to --output-dir; stdout is one JSON object with "
@@ -237,8 +239,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="validation score that picks the best trial (default: accuracy)")
     p.add_argument("--train-split", default="train", help="split to subset and carve validation from (default: train)")
     p.add_argument("--max-train-samples", type=int, help="seeded random subset of the training split")
+    p.add_argument("--validation-split", help="the dataset's own split to score trials on (default: carve one)")
     p.add_argument("--validation-fraction", type=float, default=0.2,
-                   help="fraction of the training subset held out to score trials (default: 0.2)")
+                   help="fraction of the training subset held out to score trials when there is no "
+                        "--validation-split (default: 0.2)")
     p.add_argument("--weight-decay", type=float, default=0.0, help="AdamW weight decay of every trial (default: 0)")
     p.add_argument("--seed", type=int, default=42, help="seed of subsetting, splitting, sampling and training "
                    "(default: 42)")

@@ -10,8 +10,9 @@ seconds on cached features, so a plain seeded search is just as good and has no 
 * trial 0 is the preset's own defaults when they lie in the space (so the table shows what tuning gained), the
   other trials distinct grid points drawn with ``numpy.random.default_rng(seed)``; when ``trials`` covers the whole
   grid this is a grid search;
-* features are extracted once (cached, like `train_head`): the training subset is split into a training part and
-  a validation part carved from it (``validation_fraction``, seeded); the test split is never loaded;
+* features are extracted once (cached, like `train_head`): the trials are scored on ``validation_split`` when the
+  dataset has one (MASSIVE does), else on a part carved from the training subset (``validation_fraction``,
+  seeded); the test split is never loaded;
 * every trial trains a fresh head with `fit_head` (which keeps the epoch with the best validation accuracy, as
   `train_head` does) and is scored on the validation part; the best trial is the highest ``metric``, ties going to
   the other metric, then to the earlier trial.
@@ -37,7 +38,7 @@ from datasets import Dataset, DatasetDict
 from transformers import set_seed
 from transformers.utils import logging
 
-from .data import carve_validation, load_labelled
+from .data import load_classification_splits
 from .features import ExtractionConfig
 from .modeling.configuration_llmembed import LLMEmbedConfig
 from .modeling.modeling_llmembed import LLMEmbedForSequenceClassification
@@ -229,6 +230,7 @@ def tune_head(
     text_column: str = "text",
     label_column: str = "label",
     train_split: str = "train",
+    validation_split: str | None = None,
     validation_fraction: float = 0.2,
     max_train_samples: int | None = None,
     seed: int = 42,
@@ -236,7 +238,8 @@ def tune_head(
     extraction: ExtractionConfig | None = None,
     model: LLMEmbedForSequenceClassification | None = None,
 ) -> TuningReport:
-    """Search the head's hyper-parameters on a validation split carved from ``train_split``; never reads a test split.
+    """Search the head's hyper-parameters on ``validation_split`` (else a part carved from ``train_split``); never
+    reads a test split.
 
     Extracts (or reuses cached) features of a seeded subset of ``max_train_samples`` training texts once, then
     trains ``trials`` heads (see the module docstring for the search) and writes ``tuning_results.json`` and
@@ -254,9 +257,9 @@ def tune_head(
     preset_name = preset if model is None else "custom"
     started = time.perf_counter()
 
-    train, names = load_labelled(dataset, train_split, text_column, label_column, max_samples=max_train_samples,
-                                 seed=seed)
-    train, validation = carve_validation(train, validation_fraction, seed)
+    splits = load_classification_splits(dataset, text_column, label_column, train_split, None, validation_split,
+                                        validation_fraction, max_train_samples, seed=seed)
+    train, validation, names = splits.train, splits.validation, splits.names
     id2label = dict(enumerate(names))
     if model is None:
         config = LLMEmbedConfig.from_preset(preset, id2label=id2label, label2id={v: k for k, v in id2label.items()})
@@ -292,7 +295,7 @@ def tune_head(
         dataset=str(dataset) if not isinstance(dataset, DatasetDict) else "in-memory DatasetDict",
         preset=preset_name, metric=metric, seed=seed,
         num_train=len(train.texts), num_validation=len(validation.texts),
-        validation=f"{validation_fraction:.0%} of the {train_split!r} subset, seed {seed}",
+        validation=splits.validation_name,
         search_space=asdict(space), trials=results, best=best, environment=environment(),
         timings={"load_backbones_s": loaded - started, "extract_s": extracted - loaded,
                  "search_s": time.perf_counter() - extracted, "total_s": time.perf_counter() - started},

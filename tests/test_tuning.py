@@ -156,6 +156,18 @@ def test_tune_head_picks_the_best_validation_trial_and_never_reads_test(tiny_mod
     assert not list((tmp_path / "tune").glob(".trial-*")), "trial checkpoints are removed"
 
 
+def test_tune_head_scores_on_the_datasets_own_validation_split(tiny_model, tmp_path):
+    data = RecordingDatasetDict(train=Dataset.from_list(keyword_rows(40, seed=3)),
+                                validation=Dataset.from_list(keyword_rows(12, seed=4)),
+                                test=Dataset.from_list(keyword_rows(8, seed=5)))
+    data.read = set()
+    report = tune_head(data, tmp_path / "tune", trials=1, search_space=SMALL_SPACE, model=tiny_model(),
+                       validation_split="validation")
+    assert data.read == {"train", "validation"}
+    assert (report.num_train, report.num_validation) == (40, 12), "nothing is carved off train"
+    assert report.validation == "split 'validation'"
+
+
 def test_tune_head_is_reproducible(tiny_model, keyword_dict, tmp_path):
     runs = [tune_head(keyword_dict, tmp_path / name, trials=2, search_space=SMALL_SPACE, model=tiny_model(), seed=5)
             for name in ("a", "b")]
