@@ -173,6 +173,9 @@ def cmd_predict(args: argparse.Namespace) -> list[dict[str, Any]]:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from .training import HeadTrainingArguments  # the package is imported already: this costs nothing
+
+    head = HeadTrainingArguments()  # `llmembed train` defaults to the library's
     parser = argparse.ArgumentParser(prog="llmembed", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -211,9 +214,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--preset", default="small", help="backbone preset (default: small)")
     p.add_argument("--output-dir", required=True, help="folder for the trained head, tokenizer, code and card")
     split_options(p)
-    p.add_argument("--epochs", type=int, default=10, help="training epochs (default: 10)")
-    p.add_argument("--lr", type=float, default=5e-4, help="learning rate (default: 5e-4)")
-    p.add_argument("--batch-size", type=int, default=64, help="training batch size (default: 64)")
+    p.add_argument("--epochs", type=int, default=head.epochs, help=f"training epochs (default: {head.epochs})")
+    p.add_argument("--lr", type=float, default=head.learning_rate,
+                   help=f"learning rate (default: {head.learning_rate:g})")
+    p.add_argument("--batch-size", type=int, default=head.batch_size,
+                   help=f"training batch size (default: {head.batch_size})")
     p.add_argument("--weight-decay", type=float, default=0.0, help="AdamW weight decay (default: 0)")
     p.add_argument("--sigma", type=float, help="power-normalisation scale (default: the preset's)")
     p.add_argument("--seed", type=int, default=42, help="seed of subsetting, splitting and training (default: 42)")
