@@ -155,7 +155,8 @@ def run_floor_unit(model, unit: dict, out: np.ndarray) -> None:
     with torch.inference_mode():
         outputs = model.backbones[spec.name](input_ids=ids, attention_mask=torch.ones_like(ids),
                                              output_hidden_states=True)
-        out[unit["rows"], model.config.backbone_columns[spec.name]] = torch.cat(pool_all_positions(outputs, spec), -1).numpy()
+        pooled = torch.cat(pool_all_positions(outputs, spec), -1).numpy()
+    out[unit["rows"], model.config.backbone_columns[spec.name]] = pooled
 
 
 def reference_units(model, texts: list[str], max_length: int, batch_size: int, weights: dict[str, int]):
@@ -178,7 +179,8 @@ def run_reference_unit(model, unit: dict, cap: int, out: np.ndarray, counts: dic
         outputs = model.backbones[spec.name](input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
                                              output_hidden_states=True)
         rows = slice(unit["start"], unit["start"] + len(unit["texts"]))
-        out[rows, model.config.backbone_columns[spec.name]] = torch.cat(pool_all_positions(outputs, spec), -1).numpy()
+        pooled = torch.cat(pool_all_positions(outputs, spec), -1).numpy()
+    out[rows, model.config.backbone_columns[spec.name]] = pooled
     processed, real = counts.setdefault("processed", {}), counts.setdefault("real", {})
     processed[spec.name] = processed.get(spec.name, 0) + batch["input_ids"].numel()
     real[spec.name] = real.get(spec.name, 0) + int(batch["attention_mask"].sum())

@@ -10,10 +10,11 @@ and the `small` preset use. Validation data: MASSIVE's own validation split, els
 searched on a seeded 8,000-sentence subset (a trial on all 67k sentences takes minutes, not seconds).
 
 Each dataset's `tuning_results.{json,md}` is kept under ``--output-dir``; a dataset whose results are already there
-(same seed, trials and search space) is not searched again, so an interrupted run resumes where it stopped.
+with the same trials (the points `tune_head` would draw now: same seed, count, search space and current defaults) is
+not searched again, so an interrupted run resumes where it stopped.
 
-    python benchmarks/bench_head_defaults.py --output-dir /tmp/head-defaults --trials 24
-    python benchmarks/bench_head_defaults.py --output-dir /tmp/head-defaults --trials 24 --render   # table only
+    python benchmarks/bench_head_defaults.py --output-dir /tmp/head-defaults --trials 16
+    python benchmarks/bench_head_defaults.py --output-dir /tmp/head-defaults --trials 16 --render   # table only
 """
 
 from __future__ import annotations
@@ -29,7 +30,8 @@ from typing import Any
 
 from bench_common import DATASETS, RESULTS, machine, write_sections
 
-from llmembed_hf import SearchSpace, tune_head
+from llmembed_hf import HeadTrainingArguments, LLMEmbedConfig, SearchSpace, tune_head
+from llmembed_hf.tuning import preset_defaults, sample_trials
 
 #: Per dataset: training subset and where the validation rows come from.
 DATASET_SETTINGS: dict[str, dict[str, Any]] = {
@@ -41,14 +43,19 @@ PARAMS = ["sigma", "epochs", "learning_rate", "dropout", "projection_dim", "batc
 TITLE = "## Head defaults: one search across datasets (validation data)"
 
 
+def planned_trials(args: argparse.Namespace) -> list[dict[str, Any]]:
+    """The points `tune_head` draws for the `small` preset with these arguments (trial 0: the current defaults)."""
+    defaults = preset_defaults(LLMEmbedConfig.from_preset("small"), HeadTrainingArguments())
+    return sample_trials(SearchSpace(), args.trials, args.seed, first=defaults)
+
+
 def search(name: str, args: argparse.Namespace) -> dict[str, Any]:
-    """The dataset's tuning results: loaded when an earlier run with the same plan left them, else searched."""
+    """The dataset's tuning results: loaded when an earlier run with the same trials left them, else searched."""
     folder = args.output_dir / name
     saved = folder / "tuning_results.json"
     if saved.is_file():
         report = json.loads(saved.read_text())
-        if (report["seed"], len(report["trials"]), report["search_space"]) == (
-                args.seed, args.trials, asdict(SearchSpace())):
+        if report["seed"] == args.seed and [t["params"] for t in report["trials"]] == planned_trials(args):
             print(f"{name}: reusing {saved}", file=sys.stderr)
             return report
     if args.render:
@@ -108,7 +115,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--datasets", nargs="+", default=list(DATASET_SETTINGS), choices=list(DATASET_SETTINGS))
     parser.add_argument("--output-dir", type=Path, required=True, help="each dataset's tuning results (resumable)")
-    parser.add_argument("--trials", type=int, default=24)
+    parser.add_argument("--trials", type=int, default=16)
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--render", action="store_true", help="search nothing: rank the results already there")
     parser.add_argument("--results-md", type=Path, default=RESULTS, help="the RESULTS.md whose section is replaced")

@@ -219,9 +219,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"learning rate (default: {head.learning_rate:g})")
     p.add_argument("--batch-size", type=int, default=head.batch_size,
                    help=f"training batch size (default: {head.batch_size})")
-    p.add_argument("--weight-decay", type=float, default=0.0, help="AdamW weight decay (default: 0)")
+    p.add_argument("--weight-decay", type=float, default=head.weight_decay,
+                   help=f"AdamW weight decay (default: {head.weight_decay:g})")
     p.add_argument("--sigma", type=float, help="power-normalisation scale (default: the preset's)")
-    p.add_argument("--seed", type=int, default=42, help="seed of subsetting, splitting and training (default: 42)")
+    p.add_argument("--seed", type=int, default=head.seed,
+                   help=f"seed of subsetting, splitting and training (default: {head.seed})")
     p.add_argument("--push-to-hub", metavar="REPO", help="upload the finished folder to this Hub repo")
     extraction_options(p)
     p.set_defaults(func=cmd_train)

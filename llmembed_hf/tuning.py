@@ -257,8 +257,10 @@ def tune_head(
     preset_name = preset if model is None else "custom"
     started = time.perf_counter()
 
-    splits = load_classification_splits(dataset, text_column, label_column, train_split, None, validation_split,
-                                        validation_fraction, max_train_samples, seed=seed)
+    splits = load_classification_splits(
+        dataset, text_column, label_column, train_split=train_split, eval_split=None, validation_split=validation_split,
+        validation_fraction=validation_fraction, max_train_samples=max_train_samples, seed=seed,
+    )
     train, validation, names = splits.train, splits.validation, splits.names
     id2label = dict(enumerate(names))
     if model is None:
