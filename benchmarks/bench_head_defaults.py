@@ -30,8 +30,8 @@ from typing import Any
 
 from bench_common import DATASETS, RESULTS, machine, write_sections
 
-from llmembed_hf import HeadTrainingArguments, LLMEmbedConfig, SearchSpace, tune_head
-from llmembed_hf.tuning import preset_defaults, sample_trials
+from llmembed_hf import LLMEmbedConfig, SearchSpace, tune_head
+from llmembed_hf.tuning import plan_trials
 
 #: Per dataset: training subset and where the validation rows come from.
 DATASET_SETTINGS: dict[str, dict[str, Any]] = {
@@ -45,8 +45,7 @@ TITLE = "## Head defaults: one search across datasets (validation data)"
 
 def planned_trials(args: argparse.Namespace) -> list[dict[str, Any]]:
     """The points `tune_head` draws for the `small` preset with these arguments (trial 0: the current defaults)."""
-    defaults = preset_defaults(LLMEmbedConfig.from_preset("small"), HeadTrainingArguments())
-    return sample_trials(SearchSpace(), args.trials, args.seed, first=defaults)
+    return plan_trials(LLMEmbedConfig.from_preset("small"), SearchSpace(), args.trials, args.seed)
 
 
 def search(name: str, args: argparse.Namespace) -> dict[str, Any]:

@@ -141,6 +141,11 @@ def preset_defaults(config: LLMEmbedConfig, training: HeadTrainingArguments) -> 
             "dropout": config.dropout, "projection_dim": config.projection_dim, "batch_size": training.batch_size}
 
 
+def plan_trials(config: LLMEmbedConfig, space: SearchSpace, trials: int, seed: int) -> list[dict[str, Any]]:
+    """The trials `tune_head` runs for a head with ``config``: its current defaults first, then seeded draws."""
+    return sample_trials(space, trials, seed, first=preset_defaults(config, HeadTrainingArguments()))
+
+
 @dataclass
 class TuningReport:
     """Every trial with its validation scores, and the best values (written as JSON and markdown)."""
@@ -268,7 +273,7 @@ def tune_head(
         model = LLMEmbedForSequenceClassification.from_backbones(config)
     elif model.config.num_labels != len(names):
         raise ValueError(f"the model has {model.config.num_labels} labels but the data has {len(names)} classes.")
-    planned = sample_trials(space, trials, seed, first=preset_defaults(model.config, HeadTrainingArguments()))
+    planned = plan_trials(model.config, space, trials, seed)
     loaded = time.perf_counter()
 
     extraction = extraction or ExtractionConfig()

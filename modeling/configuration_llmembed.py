@@ -124,12 +124,13 @@ def _small_backbones() -> list[dict[str, Any]]:
 
 
 #: Larger LLM views for the preset study (``benchmarks/bench_presets.py``), each swapped into ``small`` for SmolLM2.
-#: Both are decoders whose last hidden state is the final-norm output, so ``[-5..-1]`` = the top 4 blocks + norm,
-#: as for SmolLM2. Gemma pools its five middle states instead (the outputs of blocks 7-11 of 18; blocks 13-18 are
-#: never computed): in the study its middle layers scored above its top ones on validation data, at two thirds of
-#: the cost (benchmarks/RESULTS.md, "Preset study"). Right padding, checked on the real tokenizers: with a causal mask real tokens never attend to
-#: pads and keep the positions of an unpadded run, so masked pooling of a batch equals one-by-one pooling
-#: (Gemma's tokenizer defaults to left padding, which agrees to 1e-6 too, but only through RoPE's relativity).
+#: Both are decoders whose last hidden state is the final-norm output, so Qwen's ``[-5..-1]`` = the top 4 blocks +
+#: norm, as for SmolLM2. Gemma pools its five middle states instead (the outputs of blocks 7-11 of 18; blocks 13-18
+#: are never computed): in the study its middle layers scored above its top ones on validation data, at two thirds
+#: of the cost (benchmarks/RESULTS.md, "Preset study"). Right padding, checked on the real tokenizers: with a causal
+#: mask real tokens never attend to pads and keep the positions of an unpadded run, so masked pooling of a batch
+#: equals one-by-one pooling (Gemma's tokenizer defaults to left padding, which agrees to 1e-6 too, but only through
+#: RoPE's relativity).
 _STUDY_LLMS: dict[str, dict[str, Any]] = {
     # google/gemma-3-270m Q4_K_M: 18 blocks of width 640, pad token <pad>, adds <bos>.
     "gemma": dict(name="gemma3", model_id="google/gemma-3-270m", gguf_file="gemma-3-270m-q4_k_m.gguf",
