@@ -1,7 +1,8 @@
 #!/usr/bin/env python
 """Benchmarks of llmembed-hf on this machine: feature extraction against the reference approach, and head training.
 
-Benchmark 1 (extraction), in ONE process with the same backbones (the ``small`` preset) and the same texts:
+Benchmark 1 (extraction), in ONE process with the same backbones (the ``small-smollm2`` preset: SmolLM2-135M,
+MiniLM, MPNet; `small` until the preset study made Gemma its LLM view) and the same texts:
 
 * ``ours``: `llmembed_hf.extract_features` into a fresh cache folder (tokenise once, batches sorted by each
   backbone's own token lengths under a token budget, dynamic padding, masked pooling, checksummed shards, `datasets` assembly), timed end to end.
@@ -18,7 +19,7 @@ each batch is timed and charged to its variant, so all three see the same conten
 meaningful. Peak memory is measured separately, one fresh subprocess per variant running the batches that set its
 peak (psutil RSS sampling + ``getrusage``).
 
-Benchmark 2 (head training): seconds per epoch of `llmembed_hf.fit_head` on 67,349 random feature rows of the small
+Benchmark 2 (head training): seconds per epoch of `llmembed_hf.fit_head` on 67,349 random feature rows of that
 preset's width (the head's cost does not depend on the feature values), timed by a `TrainerCallback`.
 
     python benchmarks/bench_extraction.py [--sst2-n 2000] [--r8-n 300] [--skip-training] [--output benchmarks/RESULTS.md]
@@ -44,6 +45,8 @@ import torch.nn.functional as F
 from bench_common import Measure, _trim_memory, machine, read_texts, write_sections
 
 REPO = Path(__file__).resolve().parents[1]
+#: The backbones every result in RESULTS.md from this script was measured with.
+PRESET = "small-smollm2"
 
 EXTRACTION_TITLE = "## Extraction speed: ours vs the reference approach"
 TRAINING_TITLE = "## Head training speed"
@@ -295,7 +298,7 @@ def memory_probe(variant: str, dataset: str, n: int) -> dict:
 
     import llmembed_hf
 
-    model = llmembed_hf.LLMEmbedForSequenceClassification.from_preset("small", num_labels=2)
+    model = llmembed_hf.LLMEmbedForSequenceClassification.from_preset(PRESET, num_labels=2)
     warm_up(model)
     texts = read_texts(dataset, n)
     weights = work_weights(model)
@@ -467,7 +470,7 @@ def budget_section(sweep: dict, sizes: dict[str, int], command: str, info: dict,
     lines = [BUDGET_TITLE, "", f"Command: `{command}`  ", f"Date: {date}  ",
              f"Machine: {info['nproc']} CPU cores ({info['cpu']}), torch {info['torch']} ({info['torch_threads']} threads, "
              "fp32, CPU).", "",
-             "`extract_features` (the `small` preset, a fresh cache folder each time) at several "
+             f"`extract_features` (the `{PRESET}` preset, a fresh cache folder each time) at several "
              "`max_tokens_per_batch` budgets over the same texts, all in one process; each budget ran once per "
              "round and the rounds alternate the order of the budgets, so drift in the machine's load falls on all "
              f"alike. Time relative to the default CPU budget ({CPU_TOKENS_PER_BATCH:,} tokens); lower is faster.", "",
@@ -575,7 +578,7 @@ def extraction_section(results: dict, command: str, info: dict) -> str:
                  for name, r in results["datasets"].items()) +
              ". Absolute times depend on that load; the RATIOS are the result: the three variants ran "
              "interleaved batch by batch in one process (see Method) and so shared any contention.  ",
-             f"Backbones: the `small` preset ({', '.join(names)}), feature width {results['feature_size']}; "
+             f"Backbones: the `{PRESET}` preset ({', '.join(names)}), feature width {results['feature_size']}; "
              "texts: the first N rows of each `train.jsonl.gz`.", ""]
     lines += ["| dataset | ours vs reference: speed-up (wall) | (CPU) | ours time / floor time (wall) | (CPU) | goal |",
               "|---|---:|---:|---:|---:|---|"]
@@ -711,7 +714,7 @@ def training_section(t: dict, command: str, info: dict, date: str) -> str:
              f"load average {t['load_before']:.1f} before, {t['load_after']:.1f} after), so epoch times vary.", "",
              f"`llmembed_hf.fit_head` with the default `HeadTrainingArguments` except `epochs={t['epochs']}` "
              f"(batch size {t['batch_size']}, lr 5e-4, {t['steps']} optimizer steps in all) on {t['rows']:,} rows (the "
-             f"size of SST-2's train split) of width {t['width']} (`model.config.feature_size` of the `small` "
+             f"size of SST-2's train split) of width {t['width']} (`model.config.feature_size` of the `{PRESET}` "
              f"preset), evaluating on {t['eval_rows']:,} rows after every epoch. The features and labels are RANDOM "
              "(standard normal, labels 0/1): this measures the head's cost only, which does not depend on the "
              "values (extracting 67k real features would take far longer than the training). Times from a "
@@ -773,7 +776,7 @@ def main(argv: list[str] | None = None) -> None:
     info = machine()
     print(f"machine: {info}", flush=True)
     t0 = time.perf_counter()
-    model = llmembed_hf.LLMEmbedForSequenceClassification.from_preset("small", num_labels=2)
+    model = llmembed_hf.LLMEmbedForSequenceClassification.from_preset(PRESET, num_labels=2)
     print(f"backbones loaded in {time.perf_counter() - t0:.1f} s", flush=True)
     warm_up(model)
     date = dt.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z")

