@@ -33,6 +33,7 @@ from llmembed_hf import (
     HeadTrainingArguments,
     LLMEmbedConfig,
     LLMEmbedForSequenceClassification,
+    PRESETS,
     extract_features,
     fit_head,
     resolve_backbone,
@@ -135,7 +136,9 @@ def run_dataset(name: str, args: argparse.Namespace, loader_kwargs: dict[str, An
     names = splits.names
     top_level_names = names if name == "20newsgroups" else None
     test_y, train_y = np.asarray(splits.evaluation.labels), np.asarray(splits.train.labels)
-    result = {"dataset": name, "num_train": len(splits.train.texts), "num_validation": len(splits.validation.texts),
+    result = {"dataset": name, "preset": args.preset,
+              "backbones": [b["name"] for b in PRESETS[args.preset]["backbones"]],
+              "num_train": len(splits.train.texts), "num_validation": len(splits.validation.texts),
               "num_test": len(splits.evaluation.texts), "num_labels": len(names),
               "validation": splits.validation_name, "rows": {}}
     rows = result["rows"]
@@ -203,13 +206,15 @@ def markdown(results: list[dict[str, Any]], info: dict[str, Any], commands: list
     lines = [
         TITLE, "",
         "Commands (machine, date):", "", *[f"- {command}" for command in commands], "",
-        f"transformers {info['transformers']}. The features do not depend on the machine beyond float rounding "
-        "(fp32 compute on both; the GPU run's encoder weights were rounded to fp16). `--backbone-root` runs load "
-        "`<root>/<name>`: for the GPU run, the SmolLM2 GGUF file as shipped and fp16 copies of MiniLM and MPNet "
-        "(`AutoModel.from_pretrained(src).half().save_pretrained(dst)` "
-        "plus `AutoTokenizer.from_pretrained(src).save_pretrained(dst)`), carried to the machine that way because "
-        "only 64 MiB travel per call.  ",
-        "Test-split accuracy / macro-F1 (%). The fused heads are the `small` preset's LLMEmbed head with its default "
+        f"transformers {info['transformers']}. The features do not depend on the machine beyond float rounding.",
+    ]
+    if any("--backbone-root" in command for command in commands):
+        lines[-1] += (" `--backbone-root` runs load each backbone from `<root>/<name>` (e.g. fp16 copies of the "
+                      "encoders, `AutoModel.from_pretrained(src).half().save_pretrained(dst)` plus the tokenizer, "
+                      "carried to a GPU machine that way because only 64 MiB travel per call).")
+    lines[-1] += "  "
+    lines += [
+        "Test-split accuracy / macro-F1 (%). The fused heads are the named preset's LLMEmbed head with its default "
         "hyper-parameters (reference fusion, and with `concat_encoder_views=True`), checkpoint chosen on the "
         "validation split named per dataset; the probes are multinomial logistic regression (scikit-learn's "
         "objective, C=1, L-BFGS in torch) on standardised copies of the very same extracted features (an LLM's "
@@ -219,7 +224,8 @@ def markdown(results: list[dict[str, Any]], info: dict[str, Any], commands: list
         top = "accuracy_top_level" in next(iter(result["rows"].values()))
         lines += [
             f"### {result['dataset']} (train {result['num_train']:,}, test {result['num_test']:,}, "
-            f"{result['num_labels']} classes; validation: {result['validation']}; backbones and heads on "
+            f"{result['num_labels']} classes; validation: {result['validation']}; preset {result['preset']}: "
+            f"{', '.join(result['backbones'])}; backbones and heads on "
             f"{result.get('device', device_name(info))})", "",
             "| method | accuracy | macro-F1 |" + (" accuracy, 7 top-level groups |" if top else ""),
             "|---|---:|---:|" + ("---:|" if top else ""),

