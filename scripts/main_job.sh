@@ -3,7 +3,7 @@
 # evaluate it on the test split, save it as a Hub-style folder, and classify a few sentences with pipeline().
 #
 #   bash scripts/main_job.sh                      # ../shared/datasets/sst2, seeded 8,000-example train subset
-#   bash scripts/main_job.sh --full               # all 67,349 training examples (38.6 min measured on 2 CPU cores)
+#   bash scripts/main_job.sh --full               # all 67,349 training examples (about 22 min on 2 CPU cores)
 #   bash scripts/main_job.sh --dataset stanfordnlp/sst2 --text-column sentence --eval-split validation   # Hub
 #
 # Any other option is passed to `llmembed train` (see `llmembed train --help`) and overrides the defaults below.
