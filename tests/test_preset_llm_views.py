@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from transformers import AutoModel
 
 from llmembed_hf import PRESETS, BackboneSpec, resolve_backbone
-from llmembed_hf.backbones import PYPI_ARTEFACTS, locate_weights
+from llmembed_hf.backbones import PYPI_ARTEFACTS, locate_weights, preset_backbone_spec
 from llmembed_hf.modeling.modeling_llmembed import NUM_HIDDEN_STATES_ATTR, pool_backbone_outputs
 
 pytestmark = pytest.mark.integration
@@ -39,7 +39,8 @@ def module_cache(tmp_path_factory):
 def llm_spec(preset: str) -> BackboneSpec:
     """The preset's LLM spec; skips the test when its weights are not installed."""
     name, module = CASES[preset][:2]
-    spec = BackboneSpec.from_dict(next(b for b in PRESETS[preset]["backbones"] if b["name"] == name))
+    assert name in [b["name"] for b in PRESETS[preset]["backbones"]]
+    spec = preset_backbone_spec(name)
     if importlib.util.find_spec(module) is None:
         pytest.skip(f"{preset}'s weights are not installed: {PYPI_ARTEFACTS[(spec.model_id, spec.gguf_file)].install}")
     return spec
