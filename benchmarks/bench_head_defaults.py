@@ -40,12 +40,15 @@ DATASET_SETTINGS: dict[str, dict[str, Any]] = {
     "r8": {"max_train_samples": None, "validation_split": None},
 }
 PARAMS = ["sigma", "epochs", "learning_rate", "dropout", "projection_dim", "batch_size"]
+#: The numeric defaults are searched for the `small` preset's own fusion (encoder vectors fed to the MLP); the fusion
+#: itself is compared by bench_accuracy.py on every dataset, and `llmembed tune` searches it per dataset.
+SPACE = SearchSpace(concat_encoder_views=[True])
 TITLE = "## Head defaults: one search across datasets (validation data)"
 
 
 def planned_trials(args: argparse.Namespace) -> list[dict[str, Any]]:
     """The points `tune_head` draws for the `small` preset with these arguments (trial 0: the current defaults)."""
-    return plan_trials(LLMEmbedConfig.from_preset("small"), SearchSpace(), args.trials, args.seed)
+    return plan_trials(LLMEmbedConfig.from_preset("small"), SPACE, args.trials, args.seed)
 
 
 def search(name: str, args: argparse.Namespace) -> dict[str, Any]:
@@ -60,8 +63,8 @@ def search(name: str, args: argparse.Namespace) -> dict[str, Any]:
     if args.render:
         raise SystemExit(f"--render: no matching results for {name} in {folder}; run without --render first.")
     settings = DATASET_SETTINGS[name]
-    report = tune_head(DATASETS / name, folder, preset="small", trials=args.trials, seed=args.seed,
-                       validation_fraction=0.1, **settings)
+    report = tune_head(DATASETS / name, folder, preset="small", trials=args.trials, search_space=SPACE,
+                       seed=args.seed, validation_fraction=0.1, **settings)
     return asdict(report)
 
 

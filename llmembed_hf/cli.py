@@ -79,9 +79,17 @@ def cmd_tune(args: argparse.Namespace) -> dict[str, Any]:
             "timings_s": {k: round(v, 1) for k, v in report.timings.items()}}
 
 
+def _switch(text: str) -> bool:
+    """A command-line boolean: true/false (also yes/no, 1/0), any case."""
+    value = {"true": True, "yes": True, "1": True, "false": False, "no": False, "0": False}.get(text.lower())
+    if value is None:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a boolean; write true or false.")
+    return value
+
+
 #: Hyper-parameters ``llmembed tune`` searches, each with a ``--<name>`` option listing its candidate values.
 SEARCH_OPTIONS = {"sigma": float, "epochs": int, "learning_rate": float, "dropout": float, "projection_dim": int,
-                  "batch_size": int}
+                  "batch_size": int, "concat_encoder_views": _switch}
 
 
 def cmd_evaluate(args: argparse.Namespace) -> dict[str, Any]:

@@ -6,7 +6,9 @@ change the head's architecture knobs (projection width, dropout, sigma) without 
 seconds on cached features, so a plain seeded search is just as good and has no dependency:
 
 * the search space is a list of candidate values per hyper-parameter (`SearchSpace`); the candidates are the
-  points of its grid;
+  points of its grid. Besides the numbers it includes the fusion itself (``concat_encoder_views``: whether the
+  encoders' vectors also reach the MLP), because which fusion wins depends on the data (on SST-2 the reference
+  fusion beats the ``small`` preset's; see benchmarks/RESULTS.md);
 * trial 0 is the preset's own defaults when they lie in the space (so the table shows what tuning gained), the
   other trials distinct grid points drawn with ``numpy.random.default_rng(seed)``; when ``trials`` covers the whole
   grid this is a grid search;
@@ -55,7 +57,7 @@ logger = logging.get_logger(__name__)
 
 METRICS = ("accuracy", "macro_f1")
 #: Hyper-parameters that live in the head's config; the others are `HeadTrainingArguments` fields.
-CONFIG_KEYS = ("sigma", "dropout", "projection_dim")
+CONFIG_KEYS = ("sigma", "dropout", "projection_dim", "concat_encoder_views")
 TRAINING_KEYS = ("epochs", "learning_rate", "batch_size")
 
 
@@ -64,8 +66,9 @@ class SearchSpace:
     """Candidate values of each tuned hyper-parameter (a one-value list fixes it).
 
     The defaults bracket the ``small`` preset's head: σ over two decades (the reference fixed 0.1 without
-    evidence), learning rates around AdamW's usual range for small MLPs, and widths up to the preset's 256 and one
-    step beyond.
+    evidence), learning rates around AdamW's usual range for small MLPs, widths from half the preset's 128 to four
+    times it, and both fusions (the reference's, and with the encoders' vectors fed to the MLP too). It is the last
+    field so that fixing it to one value leaves the draws of the numeric grid as they were.
     """
 
     sigma: list[float] = field(default_factory=lambda: [0.01, 0.03, 0.1, 0.3, 1.0])
@@ -74,6 +77,7 @@ class SearchSpace:
     dropout: list[float] = field(default_factory=lambda: [0.0, 0.1, 0.2, 0.4])
     projection_dim: list[int] = field(default_factory=lambda: [64, 128, 256, 512])
     batch_size: list[int] = field(default_factory=lambda: [16, 32, 64, 128])
+    concat_encoder_views: list[bool] = field(default_factory=lambda: [True, False])
 
     @classmethod
     def from_dict(cls, values: dict[str, list[Any]]) -> SearchSpace:
@@ -93,13 +97,19 @@ class SearchSpace:
             "projection_dim": (int, lambda v: v >= 1, ">= 1"),
             "batch_size": (int, lambda v: v >= 1, ">= 1"),
         }
-        for name, (kind, ok, rule) in checks.items():
+        for name in [f.name for f in fields(self)]:
             values = getattr(self, name)
             if not isinstance(values, (list, tuple)) or len(values) == 0:
                 raise ValueError(
                     f"search space: {name} has no candidate values ({values!r}); give at least one, e.g. "
                     f"{getattr(SearchSpace(), name)[:2]}, or leave it out to use the default candidates."
                 )
+            if name not in checks:  # a switch: only True or False
+                wrong = [value for value in values if not isinstance(value, bool)]
+                if wrong:
+                    raise ValueError(f"search space: {name}={wrong[0]!r} must be True or False.")
+                continue
+            kind, ok, rule = checks[name]
             for value in values:
                 numeric = isinstance(value, (int, float)) and not isinstance(value, bool)
                 if not numeric or (kind is int and not float(value).is_integer()) or not ok(value):
@@ -138,7 +148,8 @@ def sample_trials(
 def preset_defaults(config: LLMEmbedConfig, training: HeadTrainingArguments) -> dict[str, Any]:
     """The point of the search space a plain `train_head` run would use (trial 0)."""
     return {"sigma": config.sigma, "epochs": training.epochs, "learning_rate": training.learning_rate,
-            "dropout": config.dropout, "projection_dim": config.projection_dim, "batch_size": training.batch_size}
+            "dropout": config.dropout, "projection_dim": config.projection_dim, "batch_size": training.batch_size,
+            "concat_encoder_views": config.concat_encoder_views}
 
 
 def plan_trials(config: LLMEmbedConfig, space: SearchSpace, trials: int, seed: int) -> list[dict[str, Any]]:
@@ -164,7 +175,7 @@ class TuningReport:
     environment: dict[str, str] = field(default_factory=dict)
 
     def to_markdown(self) -> str:
-        keys = ["sigma", "epochs", "learning_rate", "dropout", "projection_dim", "batch_size"]
+        keys = [f.name for f in fields(SearchSpace)]
         lines = [
             f"# Head tuning: {self.dataset} ({self.preset} preset)",
             "",
@@ -250,7 +261,7 @@ def tune_head(
     trains ``trials`` heads (see the module docstring for the search) and writes ``tuning_results.json`` and
     ``tuning_results.md`` to ``output_dir``. Pass ``model`` (with its backbones) to tune over other backbones than a
     preset's. The best values go into ``LLMEmbedConfig.from_preset(preset, sigma=..., dropout=...,
-    projection_dim=...)`` and ``HeadTrainingArguments(epochs=..., learning_rate=..., batch_size=...)``.
+    projection_dim=..., concat_encoder_views=...)`` and ``HeadTrainingArguments(epochs=..., learning_rate=..., batch_size=...)``.
     """
     if metric not in METRICS:
         raise ValueError(f"metric={metric!r} is unknown; choose one of {METRICS}.")

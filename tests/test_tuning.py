@@ -17,8 +17,8 @@ from llmembed_hf.tuning import preset_defaults, run_trial, sample_trials
 from llmembed_hf.training import HeadTrainingArguments
 
 #: A small grid that trains in seconds on the tiny backbones.
-SMALL_SPACE = dict(sigma=[0.1, 1.0], epochs=[2, 3], learning_rate=[3e-3], dropout=[0.0, 0.2], projection_dim=[8, 16],
-                   batch_size=[16])
+SMALL_SPACE = dict(sigma=[0.1, 1.0], epochs=[2, 3], learning_rate=[3e-3], dropout=[0.2], projection_dim=[8, 16],
+                   batch_size=[16], concat_encoder_views=[False, True])
 
 
 class RecordingDatasetDict(DatasetDict):
@@ -96,6 +96,7 @@ def test_trials_below_one_is_a_clear_error(trials):
         ({"sigma": [-0.1]}, r"sigma=-0.1 must be a number > 0"),
         ({"learning_rate": ["fast"]}, r"learning_rate='fast' must be a number"),
         ({"width": [1]}, r"unknown hyper-parameter\(s\) \['width'\]"),
+        ({"concat_encoder_views": [True, "yes"]}, r"concat_encoder_views='yes' must be True or False"),
     ],
 )
 def test_bad_search_space_is_a_clear_error(space, message):
@@ -125,7 +126,8 @@ def test_same_seed_gives_the_same_head_and_accuracy(tiny_model, keyword_dict, tm
     rows = keyword_dict["train"]
     features = extract_features(model, rows["text"], extra_columns={"labels": rows["label"]})
     train, validation = features.select(range(40)), features.select(range(40, 60))
-    params = dict(sigma=0.1, epochs=3, learning_rate=3e-3, dropout=0.2, projection_dim=16, batch_size=16)
+    params = dict(sigma=0.1, epochs=3, learning_rate=3e-3, dropout=0.2, projection_dim=16, batch_size=16,
+                  concat_encoder_views=True)
 
     def run(seed: int, name: str):
         head, result = run_trial(model.config, params, train, validation, rows["label"][40:], seed, tmp_path / name)
@@ -136,6 +138,38 @@ def test_same_seed_gives_the_same_head_and_accuracy(tiny_model, keyword_dict, tm
     assert first_result["accuracy"] == second_result["accuracy"]
     assert first_result["macro_f1"] == second_result["macro_f1"]
     assert not all(torch.equal(first[k], other[k]) for k in first)
+
+
+def test_fixing_the_fusion_keeps_the_numeric_draws():
+    """The fusion is the grid's last axis: with one value the numeric points drawn are those of the numeric grid."""
+    numeric = {k: v for k, v in SMALL_SPACE.items() if k != "concat_encoder_views"}
+    fixed = {fusion: sample_trials(SearchSpace.from_dict({**numeric, "concat_encoder_views": [fusion]}), 5, seed=1)
+             for fusion in (True, False)}
+    assert [t["concat_encoder_views"] for t in fixed[True]] == [True] * 5
+    strip = lambda trials: [{k: v for k, v in t.items() if k != "concat_encoder_views"} for t in trials]  # noqa: E731
+    assert strip(fixed[True]) == strip(fixed[False])
+    both = sample_trials(SearchSpace.from_dict(numeric), 16, seed=1)  # default candidates: both fusions
+    assert {t["concat_encoder_views"] for t in both} == {True, False}
+
+
+def test_the_fusion_searched_is_the_fusion_trained(tiny_model, keyword_dict, tmp_path):
+    """A trial's ``concat_encoder_views`` reaches the head: the encoder's vector widens the MLP's input."""
+    from llmembed_hf.features import extract_features
+
+    model = tiny_model()
+    rows = keyword_dict["train"]
+    features = extract_features(model, rows["text"], extra_columns={"labels": rows["label"]})
+    params = dict(sigma=0.1, epochs=1, learning_rate=3e-3, dropout=0.0, projection_dim=16, batch_size=16)
+    heads = {
+        fusion: run_trial(model.config, {**params, "concat_encoder_views": fusion}, features.select(range(40)),
+                          features.select(range(40, 60)), rows["label"][40:], 0, tmp_path / str(fusion))[0]
+        for fusion in (False, True)
+    }
+    encoder_width = next(b["hidden_size"] for b in model.config.backbones if b["role"] == "encoder")
+    widths = {fusion: head.head.classifier[0].in_features for fusion, head in heads.items()}
+    assert widths[True] - widths[False] == encoder_width
+    assert heads[True].config.concat_encoder_views and not heads[False].config.concat_encoder_views
+    assert model.config.concat_encoder_views is False, "the base config is not changed by a trial"
 
 
 def test_tune_head_picks_the_best_validation_trial_and_never_reads_test(tiny_model, keyword_dict, tmp_path):
@@ -185,13 +219,15 @@ def test_cli_tune_prints_one_json_object(tiny_preset, tmp_path, capsys):
     (data / "labels.json").write_text(json.dumps(NAMES))
     code = main(["tune", "--dataset", str(data), "--preset", tiny_preset, "--output-dir", str(tmp_path / "out"),
                  "--trials", "2", "--max-train-samples", "30", "--sigma", "0.1", "1", "--epochs", "2",
-                 "--learning-rate", "3e-3", "--dropout", "0", "--projection-dim", "8", "--batch-size", "16"])
+                 "--learning-rate", "3e-3", "--dropout", "0", "--projection-dim", "8", "--batch-size", "16",
+                 "--concat-encoder-views", "false"])
     captured = capsys.readouterr()
     assert code == 0, captured.err
     result = json.loads(captured.out)  # stdout holds only the JSON document
     assert result == parse_json_output(captured.out)
     assert result["trials"] == 2 and result["num_train"] + result["num_validation"] == 30
     assert result["best"]["params"]["sigma"] in (0.1, 1.0)
+    assert result["best"]["params"]["concat_encoder_views"] is False
     assert all((tmp_path / "out" / f"tuning_results.{ext}").is_file() for ext in ("json", "md"))
 
 
@@ -205,6 +241,13 @@ def test_cli_tune_bad_input_exits_2(tiny_preset, tmp_path, capsys, argv, message
     assert message in capsys.readouterr().err
 
 
+def test_cli_tune_rejects_a_fusion_that_is_not_a_boolean(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["tune", "--dataset", "d", "--output-dir", "o", "--concat-encoder-views", "true", "maybe"])
+    assert exit_info.value.code == 2
+    assert "'maybe' is not a boolean; write true or false" in capsys.readouterr().err
+
+
 def test_cli_tune_help_documents_every_option(capsys):
     with pytest.raises(SystemExit) as exit_info:
         main(["tune", "--help"])
@@ -212,5 +255,5 @@ def test_cli_tune_help_documents_every_option(capsys):
     help_text = " ".join(capsys.readouterr().out.split())
     for option in ("--dataset", "--preset", "--trials", "--max-train-samples", "--output-dir", "--metric",
                    "--validation-fraction", "--seed", "--sigma", "--epochs", "--learning-rate", "--dropout",
-                   "--projection-dim", "--batch-size", "test split is never read"):
+                   "--projection-dim", "--batch-size", "--concat-encoder-views", "test split is never read"):
         assert option in help_text, option
