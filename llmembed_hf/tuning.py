@@ -67,8 +67,8 @@ class SearchSpace:
 
     The defaults bracket the ``small`` preset's head: σ over two decades (the reference fixed 0.1 without
     evidence), learning rates around AdamW's usual range for small MLPs, widths from half the preset's 128 to four
-    times it, and both fusions (the reference's, and with the encoders' vectors fed to the MLP too). It is the last
-    field so that fixing it to one value leaves the draws of the numeric grid as they were.
+    times it, and both fusions (the reference's, and with the encoders' vectors fed to the MLP too). The fusion is
+    the last field, so fixing it to one value leaves the draws of the numeric grid as they were.
     """
 
     sigma: list[float] = field(default_factory=lambda: [0.01, 0.03, 0.1, 0.3, 1.0])
@@ -147,9 +147,7 @@ def sample_trials(
 
 def preset_defaults(config: LLMEmbedConfig, training: HeadTrainingArguments) -> dict[str, Any]:
     """The point of the search space a plain `train_head` run would use (trial 0)."""
-    return {"sigma": config.sigma, "epochs": training.epochs, "learning_rate": training.learning_rate,
-            "dropout": config.dropout, "projection_dim": config.projection_dim, "batch_size": training.batch_size,
-            "concat_encoder_views": config.concat_encoder_views}
+    return {f.name: getattr(config if f.name in CONFIG_KEYS else training, f.name) for f in fields(SearchSpace)}
 
 
 def plan_trials(config: LLMEmbedConfig, space: SearchSpace, trials: int, seed: int) -> list[dict[str, Any]]:
@@ -261,7 +259,8 @@ def tune_head(
     trains ``trials`` heads (see the module docstring for the search) and writes ``tuning_results.json`` and
     ``tuning_results.md`` to ``output_dir``. Pass ``model`` (with its backbones) to tune over other backbones than a
     preset's. The best values go into ``LLMEmbedConfig.from_preset(preset, sigma=..., dropout=...,
-    projection_dim=..., concat_encoder_views=...)`` and ``HeadTrainingArguments(epochs=..., learning_rate=..., batch_size=...)``.
+    projection_dim=..., concat_encoder_views=...)`` and ``HeadTrainingArguments(epochs=..., learning_rate=...,
+    batch_size=...)``.
     """
     if metric not in METRICS:
         raise ValueError(f"metric={metric!r} is unknown; choose one of {METRICS}.")

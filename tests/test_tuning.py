@@ -141,7 +141,7 @@ def test_same_seed_gives_the_same_head_and_accuracy(tiny_model, keyword_dict, tm
 
 
 def test_fixing_the_fusion_keeps_the_numeric_draws():
-    """The fusion is the grid's last axis: with one value the numeric points drawn are those of the numeric grid."""
+    """The fusion is the grid's last axis: fixed to either value, the same numeric points are drawn."""
     numeric = {k: v for k, v in SMALL_SPACE.items() if k != "concat_encoder_views"}
     fixed = {fusion: sample_trials(SearchSpace.from_dict({**numeric, "concat_encoder_views": [fusion]}), 5, seed=1)
              for fusion in (True, False)}
