@@ -38,8 +38,10 @@ from llmembed_hf import (
     fit_head,
     resolve_backbone,
 )
-from llmembed_hf.data import load_classification_splits, score_top_level
-from llmembed_hf.training import load_metric, predict_logits
+from llmembed_hf.data import load_classification_splits
+from llmembed_hf.metrics import load_metric, score_top_level
+from llmembed_hf.trainer import predict_logits
+from llmembed_hf.training_args import DataArguments
 from transformers import set_seed
 
 TITLE = "## Accuracy: fused head vs single backbones, concatenated probe and TF-IDF"
@@ -129,10 +131,10 @@ HEAD_VARIANTS = {
 
 def run_dataset(name: str, args: argparse.Namespace, loader_kwargs: dict[str, Any], work: Path) -> dict[str, Any]:
     settings = DATASET_SETTINGS[name]
-    splits = load_classification_splits(
-        DATASETS / name, settings["text_column"], "label", "train", "test", settings["validation_split"], 0.1,
-        args.max_train, args.max_test, args.seed,
-    )
+    data = DataArguments(str(DATASETS / name), text_column=settings["text_column"],
+                         validation_split=settings["validation_split"], max_train_samples=args.max_train,
+                         max_eval_samples=args.max_test)
+    splits = load_classification_splits(data, seed=args.seed)
     names = splits.names
     top_level_names = names if name == "20newsgroups" else None
     test_y, train_y = np.asarray(splits.evaluation.labels), np.asarray(splits.train.labels)

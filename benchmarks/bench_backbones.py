@@ -144,7 +144,7 @@ def load_times(spec: Any, repeats: int) -> tuple[dict[str, float], Any, Any]:
 
 def throughput(spec: Any, model: Any, tokenizer: Any, texts: list[str], batch_size: int) -> dict[str, float]:
     """Sentences/s and real tokens/s of forward + pooling over length-sorted, dynamically padded batches."""
-    from llmembed_hf.modeling.modeling_llmembed import NUM_HIDDEN_STATES_ATTR, pool_backbone_outputs
+    from llmembed_hf.modeling.modeling_llmembed import full_hidden_state_count, pool_backbone_outputs
 
     ids = tokenizer(texts, truncation=True, max_length=spec.max_length, padding=False)["input_ids"]
     order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
@@ -158,7 +158,7 @@ def throughput(spec: Any, model: Any, tokenizer: Any, texts: list[str], batch_si
         return input_ids, mask
 
     prepared = [tensors(rows) for rows in batches]
-    total_hidden = getattr(model, NUM_HIDDEN_STATES_ATTR, None)
+    total_hidden = full_hidden_state_count(model)
     with torch.inference_mode():
         input_ids, mask = prepared[len(prepared) // 2]  # warm-up on a typical batch, not timed
         pool_backbone_outputs(model(input_ids=input_ids, attention_mask=mask, output_hidden_states=True), mask, spec,

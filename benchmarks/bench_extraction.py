@@ -497,7 +497,7 @@ def budget_section(sweep: dict, sizes: dict[str, int], command: str, info: dict,
 
 def bench_training(model, rows: int, eval_rows: int, epochs: int) -> dict:
     import llmembed_hf
-    import llmembed_hf.training as training
+    import llmembed_hf.trainer as training
     import pyarrow as pa
     from datasets import Dataset
     from transformers import TrainerCallback

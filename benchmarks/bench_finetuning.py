@@ -24,10 +24,11 @@ import numpy as np
 from bench_common import DATASETS, RESULTS, Measure, machine, write_sections
 
 from llmembed_hf import HeadTrainingArguments, train_head
-from llmembed_hf.data import load_classification_splits, score_top_level, top_level_groups
-from llmembed_hf.finetuning import FinetuneArguments, finetune
+from llmembed_hf.data import load_classification_splits
+from llmembed_hf.finetuning import finetune
 from llmembed_hf.intent_slot import IntentSlotArguments, finetune_intent_slot
-from llmembed_hf.training import load_metric
+from llmembed_hf.metrics import load_metric, score_top_level, top_level_groups
+from llmembed_hf.training_args import DataArguments, FinetuneArguments
 
 TITLE = "## Fine-tuning vs frozen-embedding fusion (20 Newsgroups, MASSIVE)"
 
@@ -69,8 +70,8 @@ def newsgroups_tfidf(seed: int) -> dict[str, Any]:
     from sklearn.feature_extraction.text import TfidfVectorizer
     from sklearn.svm import LinearSVC
 
-    splits = load_classification_splits(DATASETS / "20newsgroups", eval_split="test", seed=seed,
-                                        validation_fraction=0.0001)
+    splits = load_classification_splits(DataArguments(str(DATASETS / "20newsgroups"), validation_fraction=0.0001),
+                                        seed=seed)
     texts = splits.train.texts + splits.validation.texts
     labels = np.asarray(splits.train.labels + splits.validation.labels)
     with Measure() as m:
@@ -101,12 +102,12 @@ def massive(args: argparse.Namespace, work: Path) -> list[dict[str, Any]]:
         with Measure() as m:
             _, report = finetune_intent_slot(args.backbone, folder, work / f"massive-{label[:5]}", task_args,
                                              max_train_samples=args.max_train, max_eval_samples=args.max_test)
-        test = report["metrics"]["test"]
+        test = report.eval_metrics
         rows.append({"method": f"{args.backbone} LoRA, {label}",
                      "intent_accuracy": test["intent_accuracy"] if intent_weight else None,
                      "slot_f1": test["slot_f1"] if slot_weight else None,
                      "exact_match": test["exact_match"] if intent_weight and slot_weight else None,
-                     **cost(m, report["parameters"]["trainable"])})
+                     **cost(m, report.parameters["trainable"])})
     return rows
 
 

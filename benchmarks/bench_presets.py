@@ -62,7 +62,7 @@ from llmembed_hf.backbones import locate_weights, preset_backbone_spec
 from llmembed_hf.data import LabelledTexts, carve_validation, load_labelled
 from llmembed_hf.features import features_fingerprint
 from llmembed_hf.modeling.configuration_llmembed import BackboneSpec
-from llmembed_hf.training import predict_logits
+from llmembed_hf.trainer import predict_logits
 
 logger = logging.getLogger("bench_presets")
 TITLE = "## Preset study: LLM, layers and encoders on validation data carved from train"

@@ -13,13 +13,24 @@ from .modeling.modeling_llmembed import LLMEmbedFusionHead, LLMEmbedForSequenceC
 from .modeling.tokenization_llmembed import LLMEmbedTokenizer
 from .modeling.configuration_llmembed_intent_slot import LLMEmbedIntentSlotConfig
 from .modeling.modeling_llmembed_intent_slot import LLMEmbedForIntentAndSlotFilling
-from .hub import write_card_for_push
+from .model_card import FinetuneReport, IntentSlotReport, TrainingReport, write_card_for_push
 from .features import ExtractionConfig, extract_features
-from .training import HeadTrainingArguments, fit_head, train_head
+from .training_args import (
+    DataArguments,
+    FinetuneArguments,
+    HeadArguments,
+    HeadTrainingArguments,
+    LoraArguments,
+)
+from .trainer import fit_head, train_head
 from .tuning import SearchSpace, tune_head
-from .intent_slot import IntentSlotArguments, finetune_intent_slot, write_intent_slot_card_for_push
-from .pipelines import IntentSlotFillingPipeline  # registers pipeline("intent-slot-filling")
-from .finetuning import FinetuneArguments, finetune, load_finetuned, push_finetuned
+from .intent_slot import (  # also registers pipeline("intent-slot-filling")
+    IntentSlotArguments,
+    IntentSlotDataArguments,
+    IntentSlotFillingPipeline,
+    finetune_intent_slot,
+)
+from .finetuning import finetune, load_finetuned, push_finetuned
 
 __version__ = "0.1.0"
 
@@ -41,23 +52,30 @@ AutoModel.register(LLMEmbedIntentSlotConfig, LLMEmbedForIntentAndSlotFilling, ex
 LLMEmbedIntentSlotConfig.register_for_auto_class("AutoConfig")
 LLMEmbedForIntentAndSlotFilling.register_for_auto_class("AutoModel")
 LLMEmbedForIntentAndSlotFilling.backbone_loader = staticmethod(resolve_backbone)
-LLMEmbedForIntentAndSlotFilling.card_writer = staticmethod(write_intent_slot_card_for_push)
+LLMEmbedForIntentAndSlotFilling.card_writer = staticmethod(write_card_for_push)
 
 __all__ = [
     "PRESETS",
     "BackboneSpec",
+    "DataArguments",
     "ExtractionConfig",
     "FinetuneArguments",
+    "FinetuneReport",
+    "HeadArguments",
     "HeadTrainingArguments",
     "IntentSlotArguments",
+    "IntentSlotDataArguments",
     "IntentSlotFillingPipeline",
+    "IntentSlotReport",
     "LLMEmbedConfig",
     "LLMEmbedForIntentAndSlotFilling",
     "LLMEmbedForSequenceClassification",
     "LLMEmbedFusionHead",
     "LLMEmbedIntentSlotConfig",
     "LLMEmbedTokenizer",
+    "LoraArguments",
     "SearchSpace",
+    "TrainingReport",
     "extract_features",
     "finetune",
     "finetune_intent_slot",

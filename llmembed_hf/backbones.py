@@ -20,7 +20,6 @@ import json
 import os
 import shutil
 import sys
-import tempfile
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,46 +29,17 @@ import torch
 from transformers import AutoModel, AutoTokenizer, PreTrainedModel
 from transformers.utils import logging
 
+# Re-exported: other modules and scripts import these from here (their home is `file_utils`).
+from .file_utils import CACHE_ENV, atomic_write_text, build_folder_atomically, cache_dir, file_sha256  # noqa: F401
 from .modeling.configuration_llmembed import BackboneSpec
-from .modeling.modeling_llmembed import NUM_HIDDEN_STATES_ATTR
+from .modeling.modeling_llmembed import full_hidden_state_count
 
 logger = logging.get_logger(__name__)
 
-CACHE_ENV = "LLMEMBED_CACHE"
-WEIGHT_SUFFIXES = (".safetensors", ".bin", ".gguf")
-
-
-def cache_dir() -> Path:
-    """Root of llmembed-hf's caches: ``$LLMEMBED_CACHE``, else ``$XDG_CACHE_HOME/llmembed_hf`` (``~/.cache``)."""
-    if os.environ.get(CACHE_ENV):
-        return Path(os.environ[CACHE_ENV]).expanduser()
-    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")).expanduser() / "llmembed_hf"
-
 
 # ----------------------------------------------------------------------------------------------------------------------
-# Hashing and atomic writes
+# Hashing
 # ----------------------------------------------------------------------------------------------------------------------
-
-
-def file_sha256(path: str | os.PathLike) -> str:
-    """sha256 of a file, memoised on (path, size, mtime) in the cache so big weights are hashed once."""
-    path = Path(path).resolve()
-    stat = path.stat()
-    key = f"{path}:{stat.st_size}:{stat.st_mtime_ns}"
-    memo_path = cache_dir() / "sha256.json"
-    try:
-        memo = json.loads(memo_path.read_text())
-    except (FileNotFoundError, ValueError):
-        memo = {}
-    if key in memo:
-        return memo[key]
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 24), b""):
-            digest.update(block)
-    memo[key] = digest.hexdigest()
-    atomic_write_text(memo_path, json.dumps(memo, indent=0))
-    return memo[key]
 
 
 def folder_weights_sha256(folder: str | os.PathLike) -> str | None:
@@ -83,34 +53,6 @@ def folder_weights_sha256(folder: str | os.PathLike) -> str | None:
         return file_sha256(os.path.join(folder, files[0]))
     joined = "".join(f"{f}:{file_sha256(os.path.join(folder, f))}\n" for f in files)
     return hashlib.sha256(joined.encode()).hexdigest()
-
-
-def atomic_write_text(path: str | os.PathLike, text: str) -> None:
-    """Write a text file so that readers see the old content or the new one, never a torn write."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    with os.fdopen(fd, "w", encoding="utf-8") as handle:
-        handle.write(text)
-    os.replace(tmp, path)
-
-
-def build_folder_atomically(target: Path, build: Callable[[Path], None]) -> Path:
-    """Create ``target`` by running ``build(tmp_folder)`` and renaming the result into place."""
-    if target.is_dir():
-        return target
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}."))
-    try:
-        build(tmp)
-        try:
-            os.replace(tmp, target)
-        except OSError:  # another process finished first; keep its copy
-            if not target.is_dir():
-                raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return target
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -403,9 +345,13 @@ def resolve_backbone(
 
 
 def load_backbone_tokenizer(spec: BackboneSpec, weights: ResolvedWeights | None = None) -> Any:
-    """The tokenizer of ``spec``'s weights (found like the weights themselves), padded on ``spec.padding_side``."""
+    """The tokenizer of ``spec``'s weights (found like the weights themselves), padding on the right.
+
+    Pooling is mask-aware, so the side never changes a feature; right is the side the presets were checked on
+    (Gemma's tokenizer defaults to left).
+    """
     tokenizer = AutoTokenizer.from_pretrained((weights or locate_weights(spec)).folder)
-    tokenizer.padding_side = spec.padding_side
+    tokenizer.padding_side = "right"
     return tokenizer
 
 
@@ -422,18 +368,18 @@ def drop_unused_layers(model: PreTrainedModel, spec: BackboneSpec) -> int:
 
     Hidden state ``i`` is the output of block ``i`` (0 is the embeddings). Decoders replace the last hidden state
     by the final-norm output, so one block above the deepest pooled one is kept: the pooled state stays the raw
-    block output, exactly as in the full model. Models of other shapes, and the pooler, are left whole.
+    block output, exactly as in the full model. Models of other shapes, and the pooler, are left whole. The
+    model's config is left as it is, so `full_hidden_state_count` still counts the full model's hidden states and
+    negative layers keep counting from its top.
     """
     found = _layer_list(model)
     if found is None or spec.pooling == "pooler":
         return 0
     owner, attribute = found
     blocks = getattr(owner, attribute)
-    total = len(blocks) + 1
-    keep = max(layer % total for layer in spec.layers) + 1
+    keep = max(spec.hidden_state_indices(full_hidden_state_count(model))) + 1
     if keep >= len(blocks):
         return 0
     setattr(owner, attribute, blocks[:keep])
-    setattr(model, NUM_HIDDEN_STATES_ATTR, total)
     logger.info(f"backbones[{spec.name!r}]: computing {keep} of {len(blocks)} blocks (deepest pooled layer).")
     return len(blocks) - keep

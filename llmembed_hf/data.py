@@ -11,6 +11,8 @@ from pathlib import Path
 import numpy as np
 from datasets import ClassLabel, Dataset, DatasetDict, load_dataset, load_from_disk
 
+from .training_args import DataArguments
+
 JSON_SUFFIXES = (".jsonl.gz", ".jsonl", ".json.gz", ".json")
 
 
@@ -135,15 +137,20 @@ def load_labelled(
     return LabelledTexts(texts, labels), names
 
 
+def validation_cut(num_rows: int, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Row indices ``(train, validation)``: a seeded random ``fraction`` of ``num_rows`` rows (at least one) held out
+    to choose the best epoch on, and at least one row left to train on."""
+    if num_rows < 2:
+        raise ValueError(f"cannot hold out a validation fraction of {num_rows} training row(s); use more data.")
+    order = np.random.default_rng(seed).permutation(num_rows)
+    cut = min(max(1, int(round(num_rows * fraction))), num_rows - 1)
+    return order[cut:], order[:cut]
+
+
 def carve_validation(train: LabelledTexts, fraction: float, seed: int) -> tuple[LabelledTexts, LabelledTexts]:
-    """Split a seeded random ``fraction`` (at least one row) off ``train`` to choose the best epoch on."""
-    if len(train.texts) < 2:
-        raise ValueError(f"cannot hold out a validation fraction of {len(train.texts)} training row(s); use more data.")
-    rng = np.random.default_rng(seed)
-    order = rng.permutation(len(train.texts))
-    cut = min(max(1, int(round(len(order) * fraction))), len(order) - 1)
+    """Split a seeded random ``fraction`` (see `validation_cut`) off ``train``."""
     pick = lambda idx: LabelledTexts([train.texts[i] for i in idx], [train.labels[i] for i in idx])  # noqa: E731
-    return pick(order[cut:]), pick(order[:cut])
+    return tuple(pick(indices) for indices in validation_cut(len(train.texts), fraction, seed))
 
 
 @dataclass
@@ -157,60 +164,28 @@ class ClassificationSplits:
     validation_name: str  #: how the validation rows were chosen, for reports and cards
 
 
-def load_classification_splits(
-    dataset: str | os.PathLike | DatasetDict,
-    text_column: str = "text",
-    label_column: str = "label",
-    train_split: str = "train",
-    eval_split: str | None = "test",
-    validation_split: str | None = None,
-    validation_fraction: float = 0.1,
-    max_train_samples: int | None = None,
-    max_eval_samples: int | None = None,
-    seed: int = 42,
-) -> ClassificationSplits:
-    """Load train/validation/evaluation the same way for every trainer (head training and fine-tuning).
+def load_classification_splits(data: DataArguments, seed: int = 42) -> ClassificationSplits:
+    """Load train/validation/evaluation the same way for every trainer (head training, tuning and fine-tuning).
 
-    The validation rows are ``validation_split`` if given, else ``validation_fraction`` of the (subsetted)
-    training rows; ``eval_split`` is only for the final score, never for choosing a checkpoint.
+    The validation rows are ``data.validation_split`` if given, else ``data.validation_fraction`` of the
+    (subsetted) training rows; ``data.eval_split`` is only for the final score, never for choosing a checkpoint.
     """
-    train, names = load_labelled(dataset, train_split, text_column, label_column, max_samples=max_train_samples,
-                                 seed=seed)
-    if validation_split is not None:
-        validation, _ = load_labelled(dataset, validation_split, text_column, label_column, names)
-        validation_name = f"split {validation_split!r}"
+    source = data.dataset
+    train, names = load_labelled(source, data.train_split, data.text_column, data.label_column,
+                                 max_samples=data.max_train_samples, seed=seed)
+    if data.validation_split is not None:
+        validation, _ = load_labelled(source, data.validation_split, data.text_column, data.label_column, names)
+        validation_name = f"split {data.validation_split!r}"
     else:
-        train, validation = carve_validation(train, validation_fraction, seed)
-        validation_name = f"{validation_fraction:.0%} of the training subset (seed {seed})"
+        train, validation = carve_validation(train, data.validation_fraction, seed)
+        validation_name = f"{data.validation_fraction:.0%} of the training subset (seed {seed})"
     evaluation = None
-    if eval_split is not None:
-        evaluation, _ = load_labelled(dataset, eval_split, text_column, label_column, names,
-                                      max_samples=max_eval_samples, seed=seed)
+    if data.eval_split is not None:
+        evaluation, _ = load_labelled(source, data.eval_split, data.text_column, data.label_column, names,
+                                      max_samples=data.max_eval_samples, seed=seed)
     return ClassificationSplits(train, validation, evaluation, names, validation_name)
 
 
-def top_level_groups(names: list[str], separator: str = ".") -> tuple[list[int], list[str]]:
-    """Map each class to the group named by its first ``separator``-component; returns (group id per class, groups).
-
-    20 Newsgroups scored as its 7 top-level groups (alt, comp, misc, rec, sci, soc, talk), as in arXiv 2412.08587:
-    ``comp.graphics`` and ``comp.windows.x`` both become ``comp``. Groups are sorted by name.
-    """
-    prefixes = [name.split(separator, 1)[0] for name in names]
-    groups = sorted(set(prefixes))
-    index = {group: i for i, group in enumerate(groups)}
-    return [index[prefix] for prefix in prefixes], groups
-
-
-def score_top_level(predictions, references, names: list[str], separator: str = ".") -> dict[str, float]:
-    """Accuracy and macro-F1 after mapping predicted and true class ids to their top-level groups."""
-    from .training import load_metric  # training imports this module
-
-    mapping = np.asarray(top_level_groups(names, separator)[0])
-    predictions, references = np.asarray(predictions), np.asarray(references)
-    if predictions.shape != references.shape:
-        raise ValueError(f"{predictions.shape[0]} predictions for {references.shape[0]} references.")
-    ids = np.concatenate([predictions, references])
-    if ids.size and (ids.min() < 0 or ids.max() >= len(names)):
-        raise ValueError(f"class ids must lie in 0..{len(names) - 1} (the {len(names)} class names given).")
-    metrics = load_metric().compute(predictions=mapping[predictions], references=mapping[references])
-    return {f"top_level_{key}": value for key, value in metrics.items()}
+def describe_source(source: str | os.PathLike | DatasetDict) -> str:
+    """How reports name a dataset: its path or Hub id as given, or that it was passed in memory."""
+    return "in-memory DatasetDict" if isinstance(source, (DatasetDict, dict)) else str(source)

@@ -22,7 +22,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator, Sequence
@@ -36,9 +35,10 @@ from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 from transformers.utils import logging
 
-from .backbones import atomic_write_text, build_folder_atomically, cache_dir
+from .file_utils import atomic_save, atomic_write_text, build_folder_atomically, cache_dir, sha256_of_file
 from .modeling.modeling_llmembed import LLMEmbedForSequenceClassification
 from .modeling.tokenization_llmembed import _check_texts
+from .training_args import arg
 
 logger = logging.get_logger(__name__)
 
@@ -60,10 +60,12 @@ class ExtractionConfig:
     ``max_tokens_per_batch=None`` picks `CPU_TOKENS_PER_BATCH` on CPU, `ACCELERATOR_TOKENS_PER_BATCH` elsewhere.
     """
 
-    max_tokens_per_batch: int | None = None
-    max_batch_size: int = 128
-    shard_size: int = 2048
-    dtype: str = "float32"
+    max_tokens_per_batch: int | None = arg(None, "padded-token budget of one extraction batch (bounds memory; "
+                                                 "default: 1024 on CPU, 8192 on accelerators)")
+    max_batch_size: int = arg(128, "most texts in one extraction batch")
+    shard_size: int = arg(2048, "texts per cache shard (an interrupted run resumes from finished shards)")
+    dtype: str = arg("float32", "storage dtype of cached features", choices=sorted(STORAGE_DTYPES),
+                     aliases=["--feature-dtype", "--feature_dtype"])
 
     def token_budget(self, device: torch.device | str) -> int:
         """The padded-token budget of one batch on ``device``."""
@@ -100,10 +102,6 @@ def length_sorted_batches(
         start += size
 
 
-def _file_sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
 class ShardStore:
     """Shard files of one extraction: ``shard-XXXXX.safetensors`` + a ``.json`` with its checksum and size."""
 
@@ -121,7 +119,7 @@ class ShardStore:
             return None
         try:
             meta = json.loads(meta_path.read_text())
-            if meta["sha256"] != _file_sha256(data_path):
+            if meta["sha256"] != sha256_of_file(data_path):
                 raise ValueError("checksum mismatch")
             tensors = load_file(str(data_path))
             if tensors["features"].shape != (expected_rows, width) or len(tensors["indices"]) != expected_rows:
@@ -134,14 +132,11 @@ class ShardStore:
         return tensors
 
     def save(self, shard: int, features: torch.Tensor, indices: torch.Tensor) -> None:
-        """Write the shard to a temporary file and rename it into place, then its checksum."""
+        """Write the shard atomically, then its checksum (a shard without one is recomputed)."""
         data_path, meta_path = self._paths(shard)
-        fd, tmp = tempfile.mkstemp(dir=self.folder, prefix=f".{data_path.name}.")
-        os.close(fd)
-        save_file({"features": features.contiguous(), "indices": indices.contiguous()}, tmp)
-        sha256 = _file_sha256(Path(tmp))
-        os.replace(tmp, data_path)
-        atomic_write_text(meta_path, json.dumps({"sha256": sha256, "rows": len(indices)}))
+        tensors = {"features": features.contiguous(), "indices": indices.contiguous()}
+        atomic_save(data_path, lambda tmp: save_file(tensors, str(tmp)))
+        atomic_write_text(meta_path, json.dumps({"sha256": sha256_of_file(data_path), "rows": len(indices)}))
 
 
 def extract_features(
@@ -152,7 +147,6 @@ def extract_features(
     cache_folder: str | os.PathLike | None = None,
     config: ExtractionConfig | None = None,
     show_progress: bool = True,
-    raise_after_shards: int | None = None,
 ) -> Dataset:
     """Pooled features of ``texts`` as a `datasets.Dataset` with a ``pooled_features`` column (cached).
 
@@ -162,7 +156,6 @@ def extract_features(
         extra_columns: columns to add to the result (e.g. ``{"labels": [...]}``), not part of the cache key.
         cache_folder: where feature caches live (default: ``<llmembed cache>/features``).
         config: batching, sharding and storage dtype (`ExtractionConfig`).
-        raise_after_shards: testing aid that simulates an interruption after this many new shards.
     """
     from accelerate import PartialState
 
@@ -183,7 +176,7 @@ def extract_features(
     root = Path(cache_folder) if cache_folder is not None else cache_dir() / "features"
     final = root / key / "dataset"
     if not final.is_dir():
-        _extract_shards(model, texts, root / key / "shards", config, state, show_progress, raise_after_shards)
+        _extract_shards(model, texts, root / key / "shards", config, state, show_progress)
         state.wait_for_everyone()
         if state.is_main_process:
             _assemble(root / key / "shards", final, len(texts), model.config.feature_size, config)
@@ -208,7 +201,7 @@ def shard_plan(
     return ids, lengths, shards
 
 
-def _extract_shards(model, texts, folder: Path, config: ExtractionConfig, state, show_progress, raise_after):
+def _extract_shards(model, texts, folder: Path, config: ExtractionConfig, state, show_progress):
     store = ShardStore(folder)
     width = model.config.feature_size
     ids, lengths, shards = shard_plan(model, texts, config.shard_size)
@@ -224,9 +217,7 @@ def _extract_shards(model, texts, folder: Path, config: ExtractionConfig, state,
     progress = tqdm(total=sum(len(shards[i]) for i in todo), desc="Extracting features", unit="text",
                     bar_format="{l_bar}{bar}| {n:.0f}/{total_fmt} [{elapsed}<{remaining}, {rate_fmt}]",
                     disable=not show_progress or not state.is_local_main_process)
-    for done, shard in enumerate(todo):
-        if raise_after is not None and done >= raise_after:
-            raise KeyboardInterrupt(f"simulated interruption after {done} shards")
+    for shard in todo:
         indices = shards[shard]
         features = torch.empty(len(indices), width, dtype=STORAGE_DTYPES[config.dtype])
         with torch.inference_mode():

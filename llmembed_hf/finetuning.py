@@ -1,6 +1,6 @@
 """Fine-tune a backbone itself for text classification: LoRA (PEFT) or full, the costlier line of arXiv 2412.08587.
 
-LLMEmbed (`training.train_head`) keeps every backbone frozen and trains a small head on cached features; here the
+LLMEmbed (`trainer.train_head`) keeps every backbone frozen and trains a small head on cached features; here the
 backbone's own weights are adapted, which costs a forward *and* backward pass through the model on every step but
 is often more accurate. Both lines read the same data the same way (`data.load_classification_splits`), use the
 same offline metric and write the same kind of report, so their results compare directly.
@@ -22,7 +22,7 @@ import os
 import shutil
 import tempfile
 import time
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, fields
 from pathlib import Path
 from typing import Any
 
@@ -36,123 +36,25 @@ from transformers import (
     PreTrainedModel,
     PreTrainedTokenizerBase,
     Trainer,
-    TrainingArguments,
     set_seed,
 )
 from transformers.utils import logging
 
 from .backbones import locate_backbone, locate_weights
-from . import data
-from .data import LabelledTexts, load_classification_splits
+from .data import LabelledTexts, describe_source, load_classification_splits
+from .metrics import compute_classification_metrics, confusion_matrix, score_top_level as top_level_scores
+from .model_card import REPORT_FILE, FinetuneReport, environment, hub_base_model, write_finetune_card
 from .modeling.configuration_llmembed import BackboneSpec
-from .training import (
-    TrainingReport,
-    compute_classification_metrics,
-    confusion_matrix,
-    environment,
-    epoch_training_arguments,
-)
+from .modeling.modeling_llmembed import OneCommitPushMixin, check_backbone_sha256
+from .modeling.tokenization_llmembed import ensure_pad_token
+from .training_args import DataArguments, FinetuneArguments, data_arguments
 
 logger = logging.get_logger(__name__)
-
-METHODS = ("lora", "full")
-#: Default learning rates: LoRA's few new parameters take larger steps than a whole pretrained model.
-DEFAULT_LEARNING_RATES = {"lora": 5e-4, "full": 5e-5}
-REPORT_FILE = "training_report.json"
-
-
-@dataclass
-class FinetuneArguments:
-    """Hyper-parameters of one fine-tuning run (the CLI's options map one to one onto these fields).
-
-    ``target_modules=None`` lets PEFT pick its default per architecture (e.g. ``q_proj``/``v_proj`` for Llama,
-    ``query``/``value`` for BERT). ``learning_rate=None`` means 5e-4 for LoRA and 5e-5 for full fine-tuning.
-    ``fp16``/``bf16`` train in mixed precision on a GPU (on CPUs fp32 is faster; fp16 needs CUDA).
-    """
-
-    method: str = "lora"
-    lora_r: int = 8
-    lora_alpha: int = 16
-    lora_dropout: float = 0.1
-    target_modules: list[str] | None = None
-    epochs: int = 3
-    learning_rate: float | None = None
-    batch_size: int = 16
-    max_length: int = 256
-    weight_decay: float = 0.0
-    warmup_ratio: float = 0.0
-    seed: int = 42
-    validation_fraction: float = 0.1
-    fp16: bool = False
-    bf16: bool = False
-
-    def __post_init__(self) -> None:
-        if self.method not in METHODS:
-            raise ValueError(f"method={self.method!r} is unknown; choose one of {METHODS}.")
-        positive = {"lora_r": self.lora_r, "lora_alpha": self.lora_alpha, "epochs": self.epochs,
-                    "batch_size": self.batch_size, "max_length": self.max_length}
-        for name, value in positive.items():
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name}={value!r} must be a positive integer.")
-        if not 0.0 <= self.lora_dropout < 1.0:
-            raise ValueError(f"lora_dropout={self.lora_dropout!r} must lie in [0, 1).")
-        if not 0.0 < self.validation_fraction < 1.0:
-            raise ValueError(f"validation_fraction={self.validation_fraction!r} must lie strictly between 0 and 1.")
-        if not 0.0 <= self.warmup_ratio < 1.0:
-            raise ValueError(f"warmup_ratio={self.warmup_ratio!r} must lie in [0, 1).")
-        if self.learning_rate is not None and not self.learning_rate > 0:
-            raise ValueError(f"learning_rate={self.learning_rate!r} must be positive.")
-        if self.fp16 and self.bf16:
-            raise ValueError("fp16 and bf16 are exclusive; choose one mixed precision.")
-        if self.fp16 and not torch.cuda.is_available():
-            raise ValueError("fp16=True needs a CUDA GPU; on a CPU train in fp32 (the default) or bf16.")
-        if isinstance(self.target_modules, str):
-            self.target_modules = [m.strip() for m in self.target_modules.split(",") if m.strip()]
-
-    @property
-    def lr(self) -> float:
-        """The learning rate actually used."""
-        return self.learning_rate if self.learning_rate is not None else DEFAULT_LEARNING_RATES[self.method]
-
-
-@dataclass
-class FinetuneReport(TrainingReport):
-    """`TrainingReport` of a fine-tuning run, plus what a fine-tuned model needs to be loaded and compared.
-
-    ``backbone`` holds the resolved spec (canonical Hub id, GGUF file, sha256 of the weights trained on) and the
-    local folder it was loaded from; ``parameters`` the trainable and total parameter counts and the bytes saved.
-    """
-
-    method: str = "lora"
-    backbone: dict[str, Any] = field(default_factory=dict)
-    id2label: dict[str, str] = field(default_factory=dict)
-    pad_token_id: int | None = None
-    parameters: dict[str, int] = field(default_factory=dict)
 
 
 # ----------------------------------------------------------------------------------------------------------------------
 # Model and tokenizer
 # ----------------------------------------------------------------------------------------------------------------------
-
-
-def ensure_pad_token(tokenizer: PreTrainedTokenizerBase) -> int:
-    """Give ``tokenizer`` a pad token if it has none (its EOS, else UNK) and return the pad token id.
-
-    Decoder tokenizers often have no pad token (Llama's), and ``*ForSequenceClassification`` refuses batches
-    without one: it finds each row's last non-pad token by comparing ``input_ids`` with ``pad_token_id``. Reusing
-    an existing token keeps the vocabulary (and the embedding matrix) unchanged; the attention mask hides it.
-    """
-    if tokenizer.pad_token_id is None:
-        for candidate in ("eos_token", "unk_token"):
-            if getattr(tokenizer, candidate) is not None:
-                tokenizer.pad_token = getattr(tokenizer, candidate)
-                logger.info(f"The tokenizer has no pad token; padding with its {candidate} {tokenizer.pad_token!r}.")
-                break
-        else:
-            raise ValueError(
-                "the backbone's tokenizer has no pad, EOS or UNK token to pad with; set tokenizer.pad_token first."
-            )
-    return tokenizer.pad_token_id
 
 
 def load_classifier(
@@ -181,17 +83,13 @@ def apply_lora(model: PreTrainedModel, args: FinetuneArguments, new_modules: lis
     encoder saved without one) are randomly initialised, so they are trained and saved too instead of staying
     frozen at random values.
     """
-    from peft import LoraConfig, TaskType, get_peft_model
+    from peft import TaskType, get_peft_model
 
     head_names = {"classifier", "score"}  # PEFT adds these to modules_to_save for SEQ_CLS
     extra = [name for name in new_modules if not head_names & set(name.split("."))]
     if extra:
         logger.warning(f"Modules missing from the checkpoint are trained and saved with the adapter: {extra}.")
-    config = LoraConfig(
-        task_type=TaskType.SEQ_CLS, r=args.lora_r, lora_alpha=args.lora_alpha, lora_dropout=args.lora_dropout,
-        target_modules=args.target_modules, modules_to_save=extra or None,
-    )
-    return get_peft_model(model, config)
+    return get_peft_model(model, args.to_lora_config(task_type=TaskType.SEQ_CLS, modules_to_save=extra or None))
 
 
 def count_parameters(model: torch.nn.Module) -> dict[str, int]:
@@ -216,52 +114,37 @@ def tokenize_split(split: LabelledTexts, tokenizer: PreTrainedTokenizerBase, max
 # ----------------------------------------------------------------------------------------------------------------------
 
 
-def _training_arguments(args: FinetuneArguments, output_dir: Path, has_validation: bool) -> TrainingArguments:
-    return epoch_training_arguments(
-        output_dir, epochs=args.epochs, learning_rate=args.lr, weight_decay=args.weight_decay,
-        batch_size=args.batch_size, eval_batch_size=args.batch_size * 2, seed=args.seed, has_eval=has_validation,
-        warmup_steps=args.warmup_ratio,  # a float in [0, 1) is a fraction of the steps
-        save_only_model=True, fp16=args.fp16, bf16=args.bf16, remove_unused_columns=False, label_names=["labels"],
-    )
-
-
 def finetune(
     backbone: str | os.PathLike | BackboneSpec,
-    dataset: str | os.PathLike | DatasetDict,
+    data: DataArguments | str | os.PathLike | DatasetDict,
     output_dir: str | os.PathLike,
     args: FinetuneArguments | None = None,
-    text_column: str = "text",
-    label_column: str = "label",
-    train_split: str = "train",
-    eval_split: str | None = "test",
-    validation_split: str | None = None,
-    max_train_samples: int | None = None,
-    max_eval_samples: int | None = None,
     score_top_level: bool = False,
     push_to_hub: str | None = None,
     hub_kwargs: dict[str, Any] | None = None,
+    **data_fields: Any,
 ) -> tuple[Any, PreTrainedTokenizerBase, FinetuneReport]:
-    """Fine-tune ``backbone`` (LoRA or full) on ``dataset`` with `Trainer`, evaluate, and save what was trained.
+    """Fine-tune ``backbone`` (LoRA or full) on ``data`` with `Trainer`, evaluate, and save what was trained.
 
     ``backbone``: a preset backbone name (``"minilm"``, ``"mpnet"``, ``"smollm2"``), a local folder or a Hub id.
-    The best epoch is chosen by accuracy on ``validation_split`` (else ``args.validation_fraction`` of the training
-    subset), never on ``eval_split``, which is scored once at the end (with ``score_top_level`` also after
-    mapping the classes to their top-level groups, e.g. 20 Newsgroups as 7 classes). ``output_dir`` receives only
-    the trained weights (LoRA: the adapter; full: the model), the tokenizer, ``README.md`` and
-    ``training_report.json``; checkpoints are deleted. ``push_to_hub="org/name"`` uploads that folder
-    (``hub_kwargs``: ``private``, ``token``, ``revision``, ``commit_message``, ``create_pr``).
+    ``data``: `DataArguments`, or a dataset source with any of its fields as keywords. The best epoch is chosen by
+    accuracy on the validation split (else ``validation_fraction`` of the training subset), never on the
+    evaluation split, which is scored once at the end (with ``score_top_level`` also after mapping the classes to
+    their top-level groups, e.g. 20 Newsgroups as 7 classes). ``output_dir`` receives only the trained weights
+    (LoRA: the adapter; full: the model), the tokenizer, ``README.md`` and ``training_report.json``; checkpoints
+    are deleted. ``push_to_hub="org/name"`` uploads that folder (``hub_kwargs``: ``private``, ``token``,
+    ``revision``, ``commit_message``, ``create_pr``).
     Returns ``(model, tokenizer, report)``; the model is the best epoch's (a PEFT model for LoRA).
     """
     args = args or FinetuneArguments()
+    data = data_arguments(data, **data_fields)
     if push_to_hub:
         from huggingface_hub.utils import validate_repo_id
 
         validate_repo_id(push_to_hub)  # fail before training, not after
     output_dir = Path(output_dir)
     started = time.perf_counter()
-    splits = load_classification_splits(dataset, text_column, label_column, train_split, eval_split,
-                                        validation_split, args.validation_fraction, max_train_samples,
-                                        max_eval_samples, args.seed)
+    splits = load_classification_splits(data, seed=args.seed)
     id2label = dict(enumerate(splits.names))
 
     spec, weights = locate_backbone(backbone)
@@ -282,8 +165,12 @@ def finetune(
     checkpoints = output_dir / "checkpoints"
     if torch.cuda.is_available():
         torch.cuda.reset_peak_memory_stats()
+    training_args = args.to_training_arguments(
+        checkpoints, has_eval=True, save_only_model=True, fp16=args.fp16, bf16=args.bf16,
+        remove_unused_columns=False, label_names=["labels"],
+    )
     trainer = Trainer(
-        model=model, args=_training_arguments(args, checkpoints, has_validation=True), train_dataset=train,
+        model=model, args=training_args, train_dataset=train,
         eval_dataset=validation, data_collator=DataCollatorWithPadding(tokenizer),
         compute_metrics=compute_classification_metrics,
     )
@@ -293,12 +180,11 @@ def finetune(
     model.eval()
 
     report = FinetuneReport(
-        dataset=str(dataset) if not isinstance(dataset, DatasetDict) else "in-memory DatasetDict",
-        preset="none", text_column=text_column, label_column=label_column, train_split=train_split,
-        eval_split=eval_split, validation=splits.validation_name, num_train=len(splits.train.texts),
+        dataset=describe_source(data.dataset), text_column=data.text_column, label_column=data.label_column,
+        train_split=data.train_split, eval_split=data.eval_split, validation=splits.validation_name, num_train=len(splits.train.texts),
         num_validation=len(splits.validation.texts),
         num_eval=len(splits.evaluation.texts) if splits.evaluation else 0,
-        hyperparameters={**asdict(args), "learning_rate": args.lr},
+        hyperparameters={**asdict(args), "learning_rate": args.lr, "validation_fraction": data.validation_fraction},
         log_history=list(trainer.state.log_history),
         validation_metrics={k: v for k, v in trainer.evaluate().items() if k.startswith("eval_")},
         environment=environment(), method=args.method,
@@ -311,7 +197,7 @@ def finetune(
         predictions = np.asarray(logits).argmax(-1)
         report.eval_metrics = compute_classification_metrics((logits, np.asarray(splits.evaluation.labels)))
         if score_top_level:
-            report.eval_metrics.update(data.score_top_level(predictions, splits.evaluation.labels, splits.names))
+            report.eval_metrics.update(top_level_scores(predictions, splits.evaluation.labels, splits.names))
         report.confusion_matrix = confusion_matrix(splits.evaluation.labels, predictions, len(splits.names))
     if torch.cuda.is_available():
         report.timings["peak_gpu_memory_gb"] = torch.cuda.max_memory_allocated() / 2**30
@@ -338,8 +224,6 @@ def save_finetuned(model: Any, tokenizer: PreTrainedTokenizerBase, output_dir: s
                    report: FinetuneReport) -> None:
     """Write only what was trained (LoRA: the adapter; full: the model, as safetensors), the tokenizer, the
     training report and the model card into ``output_dir``."""
-    from .hub import write_finetune_card
-
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     if report.method == "lora":
@@ -370,23 +254,19 @@ def push_finetuned(
     A LoRA adapter's ``base_model_name_or_path`` is this machine's folder of the base weights; the uploaded copy
     names the canonical Hub id instead (where there is one), so the adapter loads elsewhere.
     """
-    from huggingface_hub import HfApi
     from huggingface_hub.utils import validate_repo_id
-
-    from .hub import hub_base_model, write_finetune_card
 
     validate_repo_id(repo_id)  # a bad id fails here, before anything is uploaded
     folder = Path(folder)
     if not (folder / REPORT_FILE).is_file():
         raise FileNotFoundError(f"{folder} has no {REPORT_FILE}: push a folder written by llmembed_hf.finetune.")
     report = FinetuneReport.load(folder / REPORT_FILE)
-    api = HfApi(token=token)
     with tempfile.TemporaryDirectory() as staging:
         for path in folder.iterdir():
             if path.is_file() and not path.name.startswith("."):
                 shutil.copy2(path, staging)
         adapter_config = Path(staging, "adapter_config.json")
-        base = hub_base_model(report)
+        base = hub_base_model(report.backbone.get("model_id"))
         if adapter_config.is_file():
             config = json.loads(adapter_config.read_text())
             if base is None:
@@ -396,9 +276,8 @@ def push_finetuned(
                 config["base_model_name_or_path"] = base
             adapter_config.write_text(json.dumps(config, indent=2, sort_keys=True))
         write_finetune_card(staging, report, repo_id)
-        repo_id = api.create_repo(repo_id, private=private, exist_ok=True).repo_id
-        return api.upload_folder(
-            repo_id=repo_id, folder_path=staging, revision=revision, create_pr=create_pr,
+        return OneCommitPushMixin.upload_folder(
+            staging, repo_id, private=private, token=token, revision=revision, create_pr=create_pr,
             commit_message=commit_message or f"Upload {report.method} fine-tuned {base or 'model'}",
             commit_description=commit_description,
         )
@@ -406,7 +285,7 @@ def push_finetuned(
 
 def load_finetuned(
     model_id: str | os.PathLike,
-    allow_backbone_mismatch: bool = False,
+    allow_backbone_mismatch: bool | None = None,
     revision: str | None = None,
     **kwargs: Any,
 ) -> tuple[Any, PreTrainedTokenizerBase]:
@@ -438,13 +317,9 @@ def load_finetuned(
     known = {f.name for f in fields(BackboneSpec)}
     spec = BackboneSpec.from_dict({k: v for k, v in report.backbone.items() if k in known})
     weights = locate_weights(spec)
-    recorded = report.backbone.get("weights_sha256")
-    if recorded and weights.sha256 != recorded and not allow_backbone_mismatch:
-        raise ValueError(
-            f"the adapter in {model_id} was trained on {spec.model_id} weights with sha256 {recorded}, but "
-            f"{weights.source} has sha256 {weights.sha256}; an adapter on other weights gives other outputs. "
-            "Pass allow_backbone_mismatch=True to load it anyway."
-        )
+    check_backbone_sha256(report.backbone.get("weights_sha256"), weights.sha256,
+                          what=f"the adapter in {model_id} (base {spec.model_id} from {weights.source})",
+                          allow=allow_backbone_mismatch)
     id2label = {int(k): v for k, v in report.id2label.items()}
     verbosity = logging.get_verbosity()
     logging.set_verbosity_error()  # the load report would call the classifier "newly initialised": the adapter has it

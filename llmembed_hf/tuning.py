@@ -25,6 +25,7 @@ Same seed, same data, same machine: same trials, same heads, same scores (`fit_h
 from __future__ import annotations
 
 import copy
+import dataclasses
 import itertools
 import json
 import os
@@ -40,22 +41,21 @@ from datasets import Dataset, DatasetDict
 from transformers import set_seed
 from transformers.utils import logging
 
-from .data import load_classification_splits
+from .data import describe_source, load_classification_splits
 from .features import ExtractionConfig
-from .modeling.configuration_llmembed import LLMEmbedConfig
+from .metrics import compute_classification_metrics
+from .model_card import environment
+from .modeling.configuration_llmembed import PRESETS, LLMEmbedConfig
 from .modeling.modeling_llmembed import LLMEmbedForSequenceClassification
-from .training import (
-    HeadTrainingArguments,
-    _features,
-    compute_classification_metrics,
-    environment,
-    fit_head,
-    predict_logits,
-)
+from .trainer import fit_head, head_config, predict_logits, split_features
+from .training_args import DataArguments, HeadArguments, HeadTrainingArguments, command_line, data_arguments
 
 logger = logging.get_logger(__name__)
 
 METRICS = ("accuracy", "macro_f1")
+#: Share of the training subset that scores the trials when the data has no validation split: more than training's
+#: 10%, since here it ranks many heads rather than picking one head's epoch.
+TUNING_VALIDATION_FRACTION = 0.2
 #: Hyper-parameters that live in the head's config; the others are `HeadTrainingArguments` fields.
 CONFIG_KEYS = ("sigma", "dropout", "projection_dim", "concat_encoder_views")
 TRAINING_KEYS = ("epochs", "learning_rate", "batch_size")
@@ -171,6 +171,8 @@ class TuningReport:
     best: dict[str, Any]
     timings: dict[str, float] = field(default_factory=dict)
     environment: dict[str, str] = field(default_factory=dict)
+    #: The `llmembed train` command line that trains the best trial's head on the same data.
+    train_command: str = ""
 
     def to_markdown(self) -> str:
         keys = [f.name for f in fields(SearchSpace)]
@@ -191,6 +193,8 @@ class TuningReport:
                 f"| {trial['trial']}{mark} | {values} | {trial['best_epoch']} | {trial['accuracy']:.4f} | "
                 f"{trial['macro_f1']:.4f} | {trial['train_s']:.1f} |"
             )
+        if self.train_command:
+            lines += ["", "Train the best head:", "", "```bash", self.train_command, "```"]
         return "\n".join(lines) + "\n"
 
     def save(self, folder: str | os.PathLike) -> None:
@@ -235,60 +239,55 @@ def run_trial(
 
 
 def tune_head(
-    dataset: str | os.PathLike | DatasetDict,
+    data: DataArguments | str | os.PathLike | DatasetDict,
     output_dir: str | os.PathLike,
-    preset: str = "small",
+    preset: str | os.PathLike | LLMEmbedConfig = "small",
     trials: int = 20,
     search_space: SearchSpace | dict[str, list[Any]] | None = None,
     metric: str = "accuracy",
-    text_column: str = "text",
-    label_column: str = "label",
-    train_split: str = "train",
-    validation_split: str | None = None,
-    validation_fraction: float = 0.2,
-    max_train_samples: int | None = None,
     seed: int = 42,
     weight_decay: float = 0.0,
     extraction: ExtractionConfig | None = None,
     model: LLMEmbedForSequenceClassification | None = None,
+    **data_fields: Any,
 ) -> TuningReport:
-    """Search the head's hyper-parameters on ``validation_split`` (else a part carved from ``train_split``); never
-    reads a test split.
+    """Search the head's hyper-parameters on the validation split (else a part carved from the training split);
+    never reads an evaluation split.
 
-    Extracts (or reuses cached) features of a seeded subset of ``max_train_samples`` training texts once, then
-    trains ``trials`` heads (see the module docstring for the search) and writes ``tuning_results.json`` and
-    ``tuning_results.md`` to ``output_dir``. Pass ``model`` (with its backbones) to tune over other backbones than a
-    preset's. The best values go into ``LLMEmbedConfig.from_preset(preset, sigma=..., dropout=...,
-    projection_dim=..., concat_encoder_views=...)`` and ``HeadTrainingArguments(epochs=..., learning_rate=...,
-    batch_size=...)``.
+    ``data``: `DataArguments`, or a dataset source with any of its fields as keywords (``validation_fraction``
+    defaults to `TUNING_VALIDATION_FRACTION` then). Extracts (or reuses cached) features of a seeded subset of
+    ``max_train_samples`` training texts once, then trains ``trials`` heads (see the module docstring for the
+    search) and writes ``tuning_results.json`` and ``tuning_results.md`` to ``output_dir``. ``preset``: a preset
+    name or an `LLMEmbedConfig`; pass ``model`` (with its backbones) to tune over already loaded backbones. The best
+    values go into ``HeadArguments(sigma=..., dropout=..., projection_dim=..., concat_encoder_views=...)`` and
+    ``HeadTrainingArguments(epochs=..., learning_rate=..., batch_size=...)`` (`TuningReport.train_command` spells
+    the `llmembed train` command line).
     """
     if metric not in METRICS:
         raise ValueError(f"metric={metric!r} is unknown; choose one of {METRICS}.")
-    if not 0.0 < validation_fraction < 1.0:
-        raise ValueError(f"validation_fraction={validation_fraction!r} must be in (0, 1), e.g. 0.2.")
+    if not isinstance(data, DataArguments):
+        data_fields.setdefault("validation_fraction", TUNING_VALIDATION_FRACTION)
+    data = data_arguments(data, **data_fields, eval_split=None)  # the test split is never read
     _check_trials(trials)
     space = search_space if isinstance(search_space, SearchSpace) else SearchSpace.from_dict(search_space or {})
     space.validate()
-    preset_name = preset if model is None else "custom"
+    preset_name = str(preset) if model is None and str(preset) in PRESETS else "custom"
+    #: How `llmembed train --preset` names these backbones (a config object or a built model has no name).
+    preset_option = str(preset) if model is None and isinstance(preset, (str, os.PathLike)) else "CONFIG_JSON"
     started = time.perf_counter()
 
-    splits = load_classification_splits(
-        dataset, text_column, label_column, train_split=train_split, eval_split=None, validation_split=validation_split,
-        validation_fraction=validation_fraction, max_train_samples=max_train_samples, seed=seed,
-    )
+    splits = load_classification_splits(data, seed=seed)
     train, validation, names = splits.train, splits.validation, splits.names
-    id2label = dict(enumerate(names))
     if model is None:
-        config = LLMEmbedConfig.from_preset(preset, id2label=id2label, label2id={v: k for k, v in id2label.items()})
-        model = LLMEmbedForSequenceClassification.from_backbones(config)
+        model = LLMEmbedForSequenceClassification.from_backbones(head_config(preset, None, names))
     elif model.config.num_labels != len(names):
         raise ValueError(f"the model has {model.config.num_labels} labels but the data has {len(names)} classes.")
     planned = plan_trials(model.config, space, trials, seed)
     loaded = time.perf_counter()
 
     extraction = extraction or ExtractionConfig()
-    train_features = _features(model, train, extraction)
-    validation_features = _features(model, validation, extraction)
+    train_features = split_features(model, train, extraction)
+    validation_features = split_features(model, validation, extraction)
     extracted = time.perf_counter()
 
     base_config = model.config
@@ -308,9 +307,18 @@ def tune_head(
                        f"macro-F1 {result['macro_f1']:.4f}")
     other = "macro_f1" if metric == "accuracy" else "accuracy"
     best = max(results, key=lambda r: (r[metric], r[other], -r["trial"]))
+    best_params = best["params"]
+    winner = [
+        dataclasses.replace(data, eval_split=DataArguments.eval_split),
+        HeadArguments(**{k: best_params[k] for k in CONFIG_KEYS}),
+        HeadTrainingArguments(**{k: best_params[k] for k in TRAINING_KEYS}, weight_decay=weight_decay, seed=seed),
+        extraction,
+    ]
     report = TuningReport(
-        dataset=str(dataset) if not isinstance(dataset, DatasetDict) else "in-memory DatasetDict",
-        preset=preset_name, metric=metric, seed=seed,
+        dataset=describe_source(data.dataset), preset=preset_name, metric=metric, seed=seed,
+        train_command=command_line("llmembed train", *winner, output_dir="OUTPUT_DIR",
+                                   preset=preset_option)
+        if isinstance(data.dataset, str) else "",
         num_train=len(train.texts), num_validation=len(validation.texts),
         validation=splits.validation_name,
         search_space=asdict(space), trials=results, best=best, environment=environment(),

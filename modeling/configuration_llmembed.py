@@ -16,14 +16,17 @@ logger = logging.get_logger(__name__)
 POOLINGS = ("mean", "cls", "pooler", "last_token")
 ROLES = ("llm", "encoder")
 _NAME_PATTERN = re.compile(r"^[a-z][a-z0-9_]*$")
+#: Fields older versions wrote into every spec and that no longer exist; accepted on load and dropped.
+#: ``padding_side`` never changed a feature (pooling is mask-aware); the composite tokenizer pads on the right.
+_REMOVED_FIELDS = ("padding_side",)
 
 
 @dataclass
 class BackboneSpec:
     """One frozen backbone: where its weights come from and how its hidden states are pooled into views.
 
-    Every pooled layer is one *view* of width ``hidden_size``. ``layers`` index ``output_hidden_states``
-    (``-1`` is the last entry, which for most decoders is the output after the final norm).
+    Every pooled layer is one *view* of width ``hidden_size``. ``layers`` index ``output_hidden_states`` of the
+    full model (``-1`` is the last entry, which for most decoders is the output after the final norm).
     """
 
     name: str
@@ -34,7 +37,6 @@ class BackboneSpec:
     normalize: bool = False
     max_length: int = 512
     hidden_size: int | None = None
-    padding_side: str = "right"
     revision: str | None = None
     gguf_file: str | None = None
     weights_sha256: str | None = None
@@ -47,6 +49,9 @@ class BackboneSpec:
         if not isinstance(spec, dict):
             raise TypeError(f"backbones: each entry must be a dict or BackboneSpec, got {type(spec).__name__}.")
         known = {f.name for f in fields(cls)}
+        if removed := sorted(set(spec) & set(_REMOVED_FIELDS)):
+            logger.debug(f"backbones: ignoring the obsolete field(s) {removed} of spec {spec.get('name', spec)!r}.")
+            spec = {key: value for key, value in spec.items() if key not in removed}
         unknown = sorted(set(spec) - known)
         if unknown:
             raise ValueError(
@@ -61,6 +66,21 @@ class BackboneSpec:
     @property
     def num_views(self) -> int:
         return len(self.layers)
+
+    def hidden_state_indices(self, num_hidden_states: int) -> list[int]:
+        """Non-negative indices into ``output_hidden_states`` of the pooled ``layers``.
+
+        ``num_hidden_states`` is what the *full* model returns (embeddings + one per block), also when its top
+        blocks are not computed, so negative layers count from the top of the full model.
+        """
+        for layer in self.layers:
+            if not -num_hidden_states <= layer < num_hidden_states:
+                raise ValueError(
+                    f"backbones[{self.name!r}].layers={self.layers!r}: layer {layer} is out of range for "
+                    f"{self.model_id}, which has {num_hidden_states} hidden states (embeddings + "
+                    f"{num_hidden_states - 1} blocks); use -{num_hidden_states}..{num_hidden_states - 1}."
+                )
+        return [layer % num_hidden_states for layer in self.layers]
 
     def validate(self, require_hidden_size: bool) -> None:
         where = f"backbones[{self.name!r}]"
@@ -86,8 +106,6 @@ class BackboneSpec:
                 f"{where}: pooling='pooler' uses the model's pooler output, so layers must be [-1], "
                 f"got {self.layers!r}."
             )
-        if self.padding_side not in ("left", "right"):
-            raise ValueError(f"{where}.padding_side={self.padding_side!r} must be 'left' or 'right'.")
         if not isinstance(self.max_length, int) or self.max_length < 1:
             raise ValueError(f"{where}.max_length={self.max_length!r} must be a positive integer.")
         if self.hidden_size is None:
@@ -168,7 +186,7 @@ class LLMEmbedConfig(PretrainedConfig):
 
     Args:
         backbones (`list[dict]`): one [`BackboneSpec`] dict per frozen backbone (name, model_id, role, layers,
-            pooling, normalize, max_length, hidden_size, padding_side, revision, gguf_file, weights_sha256).
+            pooling, normalize, max_length, hidden_size, revision, gguf_file, weights_sha256).
         projection_dim (`int`): width ``d`` every view is projected to before co-occurrence pooling. LLM views
             are always projected; encoder views are projected only when their width differs from ``d``.
         sigma (`float`): scale of the power normalisation ``2 * sigmoid(sigma * z) - 1``.

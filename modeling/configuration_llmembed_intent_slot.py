@@ -31,8 +31,8 @@ class LLMEmbedIntentSlotConfig(PretrainedConfig):
             `EncoderDecoderConfig` holds its encoder's). The model builds the backbone from it with
             `AutoModel.from_config`, so a saved model knows its architecture without downloading anything.
         backbone_spec (`dict`, *optional*): where the pretrained backbone weights come from (a [`BackboneSpec`]:
-            model_id, revision, gguf_file, weights_sha256, max_length, padding_side). Needed whenever the saved
-            weights leave the backbone out (``tuning_mode`` ``frozen`` or ``lora``): loading then re-reads the
+            model_id, revision, gguf_file, weights_sha256, max_length). Needed whenever the saved weights
+            leave the backbone out (``tuning_mode`` ``frozen`` or ``lora``): loading then re-reads the
             backbone from here and refuses weights whose sha256 differs from the one trained on.
         slot_labels (`list[str]`): BIO tags of the slot head, e.g. ``["O", "B-date", "I-date", ...]``.
         pooling (`str`): how the intent head pools tokens: ``last_token`` for decoders (the only position that

@@ -14,23 +14,20 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from transformers import AutoModel, AutoTokenizer, PreTrainedModel
+from transformers import initialization as init  # init functions that respect weights loaded from a checkpoint
 from transformers.modeling_outputs import SequenceClassifierOutput
 from transformers.utils import logging
 
 from .configuration_llmembed import BackboneSpec, LLMEmbedConfig
-
-try:  # transformers >= 5: init functions that respect weights already loaded from a checkpoint
-    from transformers import initialization as init
-except ImportError:  # pragma: no cover - older transformers
-    from torch.nn import init
 
 logger = logging.get_logger(__name__)
 
 #: Set to "1" to load backbone weights whose sha256 differs from the one recorded in the head's config.
 ALLOW_MISMATCH_ENV = "LLMEMBED_ALLOW_BACKBONE_MISMATCH"
 
+
 # ----------------------------------------------------------------------------------------------------------------------
-# Masked pooling
+# Backbones: masked pooling of hidden states, loading, the weights check
 # ----------------------------------------------------------------------------------------------------------------------
 
 
@@ -61,9 +58,11 @@ POOLING_FUNCTIONS: dict[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor
 }
 
 
-#: Set on a backbone whose unused top layers were dropped: how many hidden states the full model returns, so
-#: negative layer indices keep meaning "counted from the top of the full model".
-NUM_HIDDEN_STATES_ATTR = "llmembed_num_hidden_states"
+def full_hidden_state_count(model: PreTrainedModel) -> int:
+    """How many hidden states ``model`` returns with ``output_hidden_states`` when every block runs (embeddings +
+    one per block), read from its config: dropping unused top blocks (`llmembed_hf.backbones.drop_unused_layers`)
+    leaves the config as it is, so negative layers keep counting from the top of the full model."""
+    return model.config.get_text_config().num_hidden_layers + 1
 
 
 def pool_backbone_outputs(
@@ -71,7 +70,8 @@ def pool_backbone_outputs(
 ) -> list[torch.Tensor]:
     """Turn one backbone's outputs into its views: one float32 (batch, hidden) vector per configured layer.
 
-    ``num_hidden_states`` is the full model's count of hidden states when its top layers were not computed.
+    ``num_hidden_states`` is the full model's count of hidden states (`full_hidden_state_count`); the default, the
+    number of hidden states in ``outputs``, is right only when every block was computed.
     """
     if spec.pooling == "pooler":
         if getattr(outputs, "pooler_output", None) is None:
@@ -83,8 +83,13 @@ def pool_backbone_outputs(
     else:
         hidden_states = outputs.hidden_states
         pool = POOLING_FUNCTIONS[spec.pooling]
-        total = num_hidden_states or len(hidden_states)
-        views = [pool(hidden_states[layer % total], attention_mask) for layer in spec.layers]
+        indices = spec.hidden_state_indices(num_hidden_states or len(hidden_states))
+        if max(indices) >= len(hidden_states):
+            raise ValueError(
+                f"backbones[{spec.name!r}]: layers {spec.layers} need hidden state {max(indices)} but {spec.model_id} "
+                f"returned {len(hidden_states)} of its {num_hidden_states}; were its blocks dropped for other layers?"
+            )
+        views = [pool(hidden_states[index], attention_mask) for index in indices]
     if spec.normalize:
         views = [F.normalize(view, p=2, dim=-1) for view in views]
     return views
@@ -105,6 +110,29 @@ def default_backbone_loader(spec: BackboneSpec, **kwargs: Any) -> tuple[PreTrain
     model = AutoModel.from_pretrained(spec.model_id, **load_kwargs)
     tokenizer = AutoTokenizer.from_pretrained(spec.model_id, **load_kwargs)
     return model, tokenizer, None
+
+
+def check_backbone_sha256(recorded: str | None, loaded: str | None, *, what: str, allow: bool | None = None) -> None:
+    """Refuse backbone weights other than the ones a model was trained on.
+
+    ``recorded``: the sha256 stored at training time; ``loaded``: the sha256 of the weights resolved now (``None``
+    when unknown: nothing to compare, so it passes, as does a model that recorded none). ``what`` names the
+    backbone and where its weights came from, for the message. A mismatch raises a ValueError unless ``allow`` is
+    true; ``allow=None`` reads the environment variable ``LLMEMBED_ALLOW_BACKBONE_MISMATCH`` ("1" allows). An allowed
+    mismatch is logged as a warning.
+    """
+    if not recorded or not loaded or recorded == loaded:
+        return
+    if allow is None:
+        allow = os.environ.get(ALLOW_MISMATCH_ENV, "") == "1"
+    message = (
+        f"{what}: trained on backbone weights with sha256 {recorded}, but the weights loaded now have sha256 "
+        f"{loaded}; predictions would be silently wrong. Load the original weights, or pass "
+        f"allow_backbone_mismatch=True (or set {ALLOW_MISMATCH_ENV}=1) if you know they are equivalent."
+    )
+    if not allow:
+        raise ValueError(message)
+    logger.warning(message)
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -212,20 +240,30 @@ class OneCommitPushMixin:
         """Upload what `save_pretrained` writes and a model card in one commit (never weights it leaves out)."""
         import tempfile
 
-        from huggingface_hub import HfApi
         from huggingface_hub.utils import validate_repo_id
 
         validate_repo_id(repo_id)  # a bad id fails here, before anything is uploaded
-        api = HfApi(token=token)
         with tempfile.TemporaryDirectory() as folder:
             self.save_pretrained(folder, **kwargs)
             if type(self).card_writer is not None:
                 type(self).card_writer(folder, self, repo_id)
-            repo_id = api.create_repo(repo_id, private=private, exist_ok=True).repo_id
-            return api.upload_folder(
-                repo_id=repo_id, folder_path=folder, revision=revision, create_pr=create_pr,
-                commit_message=commit_message or self._push_commit_message, commit_description=commit_description,
+            return self.upload_folder(
+                folder, repo_id, commit_message=commit_message or self._push_commit_message,
+                commit_description=commit_description, private=private, token=token, revision=revision,
+                create_pr=create_pr,
             )
+
+    @staticmethod
+    def upload_folder(folder: str | os.PathLike, repo_id: str, *, private: bool | None = None,
+                      token: bool | str | None = None, **commit: Any) -> Any:
+        """Create ``repo_id`` if needed and upload ``folder`` as one commit (``commit``: `HfApi.upload_folder`'s
+        commit_message, commit_description, revision, create_pr): the one upload every model goes through,
+        `llmembed_hf.push_finetuned` included."""
+        from huggingface_hub import HfApi
+
+        api = HfApi(token=token)
+        repo_id = api.create_repo(repo_id, private=private, exist_ok=True).repo_id
+        return api.upload_folder(repo_id=repo_id, folder_path=str(folder), **commit)
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -287,8 +325,6 @@ class LLMEmbedForSequenceClassification(OneCommitPushMixin, LLMEmbedPreTrainedMo
         trained on); a mismatch is an error unless ``allow_backbone_mismatch=True`` (or the environment variable
         ``LLMEMBED_ALLOW_BACKBONE_MISMATCH=1``). Missing ``hidden_size``/``weights_sha256`` are filled in.
         """
-        if allow_backbone_mismatch is None:
-            allow_backbone_mismatch = os.environ.get(ALLOW_MISMATCH_ENV, "") == "1"
         models, tokenizers = {}, {}
         for spec in self.config.backbone_specs:
             model, tokenizer, sha256 = type(self).backbone_loader(spec, **loader_kwargs)
@@ -301,23 +337,17 @@ class LLMEmbedForSequenceClassification(OneCommitPushMixin, LLMEmbedPreTrainedMo
             self.tokenizer = LLMEmbedTokenizer(tokenizers, self.config.backbone_specs)
         return self
 
-    def _check_backbone(self, spec: BackboneSpec, model: PreTrainedModel, sha256: str | None, allow: bool) -> None:
+    def _check_backbone(
+        self, spec: BackboneSpec, model: PreTrainedModel, sha256: str | None, allow: bool | None
+    ) -> None:
         hidden_size = model.config.get_text_config().hidden_size
         if spec.hidden_size is not None and spec.hidden_size != hidden_size:
             raise ValueError(
                 f"backbones[{spec.name!r}]: the config says hidden_size={spec.hidden_size} but {spec.model_id} "
                 f"has hidden_size={hidden_size}; this head was built for another model."
             )
-        if spec.weights_sha256 and sha256 and spec.weights_sha256 != sha256:
-            message = (
-                f"backbones[{spec.name!r}]: the head was trained on weights with sha256 {spec.weights_sha256} but "
-                f"{spec.model_id}{' / ' + spec.gguf_file if spec.gguf_file else ''} resolved to weights with "
-                f"sha256 {sha256}. Predictions would be silently wrong. Load the original weights, or pass "
-                f"allow_backbone_mismatch=True (or set {ALLOW_MISMATCH_ENV}=1) if you know they are equivalent."
-            )
-            if not allow:
-                raise ValueError(message)
-            logger.warning(message)
+        source = f"{spec.model_id}{' / ' + spec.gguf_file if spec.gguf_file else ''}"
+        check_backbone_sha256(spec.weights_sha256, sha256, what=f"backbones[{spec.name!r}] ({source})", allow=allow)
         if spec.weights_sha256 is None and sha256 is None:
             logger.warning(f"backbones[{spec.name!r}]: the weights' sha256 is unknown; it cannot be verified.")
         updates = {"hidden_size": hidden_size}
@@ -381,7 +411,7 @@ class LLMEmbedForSequenceClassification(OneCommitPushMixin, LLMEmbedPreTrainedMo
         with torch.no_grad():
             outputs = backbone(input_ids=input_ids.to(backbone.device), attention_mask=attention_mask,
                                output_hidden_states=True)
-            views = pool_backbone_outputs(outputs, attention_mask, spec, getattr(backbone, NUM_HIDDEN_STATES_ATTR, None))
+            views = pool_backbone_outputs(outputs, attention_mask, spec, full_hidden_state_count(backbone))
         return torch.cat(views, dim=-1)
 
     # -- forward ---------------------------------------------------------------------------------------------------
@@ -492,4 +522,6 @@ __all__ = [
     "first_token_pool",
     "last_token_pool",
     "pool_backbone_outputs",
+    "full_hidden_state_count",
+    "check_backbone_sha256",
 ]

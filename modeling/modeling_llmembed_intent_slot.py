@@ -19,16 +19,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from transformers import AutoModel, PreTrainedModel
+from transformers import initialization as init  # init functions that respect weights loaded from a checkpoint
 from transformers.utils import ModelOutput, cached_file, logging
 
 from .configuration_llmembed import BackboneSpec
 from .configuration_llmembed_intent_slot import LLMEmbedIntentSlotConfig
-from .modeling_llmembed import ALLOW_MISMATCH_ENV, POOLING_FUNCTIONS, OneCommitPushMixin, default_backbone_loader
-
-try:  # transformers >= 5: init functions that respect weights already loaded from a checkpoint
-    from transformers import initialization as init
-except ImportError:  # pragma: no cover - older transformers
-    from torch.nn import init
+from .modeling_llmembed import POOLING_FUNCTIONS, OneCommitPushMixin, check_backbone_sha256, default_backbone_loader
+from .tokenization_llmembed import ensure_pad_token
 
 logger = logging.get_logger(__name__)
 
@@ -158,7 +155,10 @@ class LLMEmbedForIntentAndSlotFilling(OneCommitPushMixin, LLMEmbedIntentSlotPreT
             attn_implementation=model.config._attn_implementation, **config_kwargs,
         )
         instance = cls(config, backbone=model)
-        instance.tokenizer = _with_pad_token(tokenizer, spec.padding_side) if tokenizer is not None else None
+        if tokenizer is not None:
+            ensure_pad_token(tokenizer)  # batching needs one (its id never matters: it is masked)
+            tokenizer.padding_side = "right"
+        instance.tokenizer = tokenizer
         return instance
 
     @classmethod
@@ -182,19 +182,10 @@ class LLMEmbedForIntentAndSlotFilling(OneCommitPushMixin, LLMEmbedIntentSlotPreT
             config = cls.config_class.from_pretrained(pretrained_model_name_or_path, **hub_kwargs)
         if config.tuning_mode == "full":
             return super().from_pretrained(pretrained_model_name_or_path, *model_args, config=config, **kwargs)
-        if allow_backbone_mismatch is None:
-            allow_backbone_mismatch = os.environ.get(ALLOW_MISMATCH_ENV, "") == "1"
         spec = BackboneSpec.from_dict(config.backbone_spec)
         backbone, _, sha256 = cls.backbone_loader(spec, dtype=kwargs.get("dtype"))
-        if spec.weights_sha256 and sha256 and spec.weights_sha256 != sha256:
-            message = (
-                f"{pretrained_model_name_or_path}: trained on backbone weights with sha256 {spec.weights_sha256}, but "
-                f"{spec.model_id} resolved to sha256 {sha256}; predictions would be silently wrong. Load the original "
-                f"weights, or pass allow_backbone_mismatch=True (or set {ALLOW_MISMATCH_ENV}=1)."
-            )
-            if not allow_backbone_mismatch:
-                raise ValueError(message)
-            logger.warning(message)
+        check_backbone_sha256(spec.weights_sha256, sha256, allow=allow_backbone_mismatch,
+                              what=f"{pretrained_model_name_or_path} (backbone {spec.model_id})")
         model = cls(config, backbone=backbone)
         weights = cached_file(pretrained_model_name_or_path, WEIGHTS_FILE, **hub_kwargs)
         from safetensors.torch import load_file
@@ -316,15 +307,6 @@ class LLMEmbedForIntentAndSlotFilling(OneCommitPushMixin, LLMEmbedIntentSlotPreT
                                     reduction="sum")
             terms.append(self.config.slot_loss_weight * total / (flat != -100).sum().clamp(min=1))
         return torch.stack(terms).sum() if terms else None
-
-
-def _with_pad_token(tokenizer: Any, padding_side: str) -> Any:
-    """Decoder tokenizers often have no pad token; batching needs one (its id never matters: it is masked)."""
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token
-        logger.info(f"The tokenizer has no pad token; padding with {tokenizer.pad_token!r} (masked everywhere).")
-    tokenizer.padding_side = padding_side
-    return tokenizer
 
 
 __all__ = ["IntentSlotOutput", "LLMEmbedIntentSlotPreTrainedModel", "LLMEmbedForIntentAndSlotFilling"]

@@ -18,6 +18,27 @@ TOKENIZER_CONFIG_FILE = "tokenizer_config.json"
 SUBFOLDER = "tokenizers"
 
 
+def ensure_pad_token(tokenizer: Any) -> int:
+    """Give ``tokenizer`` a pad token if it has none and return the pad token id.
+
+    Decoder tokenizers often ship without one (Llama's), but batching needs one. An existing token is reused (EOS,
+    else UNK, else BOS), which keeps the vocabulary and the embedding matrix unchanged; the attention mask hides
+    every padded position, so which token it is never changes a result.
+    """
+    if tokenizer.pad_token_id is None:
+        for candidate in ("eos_token", "unk_token", "bos_token"):
+            if getattr(tokenizer, candidate, None) is not None:
+                tokenizer.pad_token = getattr(tokenizer, candidate)
+                logger.info(f"The tokenizer has no pad token; padding with its {candidate} {tokenizer.pad_token!r}.")
+                break
+        else:
+            raise ValueError(
+                f"the tokenizer {getattr(tokenizer, 'name_or_path', '')!r} has no pad, EOS, UNK or BOS token to pad "
+                "with; set tokenizer.pad_token first."
+            )
+    return tokenizer.pad_token_id
+
+
 def _check_texts(text: Any) -> tuple[list[str], bool]:
     """Return ``(texts, is_batch)``; raise a TypeError naming the first item that is not a string."""
     if isinstance(text, str):
@@ -57,19 +78,13 @@ class LLMEmbedTokenizer:
         if sorted(tokenizers) != sorted(names):
             raise ValueError(f"LLMEmbedTokenizer: tokenizers for {sorted(tokenizers)} given, backbones are {names}.")
         self.tokenizers = {name: tokenizers[name] for name in names}
-        for spec in self.specs:
-            tokenizer = self.tokenizers[spec.name]
-            if tokenizer.pad_token_id is None:
-                # e.g. decoders shipped without a pad token: any token will do, padded positions are masked.
-                tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token or tokenizer.bos_token
+        for tokenizer in self.tokenizers.values():
+            ensure_pad_token(tokenizer)  # so each backbone's own tokenizer batches too (`pad` here pads with 0)
         self.model_max_length = max(spec.max_length for spec in self.specs)
 
     def __repr__(self) -> str:
         parts = ", ".join(f"{s.name}={type(self.tokenizers[s.name]).__name__}(max_length={s.max_length})" for s in self.specs)
         return f"LLMEmbedTokenizer({parts})"
-
-    def __len__(self) -> int:
-        return len(self.specs)
 
     def _fallback_token(self, name: str) -> int:
         tokenizer = self.tokenizers[name]
@@ -168,11 +183,7 @@ class LLMEmbedTokenizer:
     def from_backbone_specs(cls, specs: Sequence[BackboneSpec | dict[str, Any]]) -> LLMEmbedTokenizer:
         """Build the composite tokenizer from each backbone's own tokenizer."""
         specs = [BackboneSpec.from_dict(s) for s in specs]
-        tokenizers = {}
-        for spec in specs:
-            tokenizers[spec.name] = cls.backbone_tokenizer_loader(spec)
-            tokenizers[spec.name].padding_side = spec.padding_side
-        return cls(tokenizers, specs)
+        return cls({spec.name: cls.backbone_tokenizer_loader(spec) for spec in specs}, specs)
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike, *args: Any, **kwargs: Any) -> LLMEmbedTokenizer:

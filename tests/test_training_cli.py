@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import gzip
 import json
 import os
@@ -12,11 +14,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import require
 import torch
 from datasets import ClassLabel, Dataset, DatasetDict, Features, Value, load_from_disk
 
 from llmembed_hf import (
-    PRESETS,
     HeadTrainingArguments,
     LLMEmbedConfig,
     LLMEmbedForSequenceClassification,
@@ -26,7 +28,15 @@ from llmembed_hf import (
 from llmembed_hf.cli import build_parser, main
 from llmembed_hf.data import load_labelled
 from llmembed_hf.features import FEATURES_COLUMN
-from llmembed_hf.training import predict_logits
+from llmembed_hf.trainer import predict_logits
+from llmembed_hf.features import ExtractionConfig
+from llmembed_hf.intent_slot import IntentSlotArguments, IntentSlotDataArguments
+from llmembed_hf.training_args import (
+    DataArguments,
+    FinetuneArguments,
+    HeadArguments,
+    HeadTrainingArguments,
+)
 
 #: LLMEMBED_CACHE as the environment had it before conftest's autouse fixture pointed it at a temp dir.
 ORIGINAL_CACHE = os.environ.get("LLMEMBED_CACHE")
@@ -102,6 +112,10 @@ def keyword_data(tmp_path_factory) -> Path:
     return folder
 
 
+#: Enough epochs for the tiny head to learn the keywords (4 left it at chance: 0.50; 20 reach 0.95).
+TRAINED_EPOCHS = 20
+
+
 @pytest.fixture(scope="module")
 def trained(tiny_backbones, keyword_data, tmp_path_factory):
     """``(output folder, model, report)`` of `train_head` with a prebuilt tiny model."""
@@ -112,17 +126,18 @@ def trained(tiny_backbones, keyword_data, tmp_path_factory):
     model = LLMEmbedForSequenceClassification.from_backbones(config)
     output = tmp_path_factory.mktemp("trained") / "keyword-head"
     model, report = train_head(
-        keyword_data, output, model=model, training=HeadTrainingArguments(epochs=4, batch_size=16,
+        keyword_data, output, model=model, training=HeadTrainingArguments(epochs=TRAINED_EPOCHS, batch_size=16,
                                                                            learning_rate=3e-3),
     )
     return output, model, report
 
 
 @pytest.fixture
-def tiny_preset(tiny_backbones, monkeypatch):
-    """A ``tiny`` preset over the tiny backbones, so preset code paths (train_head, CLI train) run in seconds."""
-    monkeypatch.setitem(PRESETS, "tiny", head_kwargs(tiny_backbones))
-    return "tiny"
+def tiny_preset(tiny_backbones, tmp_path):
+    """A head config over the tiny backbones saved as a ``config.json`` (what ``--preset`` and ``preset=`` also
+    take), so preset code paths (train_head, CLI train) run in seconds."""
+    LLMEmbedConfig(**head_kwargs(tiny_backbones)).save_pretrained(tmp_path / "tiny-preset")
+    return str(tmp_path / "tiny-preset" / "config.json")
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -379,9 +394,11 @@ def test_train_head_writes_a_complete_hub_folder(trained, keyword_data):
     assert saved["num_eval"] == 20 and saved["eval_split"] == "test"
     assert sum(map(sum, saved["confusion_matrix"])) == 20
     assert saved["eval_metrics"]["accuracy"] == report.eval_metrics["accuracy"]
-    assert 0.0 <= report.eval_metrics["accuracy"] <= 1.0 and "macro_f1" in report.eval_metrics
-    assert sorted({e["epoch"] for e in saved["log_history"] if "eval_accuracy" in e}) == [1.0, 2.0, 3.0, 4.0]
-    assert sorted({e["epoch"] for e in saved["log_history"] if "loss" in e}) == [1.0, 2.0, 3.0, 4.0]
+    # "good"/"bad" decide the label: chance is 0.5 (measured 0.95 on these 20 texts)
+    assert report.eval_metrics["accuracy"] >= 0.8 and "macro_f1" in report.eval_metrics
+    epochs = [float(epoch) for epoch in range(1, TRAINED_EPOCHS + 1)]
+    assert sorted({e["epoch"] for e in saved["log_history"] if "eval_accuracy" in e}) == epochs
+    assert sorted({e["epoch"] for e in saved["log_history"] if "loss" in e}) == epochs
 
 
 def test_pipeline_loads_the_saved_folder(trained, keyword_data):
@@ -430,9 +447,48 @@ def test_help_mentions_every_option(command, capsys):
     help_text = capsys.readouterr().out
     subparsers = next(a for a in build_parser()._actions if a.dest == "command")
     declared = {o for a in subparsers.choices[command]._actions for o in a.option_strings if o.startswith("--")}
-    assert declared - {"--help"} == EXPECTED_OPTIONS[command]
+    assert EXPECTED_OPTIONS[command] <= declared  # the options of earlier releases keep working
     for option in EXPECTED_OPTIONS[command]:
-        assert option in help_text, option
+        assert option in help_text or option.replace("-", "_") in help_text, option
+
+
+def _subparser(command: str):
+    return next(a for a in build_parser()._actions if a.dest == "command").choices[command]
+
+
+@pytest.mark.parametrize("command, dataclass_types", [
+    ("train", [DataArguments, HeadArguments, HeadTrainingArguments, ExtractionConfig]),
+    ("finetune", [DataArguments, FinetuneArguments]),
+    ("finetune-intent-slot", [IntentSlotDataArguments, IntentSlotArguments]),
+])
+def test_cli_options_are_generated_from_the_argument_dataclasses(command, dataclass_types):
+    """Every field is an option whose default is the field's own (one home per default)."""
+    parser = _subparser(command)
+    actions = {a.dest: a for a in parser._actions}
+    for dataclass_type in dataclass_types:
+        for field in dataclasses.fields(dataclass_type):
+            assert field.name in actions, (command, field.name)
+            default = field.default_factory() if field.default_factory is not dataclasses.MISSING else field.default
+            assert actions[field.name].default == default, (command, field.name)
+
+
+def test_cli_train_accepts_every_head_setting(monkeypatch):
+    """`llmembed train` passes head settings (the ones `llmembed tune` searches) through to `train_head`."""
+    seen = {}
+
+    def fake_train_head(data, output_dir, **kwargs):
+        seen.update(data=data, **kwargs)
+        raise ValueError("stop here")
+
+    monkeypatch.setattr("llmembed_hf.trainer.train_head", fake_train_head)
+    code = main(["train", "--dataset", "d", "--output-dir", "o", "--sigma", "0.3", "--dropout", "0.2",
+                 "--projection-dim", "64", "--concat-encoder-views", "false", "--mlp-hidden-sizes", "64", "32",
+                 "--lr", "0.003", "--epochs", "5", "--batch-size", "32", "--eval-split", "none"])
+    assert code == 2
+    assert seen["head"] == HeadArguments(sigma=0.3, dropout=0.2, projection_dim=64, mlp_hidden_sizes=[64, 32],
+                                         concat_encoder_views=False)
+    assert (seen["training"].learning_rate, seen["training"].epochs, seen["training"].batch_size) == (0.003, 5, 32)
+    assert seen["data"].eval_split is None and seen["data"].dataset == "d"
 
 
 def test_cli_predict(trained, tmp_path, capsys):
@@ -505,12 +561,13 @@ def test_cli_train_with_a_preset(tiny_preset, keyword_data, tmp_path, capsys):
                  "--epochs", "2", "--batch-size", "16", "--max-train-samples", "40", "--max-eval-samples", "10"])
     assert code == 0
     result = parse_json_output(capsys.readouterr().out)
-    assert result["num_train"] == 36 and 0.0 <= result["test"]["accuracy"] <= 1.0
+    assert result["num_train"] == 36
     config = json.loads((output / "config.json").read_text())
     assert config["id2label"] == {"0": "negative", "1": "positive"}
     assert config["label2id"] == {"negative": 0, "positive": 1}
     report = json.loads((output / "training_report.json").read_text())
-    assert report["preset"] == "tiny" and report["num_eval"] == 10
+    assert report["preset"] == "custom" and report["num_eval"] == 10
+    assert report["eval_metrics"] == result["test"]  # what the CLI prints is what the folder records
 
 
 def test_cli_train_without_eval_split(tiny_preset, keyword_data, tmp_path, capsys):
@@ -575,8 +632,7 @@ def cache_reusing_weights(tmp_path: Path) -> Path:
 
 @pytest.mark.integration
 def test_llmembed_train_small_preset_on_sst2(tmp_path):
-    if not (SST2 / "train.jsonl.gz").is_file():
-        pytest.skip(f"{SST2} is not there")
+    require((SST2 / "train.jsonl.gz").is_file(), f"shared dataset {SST2}")
     output = tmp_path / "sst2-small"
     cache = cache_reusing_weights(tmp_path)
     result = subprocess.run(
@@ -587,7 +643,8 @@ def test_llmembed_train_small_preset_on_sst2(tmp_path):
     assert result.returncode == 0, result.stderr[-4000:]
     printed = parse_json_output(result.stdout)
     assert printed["num_train"] == 180
-    assert 0.0 <= printed["test"]["accuracy"] <= 1.0 and "macro_f1" in printed["test"]
+    # SST-2 is balanced (chance 0.5); 180 sentences are enough for the frozen views (measured PLACEHOLDER)
+    assert printed["test"]["accuracy"] >= 0.7 and "macro_f1" in printed["test"]
     for name in ("config.json", "model.safetensors", "tokenizer_config.json", "README.md", "confusion_matrix.png",
                  "training_curves.png", "training_report.json"):
         assert (output / name).is_file(), name

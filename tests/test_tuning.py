@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shlex
 
 import pytest
 import torch
@@ -12,9 +13,9 @@ from test_training_cli import (  # noqa: F401 (tiny_preset is a fixture)
 )
 
 from llmembed_hf import LLMEmbedConfig, LLMEmbedForSequenceClassification, SearchSpace, tune_head
-from llmembed_hf.cli import main
+from llmembed_hf.cli import build_parser, main
 from llmembed_hf.tuning import preset_defaults, run_trial, sample_trials
-from llmembed_hf.training import HeadTrainingArguments
+from llmembed_hf.training_args import HeadTrainingArguments
 
 #: A small grid that trains in seconds on the tiny backbones.
 SMALL_SPACE = dict(sigma=[0.1, 1.0], epochs=[2, 3], learning_rate=[3e-3], dropout=[0.2], projection_dim=[8, 16],
@@ -229,6 +230,20 @@ def test_cli_tune_prints_one_json_object(tiny_preset, tmp_path, capsys):
     assert result["best"]["params"]["sigma"] in (0.1, 1.0)
     assert result["best"]["params"]["concat_encoder_views"] is False
     assert all((tmp_path / "out" / f"tuning_results.{ext}").is_file() for ext in ("json", "md"))
+    assert result["train_command"] in (tmp_path / "out" / "tuning_results.md").read_text()
+
+    # The printed `llmembed train` command trains the winner: same data, head and training settings.
+    words = shlex.split(result["train_command"])
+    assert words[:2] == ["llmembed", "train"]
+    train_args = build_parser().parse_args(words[1:])
+    best = result["best"]["params"]
+    assert (train_args.sigma, train_args.dropout, train_args.projection_dim) == (
+        best["sigma"], best["dropout"], best["projection_dim"])
+    assert train_args.concat_encoder_views is best["concat_encoder_views"]
+    assert (train_args.epochs, train_args.learning_rate, train_args.batch_size) == (
+        best["epochs"], best["learning_rate"], best["batch_size"])
+    assert (train_args.dataset, train_args.max_train_samples, train_args.preset) == (str(data), 30, tiny_preset)
+    assert train_args.validation_fraction == 0.2 and train_args.seed == 42
 
 
 @pytest.mark.parametrize("argv, message", [(["--trials", "0"], "trials=0"),
@@ -245,7 +260,8 @@ def test_cli_tune_rejects_a_fusion_that_is_not_a_boolean(capsys):
     with pytest.raises(SystemExit) as exit_info:
         main(["tune", "--dataset", "d", "--output-dir", "o", "--concat-encoder-views", "true", "maybe"])
     assert exit_info.value.code == 2
-    assert "'maybe' is not a boolean; write true or false" in capsys.readouterr().err
+    error = capsys.readouterr().err
+    assert "got maybe" in error and "true/false" in error
 
 
 def test_cli_tune_help_documents_every_option(capsys):

@@ -3,7 +3,7 @@
 import datasets
 import evaluate
 
-from llmembed_hf.slots import bio_to_spans
+from llmembed_hf.intent_slot.slots import bio_to_spans
 
 _DESCRIPTION = (
     "intent_accuracy: fraction of utterances whose intent is right. slot_precision / slot_recall / slot_f1: micro "

