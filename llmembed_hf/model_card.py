@@ -138,6 +138,39 @@ INTENT_SLOT_METRICS = [("intent_accuracy", "accuracy", "Intent accuracy", None),
                        ("exact_match", "exact_match", "Frame accuracy", None)]
 
 
+#: Licence (Hub metadata id, name, link) of the backbones the presets name; the head's own code is Apache-2.0, but a
+#: head is used together with its backbones, so their terms bind its users too.
+_APACHE = ("apache-2.0", "Apache-2.0", "https://www.apache.org/licenses/LICENSE-2.0")
+_GEMMA = ("gemma", "Gemma Terms of Use", "https://ai.google.dev/gemma/terms")
+BACKBONE_LICENCES = {
+    "google/gemma-3-270m": _GEMMA,
+    "google/embeddinggemma-300m": _GEMMA,
+    "sentence-transformers/all-MiniLM-L6-v2": _APACHE,
+    "sentence-transformers/all-mpnet-base-v2": _APACHE,
+    "HuggingFaceTB/SmolLM2-135M-Instruct": _APACHE,
+    "Qwen/Qwen2.5-Coder-0.5B-Instruct": _APACHE,
+    "google-bert/bert-large-uncased": _APACHE,
+    "FacebookAI/roberta-large": ("mit", "MIT", "https://opensource.org/license/mit"),
+    "meta-llama/Llama-2-7b-chat-hf": ("llama2", "Llama 2 Community License",
+                                      "https://ai.meta.com/llama/license/"),
+}
+
+
+def _licences(model_ids: list[str]) -> tuple[dict[str, str], str]:
+    """The card's licence metadata and a markdown list of every backbone's terms (unknown ones say so)."""
+    known = [BACKBONE_LICENCES.get(model_id) for model_id in model_ids]
+    lines = [f"- `{hub_base_model(model_id) or 'a local folder'}`: "
+             + (f"[{licence[1]}]({licence[2]})" if licence else "unknown to llmembed-hf: check the model's own terms")
+             for model_id, licence in zip(model_ids, known)]
+    others = sorted({licence for licence in known if licence is not None and licence != _APACHE})
+    if not others and None not in known:
+        return {"license": "apache-2.0"}, "\n".join(lines)
+    meta = {"license": "other", "license_name": " + ".join(["apache-2.0"] + [o[0] for o in others])}
+    if len(others) == 1:
+        meta["license_link"] = others[0][2]
+    return meta, "\n".join(lines)
+
+
 def _metric(metrics: dict[str, float], key: str) -> float | None:
     """A metric under its own name or `Trainer`'s ``eval_`` prefix."""
     return metrics.get(key, metrics.get(f"eval_{key}"))
@@ -262,10 +295,15 @@ def _training_fields(folder: Path, labels: Any, report: RunReport, metrics: list
     )
 
 
-def _render(template_name: str, folder: Path, meta: dict[str, Any], **values: Any) -> Path:
-    """Fill ``template_name`` of `llmembed_hf.hub_cards` and write it as the folder's ``README.md``."""
+def _render(template_name: str, folder: Path, meta: dict[str, Any], backbones: list[str], **values: Any) -> Path:
+    """Fill ``template_name`` of `llmembed_hf.hub_cards` and write it as the folder's ``README.md``; the licence
+    metadata and section follow the ``backbones`` (model ids) the model depends on."""
+    licence_meta, licences = _licences(backbones)
+    meta = {**{k: v for k, v in meta.items() if k != "license"}, **licence_meta}
     template = Template(resources.files("llmembed_hf.hub_cards").joinpath(template_name).read_text())
-    card = template.substitute(front_matter=yaml.safe_dump(meta, sort_keys=False).strip(), **values)
+    body = template.substitute(front_matter=yaml.safe_dump(meta, sort_keys=False).strip(), **values)
+    card = body.rstrip() + "\n\n## Licences\n\nThis model's own code and weights: Apache-2.0. It runs with "
+    card += "these backbones, whose terms apply to its use:\n\n" + licences + "\n"
     path = folder / "README.md"
     path.write_text(card, encoding="utf-8")
     return path
@@ -311,7 +349,7 @@ def write_model_card(folder: str | os.PathLike, config: Any, report: RunReport, 
     _add_results_metadata(meta, report, name, {"type": "text-classification", "name": "Text Classification"},
                           CLASSIFICATION_METRICS)
     return _render(
-        "model_card_template.md", folder, meta, title=name, repo_id=repo_id, num_head_params=f"{num_params:,}",
+        "model_card_template.md", folder, meta, [spec.model_id for spec in config.backbone_specs], title=name, repo_id=repo_id, num_head_params=f"{num_params:,}",
         backbones_table=backbones, **_training_fields(folder, config, report, CLASSIFICATION_METRICS),
     )
 
@@ -343,7 +381,7 @@ def write_finetune_card(folder: str | os.PathLike, report: FinetuneReport, repo_
     gguf = f" (GGUF file `{spec['gguf_file']}`, dequantised to fp32)" if spec.get("gguf_file") else ""
     parameters = report.parameters
     return _render(
-        "finetune_card_template.md", folder, meta, title=name,
+        "finetune_card_template.md", folder, meta, [spec.get("model_id", "")], title=name,
         method="LoRA (PEFT)" if lora else "full fine-tuning",
         base=f"`{spec.get('model_id')}`{gguf}",
         weights_sha256=spec.get("weights_sha256") or "unknown",
@@ -409,7 +447,7 @@ def write_intent_slot_card(folder: str | os.PathLike, config: Any, report: Inten
         logger.warning(f"Writing a card for {repo_id} with no record of training: it says the model is untrained.")
     parameters = report.parameters
     return _render(
-        "intent_slot_card_template.md", folder, meta, title=name, repo_id=repo_id,
+        "intent_slot_card_template.md", folder, meta, [spec.get("model_id", "")], title=name, repo_id=repo_id,
         num_intents=config.num_labels, num_slot_labels=config.num_slot_labels,
         base=f"`{spec.get('model_id')}`", weights_sha256=spec.get("weights_sha256") or "unknown",
         tuning_mode=config.tuning_mode, mode_description=_TUNING_MODES[config.tuning_mode],

@@ -1,8 +1,11 @@
-"""Shared fixtures: tiny random backbones built offline, a matching head config, and an isolated cache."""
+"""Shared fixtures: tiny random backbones built offline, a matching head config, an isolated cache, and what several
+test modules use: keyword datasets, a head trained on one, a head pushed to a fake Hub, a saved head, the intent +
+slot model factory. Plain helpers live in helpers.py."""
 
 from __future__ import annotations
 
 import copy
+import json
 import os
 from pathlib import Path
 from typing import Any, Callable
@@ -11,7 +14,35 @@ import pytest
 import torch
 from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
 
-from llmembed_hf import LLMEmbedConfig
+from helpers import (
+    ID2LABEL,
+    INTENTS,
+    NAMES,
+    PUBLISHED_TEXTS,
+    REPO_ID,
+    SLOTS,
+    TRAINED_EPOCHS,
+    FakeHub,
+    Published,
+    finetune_keyword_rows,
+    head_kwargs,
+    install_fake_hub,
+    keyword_rows,
+    pipeline_outputs,
+    published_keyword_rows,
+    tiny_head_config,
+    write_dataset,
+    write_split,
+)
+from llmembed_hf import (
+    HeadTrainingArguments,
+    LLMEmbedConfig,
+    LLMEmbedForIntentAndSlotFilling,
+    LLMEmbedForSequenceClassification,
+    extract_features,
+    fit_head,
+    train_head,
+)
 
 #: Words and word pieces of the tiny vocabularies: any lower-case ASCII text tokenises without [UNK].
 _WORDS = "the cat dog sat on mat movie film good bad very not".split()  # "a" is already a letter token
@@ -127,5 +158,109 @@ def tiny_config(tiny_backbones: dict[str, str]) -> Callable[..., LLMEmbedConfig]
         values = dict(backbones=specs, projection_dim=16, mlp_hidden_sizes=[32, 16], num_labels=2)
         values.update(copy.deepcopy(overrides))
         return LLMEmbedConfig(**values)
+
+    return make
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Keyword datasets and a head trained on one
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def keyword_data(tmp_path_factory) -> Path:
+    """Two classes (helpers.NAMES) decided by "good"/"bad": 60 train rows (.jsonl), 20 test rows (.jsonl.gz) and a
+    labels.json."""
+    folder = tmp_path_factory.mktemp("keyword_data")
+    write_split(folder, "train", keyword_rows(60, seed=0))
+    write_split(folder, "test", keyword_rows(20, seed=1), gz=True)
+    (folder / "labels.json").write_text(json.dumps(NAMES))
+    return folder
+
+
+@pytest.fixture(scope="session")
+def trained(tiny_backbones, keyword_data, tmp_path_factory):
+    """``(output folder, model, report)`` of `train_head` with a prebuilt tiny model."""
+    torch.manual_seed(0)
+    id2label = dict(enumerate(NAMES))
+    config = LLMEmbedConfig(**head_kwargs(tiny_backbones), num_labels=2, id2label=id2label,
+                            label2id={v: k for k, v in id2label.items()})
+    model = LLMEmbedForSequenceClassification.from_backbones(config)
+    output = tmp_path_factory.mktemp("trained") / "keyword-head"
+    model, report = train_head(
+        keyword_data, output, model=model, training=HeadTrainingArguments(epochs=TRAINED_EPOCHS, batch_size=16,
+                                                                           learning_rate=3e-3),
+    )
+    return output, model, report
+
+
+@pytest.fixture
+def tiny_preset(tiny_backbones, tmp_path):
+    """A head config over the tiny backbones saved as a ``config.json`` (what ``--preset`` and ``preset=`` also
+    take), so preset code paths (train_head, CLI train, tune) run in seconds."""
+    LLMEmbedConfig(**head_kwargs(tiny_backbones)).save_pretrained(tmp_path / "tiny-preset")
+    return str(tmp_path / "tiny-preset" / "config.json")
+
+
+@pytest.fixture(scope="session")
+def finetune_data(tmp_path_factory) -> Path:
+    """Three classes (helpers.FINETUNE_NAMES) decided by a keyword: 60 train rows, 15 test rows, a labels.json."""
+    return write_dataset(tmp_path_factory.mktemp("keywords"), finetune_keyword_rows(60, 0),
+                         finetune_keyword_rows(15, 1))
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# The fake Hub, a head pushed to it once, and a saved head
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def hub(monkeypatch) -> FakeHub:
+    return install_fake_hub(monkeypatch)
+
+
+@pytest.fixture(scope="session")
+def published(tiny_backbones, tmp_path_factory) -> Published:
+    """A tiny head fitted with `fit_head` on features of keyword texts (seeded), pushed once to the fake Hub."""
+    torch.manual_seed(0)
+    model = LLMEmbedForSequenceClassification.from_backbones(
+        tiny_head_config(tiny_backbones, num_labels=2, id2label=ID2LABEL)
+    )
+    rows = published_keyword_rows(32, seed=0)
+    features = extract_features(model, [r["text"] for r in rows], extra_columns={"labels": [r["label"] for r in rows]})
+    fit_head(model, features, None, tmp_path_factory.mktemp("fit"),
+             HeadTrainingArguments(epochs=3, batch_size=16, learning_rate=1e-2))
+    model.eval()
+    expected = pipeline_outputs(model, PUBLISHED_TEXTS)
+    with pytest.MonkeyPatch.context() as monkeypatch:
+        hub = install_fake_hub(monkeypatch)
+        info = model.push_to_hub(REPO_ID, commit_message="x", private=True, revision=None)
+    return Published(model, expected, hub, info)
+
+
+@pytest.fixture
+def saved_head(tiny_config, tmp_path) -> tuple[LLMEmbedForSequenceClassification, Path]:
+    """A tiny head with labels neg/pos and its backbones, and the folder ``save_pretrained`` wrote."""
+    torch.manual_seed(0)
+    model = LLMEmbedForSequenceClassification.from_backbones(tiny_config(num_labels=2, id2label=ID2LABEL)).eval()
+    folder = tmp_path / "head"
+    model.save_pretrained(folder)
+    return model, folder
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# The intent + slot model
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def make_model(tiny_backbones) -> Callable[..., LLMEmbedForIntentAndSlotFilling]:
+    """Factory: ``make_model(backbone="bert", mode="frozen", **kwargs)``, an intent + slot model (helpers.INTENTS,
+    helpers.SLOTS) over a tiny backbone."""
+
+    def make(backbone: str = "bert", mode: str = "frozen", **kwargs: Any) -> LLMEmbedForIntentAndSlotFilling:
+        torch.manual_seed(0)
+        return LLMEmbedForIntentAndSlotFilling.from_backbone(
+            tiny_backbones[backbone], intent_labels=INTENTS, slot_labels=SLOTS, tuning_mode=mode, **kwargs)
 
     return make

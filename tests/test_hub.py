@@ -1,148 +1,39 @@
 """push_to_hub and loading by repo id, without a Hub.
 
 `HfApi.create_repo` and the commit boundary of `HfApi.upload_folder` are replaced by fakes that capture the
-uploaded files; those files are then laid out as a Hugging Face cache snapshot, so ``from_pretrained("org/name")``
-with ``HF_HUB_OFFLINE=1`` reads exactly what would have been pushed.
+uploaded files (helpers.install_fake_hub; conftest's ``published`` pushes a tiny fitted head once); those files are
+then laid out as a Hugging Face cache snapshot, so ``from_pretrained("org/name")`` with ``HF_HUB_OFFLINE=1`` reads
+exactly what would have been pushed. The remote code is loaded by a Python that cannot import llmembed_hf.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import logging
 import os
-import random
-import shutil
 import subprocess
 import sys
 import sysconfig
 import textwrap
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pytest
 import torch
-from huggingface_hub import CommitOperationAdd, HfApi, ModelCard
-from huggingface_hub.hf_api import CommitInfo, RepoUrl
 from huggingface_hub.utils import HFValidationError
 from safetensors.torch import load as load_safetensors
-from transformers import AutoModelForSequenceClassification, AutoTokenizer, pipeline
 
 import llmembed_hf.modeling.modeling_llmembed as modeling
-from llmembed_hf import (
-    HeadTrainingArguments,
-    LLMEmbedConfig,
-    LLMEmbedForSequenceClassification,
-    LLMEmbedTokenizer,
-    extract_features,
-    fit_head,
-    train_head,
-)
+from helpers import CODE_FILES, PUBLISHED_TEXTS as TEXTS, REPO_ID, Commit, assert_same_predictions
+from llmembed_hf import LLMEmbedForSequenceClassification
 
-REPO_ID = "org/llmembed-tiny"
-ID2LABEL = {0: "neg", 1: "pos"}
-#: Lower-case words of conftest's tiny vocabularies ("not" is left out: its id is beyond the tiny vocab_size).
-FILLER = "the a cat dog sat on mat movie film very".split()
-TEXTS = ["the cat sat on the mat", "a good movie", "very bad film", "good good dog", "the bad bad mat", "film"]
 MODELING_DIR = Path(modeling.__file__).parent
 REMOTE_CODE_FILES = ("configuration_llmembed.py", "modeling_llmembed.py", "tokenization_llmembed.py")
 
 
 # ----------------------------------------------------------------------------------------------------------------------
-# A fake Hub: create_repo and the commit boundary of upload_folder
+# Laying out a pushed commit as the HF cache holds it; running a script in a fresh offline process
 # ----------------------------------------------------------------------------------------------------------------------
-
-
-@dataclass
-class Commit:
-    """One captured commit: the uploaded files' bytes by path in the repo, and the commit's arguments."""
-
-    repo_id: str
-    files: dict[str, bytes]
-    deletions: list[Any]
-    commit_message: str
-    commit_description: str | None
-    revision: str | None
-    create_pr: bool
-    via: str
-    oid: str = ""
-
-
-@dataclass
-class FakeHub:
-    repos: list[dict[str, Any]] = field(default_factory=list)
-    commits: list[Commit] = field(default_factory=list)
-    validated_cards: list[str] = field(default_factory=list)
-
-    def record(self, via: str, repo_id: str, operations: list[Any], **kwargs: Any) -> CommitInfo:
-        """Capture one commit at the boundary of the Hub; returns what the Hub would."""
-        files, deletions = {}, []
-        for operation in operations:
-            if isinstance(operation, CommitOperationAdd):
-                # Read now: push_to_hub uploads from a temporary folder that is gone once it returns.
-                with operation.as_file() as handle:
-                    files[operation.path_in_repo] = handle.read()
-            else:
-                deletions.append(operation)
-        digest = hashlib.sha1()
-        for path in sorted(files):
-            digest.update(path.encode() + b"\0" + hashlib.sha256(files[path]).digest())
-        commit = Commit(
-            repo_id=repo_id, files=files, deletions=deletions, commit_message=kwargs.get("commit_message"),
-            commit_description=kwargs.get("commit_description"), revision=kwargs.get("revision"),
-            create_pr=bool(kwargs.get("create_pr")), via=via, oid=digest.hexdigest(),
-        )
-        self.commits.append(commit)
-        return CommitInfo(
-            commit_url=f"https://huggingface.co/{repo_id}/commit/{commit.oid}",
-            commit_message=commit.commit_message, commit_description=commit.commit_description or "",
-            oid=commit.oid,
-        )
-
-
-def install_fake_hub(monkeypatch: pytest.MonkeyPatch) -> FakeHub:
-    """Replace every call of push_to_hub that would reach the Hub (create_repo, README validation, the commit).
-
-    ``upload_folder`` in huggingface_hub 2.x commits through ``_upload_pipeline.pipelined_upload`` (preupload,
-    xet transfer and the commit POST) when ``hf_xet`` is installed, else through ``HfApi.create_commit``: both
-    are captured, so the tests hold whichever path the installed version takes. Anything else that would reach
-    the Hub fails the test.
-    """
-    import huggingface_hub._upload_pipeline as upload_pipeline
-
-    fake = FakeHub()
-
-    def create_repo(self, repo_id, **kwargs):
-        fake.repos.append({"repo_id": repo_id, **kwargs})
-        return RepoUrl(f"https://huggingface.co/{repo_id}")
-
-    def create_commit(self, repo_id, operations, **kwargs):
-        return fake.record("create_commit", repo_id, list(operations), **kwargs)
-
-    def pipelined_upload(api, *, repo_id, add_operations, delete_operations, **kwargs):
-        return fake.record("pipelined_upload", repo_id, [*delete_operations, *add_operations], **kwargs)
-
-    def validate_yaml(self, content, **kwargs):
-        # The Hub checks the card's metadata before any file is hashed; here it must at least parse.
-        ModelCard(content)
-        fake.validated_cards.append(content)
-
-    def no_network(*args, **kwargs):
-        raise AssertionError("push_to_hub reached the network")
-
-    monkeypatch.setattr(HfApi, "create_repo", create_repo)
-    monkeypatch.setattr(HfApi, "create_commit", create_commit)
-    monkeypatch.setattr(upload_pipeline, "pipelined_upload", pipelined_upload)
-    monkeypatch.setattr(HfApi, "_validate_yaml", validate_yaml)
-    for name in ("preupload_lfs_files", "list_repo_files", "repo_info", "create_pull_request"):
-        monkeypatch.setattr(HfApi, name, no_network)
-    return fake
-
-
-@pytest.fixture
-def hub(monkeypatch) -> FakeHub:
-    return install_fake_hub(monkeypatch)
 
 
 def publish_to_hf_cache(cache: Path, commit: Commit, known_missing: tuple[str, ...] = ()) -> Path:
@@ -190,74 +81,6 @@ def run_script(python: str | Path, script: str, *args: str, cwd: Path, env: dict
     if result.returncode != 0:
         pytest.fail(f"{path} exited {result.returncode}:\n{result.stdout[-4000:]}\n{result.stderr[-8000:]}")
     return json.loads(result.stdout.strip().splitlines()[-1])
-
-
-# ----------------------------------------------------------------------------------------------------------------------
-# A tiny head with deterministic, non-trivial weights, pushed once
-# ----------------------------------------------------------------------------------------------------------------------
-
-
-def keyword_rows(n: int, seed: int) -> list[dict[str, Any]]:
-    """Texts of filler words with "good" (label 1) or "bad" (label 0) in them."""
-    rng = random.Random(seed)
-    rows = []
-    for i in range(n):
-        words = [rng.choice(FILLER) for _ in range(rng.randint(2, 6))]
-        words.insert(rng.randint(0, len(words)), "good" if i % 2 else "bad")
-        rows.append({"text": " ".join(words), "label": i % 2})
-    return rows
-
-
-def tiny_head_config(tiny_backbones: dict[str, str], **overrides: Any) -> LLMEmbedConfig:
-    """conftest's ``tiny_config(**overrides)``, for module-scoped fixtures (which cannot use that factory)."""
-    specs = [
-        dict(name="llm", model_id=tiny_backbones["llama"], role="llm", layers=[-3, -2, -1], pooling="mean",
-             hidden_size=48, max_length=32),
-        dict(name="enc", model_id=tiny_backbones["bert"], role="encoder", layers=[-1], pooling="cls",
-             hidden_size=32, max_length=32),
-    ]
-    return LLMEmbedConfig(**{**dict(backbones=specs, projection_dim=16, mlp_hidden_sizes=[32, 16]), **overrides})
-
-
-def pipeline_outputs(model: LLMEmbedForSequenceClassification, texts: list[str]) -> list[dict[str, Any]]:
-    classifier = pipeline("text-classification", model=model, tokenizer=model.tokenizer, device="cpu")
-    return classifier(texts)
-
-
-def assert_same_predictions(actual: list[dict[str, Any]], expected: list[dict[str, Any]]) -> None:
-    assert [p["label"] for p in actual] == [p["label"] for p in expected]
-    assert [p["score"] for p in actual] == pytest.approx([p["score"] for p in expected], abs=1e-5)
-
-
-@dataclass
-class Published:
-    model: LLMEmbedForSequenceClassification
-    expected: list[dict[str, Any]]  #: the in-process model's pipeline outputs on TEXTS
-    hub: FakeHub
-    info: CommitInfo
-
-    @property
-    def commit(self) -> Commit:
-        return self.hub.commits[0]
-
-
-@pytest.fixture(scope="module")
-def published(tiny_backbones, tmp_path_factory) -> Published:
-    """A tiny head fitted with `fit_head` on features of keyword texts (seeded), pushed once to the fake Hub."""
-    torch.manual_seed(0)
-    model = LLMEmbedForSequenceClassification.from_backbones(
-        tiny_head_config(tiny_backbones, num_labels=2, id2label=ID2LABEL)
-    )
-    rows = keyword_rows(32, seed=0)
-    features = extract_features(model, [r["text"] for r in rows], extra_columns={"labels": [r["label"] for r in rows]})
-    fit_head(model, features, None, tmp_path_factory.mktemp("fit"),
-             HeadTrainingArguments(epochs=3, batch_size=16, learning_rate=1e-2))
-    model.eval()
-    expected = pipeline_outputs(model, TEXTS)
-    with pytest.MonkeyPatch.context() as monkeypatch:
-        hub = install_fake_hub(monkeypatch)
-        info = model.push_to_hub(REPO_ID, commit_message="x", private=True, revision=None)
-    return Published(model, expected, hub, info)
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -392,95 +215,7 @@ def test_round_trip_by_repo_id_through_the_hf_cache(published, known_missing, tm
 
 
 # ----------------------------------------------------------------------------------------------------------------------
-# 2. Model card
-# ----------------------------------------------------------------------------------------------------------------------
-
-
-def check_card_metadata(text: str, tiny_backbones: dict[str, str]) -> dict[str, Any]:
-    data = ModelCard(text).data.to_dict()
-    assert data["pipeline_tag"] == "text-classification"
-    assert data["library_name"] == "transformers"
-    assert data["license"] == "apache-2.0"
-    assert {"llmembed", "text-classification"} <= set(data["tags"])
-    assert data["base_model"] == [tiny_backbones["llama"], tiny_backbones["bert"]]
-    return data
-
-
-def test_card_of_the_pushed_head(published, tiny_backbones):
-    text = published.commit.files["README.md"].decode()
-    check_card_metadata(text, tiny_backbones)
-    assert f'from_pretrained("{REPO_ID}")' in text
-    assert f'pipeline("text-classification", model="{REPO_ID}", trust_remote_code=True)' in text
-
-
-def test_card_of_an_untrained_head_warns(tiny_config, hub, tiny_backbones, caplog):
-    torch.manual_seed(0)
-    model = LLMEmbedForSequenceClassification.from_backbones(tiny_config(num_labels=2, id2label=ID2LABEL))
-    with caplog.at_level(logging.WARNING):
-        model.push_to_hub(REPO_ID)
-    (commit,) = hub.commits
-    assert commit.commit_message == "Upload LLMEmbed head"
-    text = commit.files["README.md"].decode()
-    data = check_card_metadata(text, tiny_backbones)
-    assert "model-index" not in data
-    assert "> **Warning:** this model is untrained; its predictions are random." in text
-    assert json.loads(commit.files["training_report.json"])["num_train"] == 0
-    assert not [p for p in commit.files if p.endswith(".png")]
-    warnings = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
-    assert any("no record of training" in m and REPO_ID in m for m in warnings), warnings
-    assert any("untrained head" in m for m in warnings), warnings
-
-
-def write_split(folder: Path, split: str, rows: list[dict[str, Any]]) -> None:
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / f"{split}.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
-
-
-def test_card_of_a_head_trained_with_train_head(tiny_config, hub, tiny_backbones, tmp_path):
-    data_dir = tmp_path / "data"
-    write_split(data_dir, "train", keyword_rows(40, seed=2))
-    write_split(data_dir, "test", keyword_rows(12, seed=3))
-    (data_dir / "labels.json").write_text(json.dumps(["neg", "pos"]))
-    torch.manual_seed(0)
-    model = LLMEmbedForSequenceClassification.from_backbones(tiny_config(num_labels=2, id2label=ID2LABEL))
-    out = tmp_path / "out"
-    model, report = train_head(data_dir, out, model=model,
-                               training=HeadTrainingArguments(epochs=2, batch_size=8, learning_rate=3e-3))
-
-    def check_trained_card(text: str) -> None:
-        data = check_card_metadata(text, tiny_backbones)
-        (entry,) = data["model-index"]
-        (result,) = entry["results"]
-        assert result["task"]["type"] == "text-classification"
-        assert result["dataset"]["split"] == "test"
-        metrics = {m["type"]: m["value"] for m in result["metrics"]}
-        assert metrics["accuracy"] == pytest.approx(report.eval_metrics["accuracy"], abs=1e-4)
-        assert metrics["f1"] == pytest.approx(report.eval_metrics["macro_f1"], abs=1e-4)
-        assert "this head is untrained" not in text
-        assert "![confusion matrix](confusion_matrix.png)" in text
-        assert "![training curves](training_curves.png)" in text
-
-    check_trained_card((out / "README.md").read_text())
-    for png in ("confusion_matrix.png", "training_curves.png"):
-        assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", png
-
-    # Pushing the trained model uploads that card (written for this repo id) with its plots; so does a head
-    # reloaded from the folder, which finds its training_report.json there.
-    model.push_to_hub(REPO_ID)
-    AutoModelForSequenceClassification.from_pretrained(out).push_to_hub(REPO_ID)
-    assert len(hub.commits) == 2
-    for commit in hub.commits:
-        text = commit.files["README.md"].decode()
-        check_trained_card(text)
-        assert f'from_pretrained("{REPO_ID}")' in text
-        for png in ("confusion_matrix.png", "training_curves.png"):
-            assert commit.files[png][:8] == b"\x89PNG\r\n\x1a\n", png
-        assert json.loads(commit.files["training_report.json"])["eval_metrics"] == report.eval_metrics
-        assert not [p for p in commit.files if p.startswith("checkpoints/")]
-
-
-# ----------------------------------------------------------------------------------------------------------------------
-# 3. Bad input
+# 2. Bad input
 # ----------------------------------------------------------------------------------------------------------------------
 
 
@@ -491,64 +226,30 @@ def test_invalid_repo_id_fails_before_any_upload(tiny_config, hub):
     assert hub.repos == [] and hub.commits == [] and hub.validated_cards == []
 
 
-@pytest.fixture
-def saved_head(tiny_config, tmp_path) -> tuple[LLMEmbedForSequenceClassification, Path]:
-    torch.manual_seed(0)
-    model = LLMEmbedForSequenceClassification.from_backbones(tiny_config(num_labels=2, id2label=ID2LABEL)).eval()
-    folder = tmp_path / "head"
-    model.save_pretrained(folder)
-    return model, folder
+# ----------------------------------------------------------------------------------------------------------------------
+# 3. The intent + slot model
+# ----------------------------------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(
-    "edit, message",
-    [
-        (lambda c: c.update(backbones=[]), r"backbones is empty"),
-        (lambda c: c["backbones"][1].update(pooling="avg"), r"backbones\['enc'\]\.pooling='avg' is unknown.*'mean'"),
-        (lambda c: c["backbones"][0].update(layer=[-1]), r"unknown field\(s\) \['layer'\] in spec 'llm'"),
-    ],
-    ids=["no-backbones", "unknown-pooling", "unknown-field"],
-)
-def test_pulled_config_with_a_bad_field_names_it(saved_head, edit, message):
-    _, folder = saved_head
-    config = json.loads((folder / "config.json").read_text())
-    edit(config)
-    (folder / "config.json").write_text(json.dumps(config))
-    with pytest.raises(ValueError, match=message) as error:
-        AutoModelForSequenceClassification.from_pretrained(folder)
-    assert str(error.value).startswith(f"{folder}/config.json: ")  # names where the bad config came from
+def test_push_to_hub_uploads_one_commit_with_card_and_trained_weights(make_model, monkeypatch):
+    from huggingface_hub import HfApi
+    from huggingface_hub.hf_api import RepoUrl
 
+    uploads: list[dict[str, Any]] = []
 
-def test_other_num_labels_points_at_ignore_mismatched_sizes(saved_head):
-    _, folder = saved_head
-    with pytest.raises(Exception, match="ignore_mismatched_sizes"):
-        AutoModelForSequenceClassification.from_pretrained(folder, num_labels=5)
+    def upload_folder(self, *, repo_id, folder_path, **kwargs):
+        uploads.append({"repo_id": repo_id, "files": sorted(os.listdir(folder_path)),
+                        "card": Path(folder_path, "README.md").read_text(), **kwargs})
+        return "commit"
 
-
-def test_ignore_mismatched_sizes_gives_a_new_classifier(saved_head):
-    model, folder = saved_head
-    loaded = AutoModelForSequenceClassification.from_pretrained(folder, num_labels=5, ignore_mismatched_sizes=True)
-    assert loaded.config.num_labels == 5
-    assert loaded.head.classifier[-1].out_features == 5
-    assert torch.equal(loaded.head.classifier[0].weight, model.head.classifier[0].weight)
-
-
-def test_missing_tokenizer_files_fall_back_to_the_backbones(saved_head, caplog):
-    model, folder = saved_head
-    (folder / "tokenizer_config.json").unlink()
-    shutil.rmtree(folder / "tokenizers")
-    with caplog.at_level(logging.WARNING):
-        tokenizer = AutoTokenizer.from_pretrained(folder)
-    assert isinstance(tokenizer, LLMEmbedTokenizer)
-    warnings = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
-    assert any("has no LLMEmbedTokenizer files" in m and str(folder) in m for m in warnings), warnings
-    expected, actual = model.tokenizer(TEXTS, return_tensors="pt"), tokenizer(TEXTS, return_tensors="pt")
-    assert sorted(actual.keys()) == sorted(expected.keys())
-    for key in expected:
-        assert torch.equal(actual[key], expected[key]), key
-    # The pipeline over that folder works with the fallback tokenizer and agrees with the original model.
-    assert_same_predictions(pipeline("text-classification", model=str(folder), device="cpu")(TEXTS),
-                            pipeline_outputs(model, TEXTS))
+    monkeypatch.setattr(HfApi, "create_repo", lambda self, repo_id, **kw: RepoUrl(f"https://huggingface.co/{repo_id}"))
+    monkeypatch.setattr(HfApi, "upload_folder", upload_folder)
+    model = make_model("llama", "lora")
+    assert model.push_to_hub("org/nlu") == "commit"
+    (upload,) = uploads
+    assert upload["repo_id"] == "org/nlu" and upload["commit_message"] == "Upload LLMEmbed intent + slot model"
+    assert {"config.json", "model.safetensors", "README.md", "tokenizer.json", *CODE_FILES} <= set(upload["files"])
+    assert "untrained" in upload["card"] and 'pipeline("intent-slot-filling", model="org/nlu")' in upload["card"]
 
 
 # ----------------------------------------------------------------------------------------------------------------------

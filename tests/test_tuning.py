@@ -1,19 +1,16 @@
-"""The head's hyper-parameter search (``tune_head``, ``llmembed tune``) on tiny random backbones."""
+"""The head's hyper-parameter search (`llmembed_hf.tuning`: ``tune_head``) on tiny random backbones; ``llmembed tune``
+is tested in test_cli.py."""
 
 from __future__ import annotations
 
 import json
-import shlex
 
 import pytest
 import torch
 from datasets import Dataset, DatasetDict
-from test_training_cli import (  # noqa: F401 (tiny_preset is a fixture)
-    NAMES, head_kwargs, keyword_rows, parse_json_output, tiny_preset, write_split,
-)
 
+from helpers import NAMES, head_kwargs, keyword_rows
 from llmembed_hf import LLMEmbedConfig, LLMEmbedForSequenceClassification, SearchSpace, tune_head
-from llmembed_hf.cli import build_parser, main
 from llmembed_hf.tuning import preset_defaults, run_trial, sample_trials
 from llmembed_hf.training_args import HeadTrainingArguments
 
@@ -208,68 +205,3 @@ def test_tune_head_is_reproducible(tiny_model, keyword_dict, tmp_path):
             for name in ("a", "b")]
     strip = lambda trials: [{k: v for k, v in t.items() if k != "train_s"} for t in trials]  # noqa: E731
     assert strip(runs[0].trials) == strip(runs[1].trials)
-
-
-# ----------------------------------------------------------------------------------------------------------------------
-# llmembed tune
-# ----------------------------------------------------------------------------------------------------------------------
-
-
-def test_cli_tune_prints_one_json_object(tiny_preset, tmp_path, capsys):
-    data = write_split(tmp_path / "data", "train", keyword_rows(40, seed=2))
-    (data / "labels.json").write_text(json.dumps(NAMES))
-    code = main(["tune", "--dataset", str(data), "--preset", tiny_preset, "--output-dir", str(tmp_path / "out"),
-                 "--trials", "2", "--max-train-samples", "30", "--sigma", "0.1", "1", "--epochs", "2",
-                 "--learning-rate", "3e-3", "--dropout", "0", "--projection-dim", "8", "--batch-size", "16",
-                 "--concat-encoder-views", "false"])
-    captured = capsys.readouterr()
-    assert code == 0, captured.err
-    result = json.loads(captured.out)  # stdout holds only the JSON document
-    assert result == parse_json_output(captured.out)
-    assert result["trials"] == 2 and result["num_train"] + result["num_validation"] == 30
-    assert result["best"]["params"]["sigma"] in (0.1, 1.0)
-    assert result["best"]["params"]["concat_encoder_views"] is False
-    assert all((tmp_path / "out" / f"tuning_results.{ext}").is_file() for ext in ("json", "md"))
-    assert result["train_command"] in (tmp_path / "out" / "tuning_results.md").read_text()
-
-    # The printed `llmembed train` command trains the winner: same data, head and training settings.
-    words = shlex.split(result["train_command"])
-    assert words[:2] == ["llmembed", "train"]
-    train_args = build_parser().parse_args(words[1:])
-    best = result["best"]["params"]
-    assert (train_args.sigma, train_args.dropout, train_args.projection_dim) == (
-        best["sigma"], best["dropout"], best["projection_dim"])
-    assert train_args.concat_encoder_views is best["concat_encoder_views"]
-    assert (train_args.epochs, train_args.learning_rate, train_args.batch_size) == (
-        best["epochs"], best["learning_rate"], best["batch_size"])
-    assert (train_args.dataset, train_args.max_train_samples, train_args.preset) == (str(data), 30, tiny_preset)
-    assert train_args.validation_fraction == 0.2 and train_args.seed == 42
-
-
-@pytest.mark.parametrize("argv, message", [(["--trials", "0"], "trials=0"),
-                                            (["--dropout", "1.5"], "dropout=1.5")])
-def test_cli_tune_bad_input_exits_2(tiny_preset, tmp_path, capsys, argv, message):
-    data = write_split(tmp_path / "data", "train", keyword_rows(10, seed=2))
-    code = main(["tune", "--dataset", str(data), "--preset", tiny_preset, "--output-dir", str(tmp_path / "out"),
-                 *argv])
-    assert code == 2
-    assert message in capsys.readouterr().err
-
-
-def test_cli_tune_rejects_a_fusion_that_is_not_a_boolean(capsys):
-    with pytest.raises(SystemExit) as exit_info:
-        main(["tune", "--dataset", "d", "--output-dir", "o", "--concat-encoder-views", "true", "maybe"])
-    assert exit_info.value.code == 2
-    error = capsys.readouterr().err
-    assert "got maybe" in error and "true/false" in error
-
-
-def test_cli_tune_help_documents_every_option(capsys):
-    with pytest.raises(SystemExit) as exit_info:
-        main(["tune", "--help"])
-    assert exit_info.value.code == 0
-    help_text = " ".join(capsys.readouterr().out.split())
-    for option in ("--dataset", "--preset", "--trials", "--max-train-samples", "--output-dir", "--metric",
-                   "--validation-fraction", "--seed", "--sigma", "--epochs", "--learning-rate", "--dropout",
-                   "--projection-dim", "--batch-size", "--concat-encoder-views", "test split is never read"):
-        assert option in help_text, option

@@ -1,4 +1,6 @@
-"""Core behaviour of the LLMEmbed head, its backbones and its config, on tiny random local backbones."""
+"""The LLMEmbed head (`modeling_llmembed`): the paper preset's shape, the text and feature paths, pooling and padding,
+training and saving only the head, losses, Trainer, loading with other labels, and errors, on tiny random local
+backbones."""
 
 from __future__ import annotations
 
@@ -10,8 +12,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
+from transformers import AutoModelForSequenceClassification
 
-from llmembed_hf import BackboneSpec, LLMEmbedConfig, LLMEmbedForSequenceClassification, LLMEmbedTokenizer
+from llmembed_hf import LLMEmbedConfig, LLMEmbedForSequenceClassification, LLMEmbedTokenizer
 from llmembed_hf.modeling.modeling_llmembed import (
     ALLOW_MISMATCH_ENV,
     check_backbone_sha256,
@@ -19,7 +22,6 @@ from llmembed_hf.modeling.modeling_llmembed import (
     last_token_pool,
     mean_pool,
 )
-from llmembed_hf.modeling.tokenization_llmembed import ensure_pad_token
 
 TEXTS = ["the cat sat on the mat", "a very good movie!", "bad film"]
 LONG_TEXT = "the dog sat on a mat and the cat sat on the dog " * 3
@@ -240,31 +242,27 @@ def test_trainer_learns_separable_features(head_only, tmp_path):
 
 
 # ----------------------------------------------------------------------------------------------------------------------
-# 8-10. Errors
+# 8. Loading with other labels
 # ----------------------------------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(
-    ("kwargs", "match"),
-    [
-        (dict(backbones=[]), r"backbones is empty"),
-        (dict(enc={"name": "llm"}), r"duplicate name\(s\) \['llm'\]"),
-        (dict(llm={"pooling": "max"}), r"backbones\['llm'\]\.pooling='max' is unknown"),
-        (dict(llm={"layers": []}), r"backbones\['llm'\]\.layers=\[\] is empty"),
-        (dict(sigma=0), r"sigma=0 must be > 0"),
-        (dict(sigma=-0.5), r"sigma=-0\.5 must be > 0"),
-        (dict(num_labels=3, id2label={0: "neg", 1: "pos"}), r"num_labels=3 disagrees with id2label, which has 2"),
-        (dict(enc={"pooling": "pooler", "layers": [-2]}),
-         r"backbones\['enc'\]: pooling='pooler'.*layers must be \[-1\], got \[-2\]"),
-        (dict(enc={"name": "Enc-1"}), r"name 'Enc-1' is not valid"),
-        (dict(enc={"widht": 32}), r"unknown field\(s\) \['widht'\] in spec 'enc'"),
-    ],
-    ids=["no_backbones", "duplicate_name", "pooling", "empty_layers", "sigma_zero", "sigma_negative", "id2label",
-         "pooler_layers", "bad_name", "unknown_field"],
-)
-def test_config_validation_errors(tiny_config, kwargs, match):
-    with pytest.raises(ValueError, match=match):
-        tiny_config(**kwargs)
+def test_other_num_labels_points_at_ignore_mismatched_sizes(saved_head):
+    _, folder = saved_head
+    with pytest.raises(Exception, match="ignore_mismatched_sizes"):
+        AutoModelForSequenceClassification.from_pretrained(folder, num_labels=5)
+
+
+def test_ignore_mismatched_sizes_gives_a_new_classifier(saved_head):
+    model, folder = saved_head
+    loaded = AutoModelForSequenceClassification.from_pretrained(folder, num_labels=5, ignore_mismatched_sizes=True)
+    assert loaded.config.num_labels == 5
+    assert loaded.head.classifier[-1].out_features == 5
+    assert torch.equal(loaded.head.classifier[0].weight, model.head.classifier[0].weight)
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# 9-10. Errors
+# ----------------------------------------------------------------------------------------------------------------------
 
 
 def test_head_only_model_needs_hidden_size(tiny_config):
@@ -339,73 +337,3 @@ def test_check_backbone_sha256(monkeypatch, caplog):
     check_backbone_sha256(recorded, loaded, what="llm")  # the environment allows it
     with pytest.raises(ValueError):
         check_backbone_sha256(recorded, loaded, what="llm", allow=False)  # an explicit False wins
-
-
-# ----------------------------------------------------------------------------------------------------------------------
-# 11. Backbone specs, pad tokens and layer indices
-# ----------------------------------------------------------------------------------------------------------------------
-
-
-def test_old_spec_with_padding_side_loads(tiny_backbones):
-    """Configs and tokenizer configs saved before ``padding_side`` was removed still load (the field is dropped)."""
-    old = dict(name="enc", model_id=tiny_backbones["bert"], layers=[-1], pooling="cls", hidden_size=32,
-               padding_side="left")
-    spec = BackboneSpec.from_dict(old)
-    assert "padding_side" not in spec.to_dict() and spec.layers == [-1] and old["padding_side"] == "left"
-    config = LLMEmbedConfig.from_dict({"backbones": [old], "num_labels": 2})
-    assert config.backbones == [spec.to_dict()]
-    with pytest.raises(ValueError, match=r"unknown field\(s\) \['padding'\]"):
-        BackboneSpec.from_dict(dict(old, padding="left"))
-
-
-def test_ensure_pad_token_reuses_a_special_token(tiny_backbones):
-    from transformers import AutoTokenizer
-
-    llama = AutoTokenizer.from_pretrained(tiny_backbones["llama"])
-    assert llama.pad_token is None
-    assert ensure_pad_token(llama) == llama.eos_token_id and llama.pad_token == "</s>"
-    bert = AutoTokenizer.from_pretrained(tiny_backbones["bert"])
-    assert ensure_pad_token(bert) == bert.convert_tokens_to_ids("[PAD]")  # an existing pad token is kept
-    only_bos = AutoTokenizer.from_pretrained(tiny_backbones["llama"], eos_token=None, unk_token=None)
-    assert ensure_pad_token(only_bos) == only_bos.bos_token_id
-    bare = AutoTokenizer.from_pretrained(tiny_backbones["llama"], eos_token=None, unk_token=None, bos_token=None)
-    with pytest.raises(ValueError, match="no pad, EOS, UNK or BOS token"):
-        ensure_pad_token(bare)
-
-
-def test_hidden_state_indices():
-    spec = BackboneSpec(name="llm", model_id="x", layers=[-5, -1, 0, 3])
-    assert spec.hidden_state_indices(19) == [14, 18, 0, 3]
-    with pytest.raises(ValueError, match=r"layer -5 is out of range .* 4 hidden states"):
-        spec.hidden_state_indices(4)
-
-
-@pytest.mark.parametrize(("backbone", "layers", "kept"), [("llama", [-4, -3], 2), ("bert", [-3], 1)])
-def test_dropped_blocks_keep_the_full_models_layer_count_and_views(tiny_backbones, backbone, layers, kept):
-    """Blocks above the deepest pooled layer are dropped; the config still counts the full model's hidden states,
-    so negative layers mean the same, the views equal the whole model's, and nothing is set on the model."""
-    from transformers import AutoModel, AutoTokenizer
-
-    from llmembed_hf.backbones import drop_unused_layers
-    from llmembed_hf.modeling.modeling_llmembed import full_hidden_state_count, pool_backbone_outputs
-
-    spec = BackboneSpec(name="b", model_id=tiny_backbones[backbone], layers=layers, pooling="mean")
-    whole = AutoModel.from_pretrained(spec.model_id).eval()
-    truncated = AutoModel.from_pretrained(spec.model_id).eval()
-    blocks = whole.config.num_hidden_layers
-    assert drop_unused_layers(truncated, spec) == blocks - kept
-    assert drop_unused_layers(truncated, spec) == 0  # a second call finds nothing more to drop
-    assert full_hidden_state_count(truncated) == full_hidden_state_count(whole) == blocks + 1
-    assert truncated.config.num_hidden_layers == blocks
-    assert vars(truncated).keys() == vars(whole).keys()
-    tokenizer = AutoTokenizer.from_pretrained(spec.model_id)
-    ensure_pad_token(tokenizer)
-    batch = tokenizer(TEXTS, padding=True, return_tensors="pt")
-    views = {}
-    for name, model in (("whole", whole), ("truncated", truncated)):
-        with torch.no_grad():
-            outputs = model(**batch, output_hidden_states=True)
-        views[name] = pool_backbone_outputs(outputs, batch["attention_mask"], spec, full_hidden_state_count(model))
-    assert len(outputs.hidden_states) == kept + 1
-    for whole_view, truncated_view in zip(views["whole"], views["truncated"]):
-        torch.testing.assert_close(truncated_view, whole_view, atol=1e-6, rtol=0)

@@ -1,0 +1,131 @@
+"""Data loading (`llmembed_hf.data`): JSONL and gzipped splits, labels.json, saved datasets, string and ClassLabel
+labels, and clear errors on bad input."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from datasets import ClassLabel, Dataset, DatasetDict, Features, Value
+
+from helpers import NAMES, write_split
+from llmembed_hf.data import load_labelled
+
+
+def test_jsonl_and_gz_splits_with_labels_json(keyword_data):
+    train, names = load_labelled(keyword_data, "train")
+    assert names == NAMES
+    assert len(train.texts) == 60 and all(isinstance(t, str) for t in train.texts)
+    assert train.labels == [int("good" in t.split()) for t in train.texts]
+    test, _ = load_labelled(keyword_data, "test", label_names=names)  # the .jsonl.gz split
+    assert len(test.texts) == 20 and test.labels == [int("good" in t.split()) for t in test.texts]
+
+
+def test_labels_json_as_mapping(tmp_path):
+    write_split(tmp_path, "train", [{"text": "a", "label": 1}, {"text": "b", "label": 0}, {"text": "c", "label": 2}])
+    (tmp_path / "labels.json").write_text(json.dumps({"2": "sports", "0": "world", "1": "business"}))
+    split, names = load_labelled(tmp_path, "train")
+    assert names == ["world", "business", "sports"] and split.labels == [1, 0, 2]
+
+
+def test_max_samples_is_a_seeded_subset(keyword_data):
+    first, _ = load_labelled(keyword_data, "train", max_samples=10, seed=3)
+    again, _ = load_labelled(keyword_data, "train", max_samples=10, seed=3)
+    other, _ = load_labelled(keyword_data, "train", max_samples=10, seed=4)
+    full, _ = load_labelled(keyword_data, "train")
+    assert first == again and first != other and len(first.texts) == 10
+    assert set(zip(first.texts, first.labels)) <= set(zip(full.texts, full.labels))
+
+
+@pytest.mark.parametrize("missing", ["text", "label"])
+def test_missing_column_lists_the_columns(tmp_path, missing):
+    row = {"sentence": "the cat", "target": 0, "text": "the cat", "label": 0}
+    del row[missing]
+    write_split(tmp_path, "train", [row])
+    with pytest.raises(ValueError, match=rf"column '{missing}' not found.*\[.*'sentence'.*'target'.*\]"):
+        load_labelled(tmp_path, "train")
+    split, _ = load_labelled(tmp_path, "train", text_column="sentence", label_column="target")
+    assert split.texts == ["the cat"] and split.labels == [0]
+
+
+def test_missing_split_lists_the_files(keyword_data):
+    with pytest.raises(FileNotFoundError, match=r"validation.*labels\.json.*test\.jsonl\.gz.*train\.jsonl"):
+        load_labelled(keyword_data, "validation")
+
+
+def test_label_ids_outside_the_classes(tmp_path):
+    write_split(tmp_path, "train", [{"text": "a", "label": 0}, {"text": "b", "label": 2}, {"text": "c", "label": 1}])
+    (tmp_path / "labels.json").write_text(json.dumps(NAMES))
+    with pytest.raises(ValueError, match=r"label id\(s\) \[2\] outside 0\.\.1"):
+        load_labelled(tmp_path, "train")
+    write_split(tmp_path, "test", [{"text": "a", "label": -1}, {"text": "b", "label": 0}])
+    with pytest.raises(ValueError, match=r"\[-1\] outside"):
+        load_labelled(tmp_path, "test")
+
+
+def test_unknown_label_string_in_eval_split(tmp_path):
+    write_split(tmp_path, "train", [{"text": "a", "label": "pos"}, {"text": "b", "label": "neg"}])
+    write_split(tmp_path, "test", [{"text": "c", "label": "neutral"}, {"text": "d", "label": "pos"}])
+    _, names = load_labelled(tmp_path, "train")
+    with pytest.raises(ValueError, match=r"'test'.*\['neutral'\].*\['neg', 'pos'\]"):
+        load_labelled(tmp_path, "test", label_names=names)
+
+
+def test_string_labels_map_to_sorted_ids(tmp_path):
+    write_split(tmp_path, "train", [{"text": t, "label": l} for t, l in
+                                    [("a", "sports"), ("b", "world"), ("c", "business"), ("d", "world")]])
+    split, names = load_labelled(tmp_path, "train")
+    assert names == ["business", "sports", "world"]
+    assert split.labels == [1, 2, 0, 2]
+    write_split(tmp_path, "test", [{"text": "e", "label": "world"}, {"text": "f", "label": "business"}])
+    test, _ = load_labelled(tmp_path, "test", label_names=names)
+    assert test.labels == [2, 0]
+
+
+def test_class_label_feature_gives_names():
+    features = Features({"text": Value("string"), "label": ClassLabel(names=["sad", "happy", "angry"])})
+    data = DatasetDict({"train": Dataset.from_dict({"text": ["x", "y", "z"], "label": [2, 0, 1]}, features=features)})
+    split, names = load_labelled(data, "train")
+    assert names == ["sad", "happy", "angry"] and split.labels == [2, 0, 1]
+    with pytest.raises(ValueError, match=r"split 'test' not found.*\['train'\]"):
+        load_labelled(data, "test")
+
+
+def test_save_to_disk_folder(tmp_path):
+    Dataset.from_dict({"text": ["x", "y"], "label": [1, 0]}).save_to_disk(str(tmp_path / "saved"))
+    split, names = load_labelled(tmp_path / "saved", "train")
+    assert split.texts == ["x", "y"] and split.labels == [1, 0] and names == ["0", "1"]
+
+
+def test_empty_dataset():
+    empty = Dataset.from_dict({"text": [], "label": []}, features=Features({"text": Value("string"),
+                                                                          "label": Value("int64")}))
+    with pytest.raises(ValueError, match="'train' is empty"):
+        load_labelled(DatasetDict({"train": empty}), "train")
+
+
+def test_empty_jsonl_split(tmp_path):
+    (tmp_path / "train.jsonl").write_text("")
+    with pytest.raises(ValueError, match="empty"):
+        load_labelled(tmp_path, "train")
+
+
+@pytest.mark.parametrize("bad_text", [None, 5])
+def test_non_string_text(tmp_path, bad_text):
+    write_split(tmp_path, "train", [{"text": "a", "label": 0}, {"text": "b", "label": 1},
+                                    {"text": bad_text, "label": 0}])
+    with pytest.raises(TypeError, match=rf"row 2: the text is {type(bad_text).__name__}"):
+        load_labelled(tmp_path, "train")
+
+
+@pytest.mark.parametrize("bad_label", [None, 1.5, True])
+def test_labels_neither_int_nor_string(bad_label):
+    data = DatasetDict({"train": Dataset.from_dict({"text": ["a", "b"], "label": [bad_label, bad_label]})})
+    with pytest.raises(ValueError, match="neither an int nor a string"):
+        load_labelled(data, "train")
+
+
+def test_nan_label_is_named(tmp_path):
+    write_split(tmp_path, "train", [{"text": "a", "label": 0}, {"text": "b", "label": float("nan")}])
+    with pytest.raises(ValueError, match="label NaN"):
+        load_labelled(tmp_path, "train")

@@ -1,0 +1,50 @@
+"""Metrics (`llmembed_hf.metrics`): the 20 Newsgroups top-level scores and the intent + slot metric, against
+hand-computed values."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from helpers import NEWSGROUPS
+from llmembed_hf.metrics import load_metric, score_top_level, top_level_groups
+
+
+def test_newsgroups_top_level_groups():
+    names = json.loads((NEWSGROUPS / "labels.json").read_text())
+    mapping, groups = top_level_groups(names)
+    assert groups == ["alt", "comp", "misc", "rec", "sci", "soc", "talk"]
+    assert [groups[g] for g in mapping][:3] == ["alt", "comp", "comp"]
+    assert sum(g == groups.index("comp") for g in mapping) == 5 and sum(g == groups.index("talk") for g in mapping) == 4
+    comp_graphics, comp_x, rec_autos, sci_med = (names.index(n) for n in
+                                                 ("comp.graphics", "comp.windows.x", "rec.autos", "sci.med"))
+    # fine-grained: 1 of 4 right; top level: comp/comp right, rec/rec right, sci vs rec wrong, comp/comp right
+    predictions = [comp_x, rec_autos, sci_med, comp_graphics]
+    references = [comp_graphics, rec_autos, rec_autos, comp_x]
+    scores = score_top_level(predictions, references, names)
+    assert scores["top_level_accuracy"] == pytest.approx(0.75)
+    # per group F1: comp 1.0, rec 2/3 (precision 1, recall 1/2), sci 0 -> mean 5/9
+    assert scores["top_level_macro_f1"] == pytest.approx((1 + 2 / 3 + 0) / 3)
+    with pytest.raises(ValueError, match="0..19"):
+        score_top_level([20], [0], names)
+
+
+def test_metric_against_hand_computed_values():
+    references = [
+        {"intent": "alarm_set", "slots": ["O", "B-time", "I-time", "O", "B-date"]},  # 2 spans
+        {"intent": "weather_query", "slots": ["B-date", "O"]},  # 1 span
+        {"intent": "play_music", "slots": ["O", "O"]},  # none
+    ]
+    predictions = [
+        {"intent": "alarm_set", "slots": ["O", "B-time", "I-time", "O", "B-time"]},  # time right, date typed wrong
+        {"intent": "alarm_set", "slots": ["I-date", "B-date"]},  # orphan I-date = B-date: right; extra span
+        {"intent": "play_music", "slots": ["O", "O"]},  # frame right
+    ]
+    # correct spans 2; predicted 4; reference 3 -> P 0.5, R 2/3, F1 4/7; intents 2/3; frames: only the last
+    scores = load_metric("intent_slot").compute(predictions=predictions, references=references)
+    assert scores == pytest.approx({"intent_accuracy": 2 / 3, "slot_precision": 0.5, "slot_recall": 2 / 3,
+                                    "slot_f1": 4 / 7, "exact_match": 1 / 3})
+    with pytest.raises(ValueError, match="example 0: 1 predicted slot tags but 2"):
+        load_metric("intent_slot").compute(predictions=[{"intent": "a", "slots": ["O"]}],
+                                           references=[{"intent": "a", "slots": ["O", "O"]}])

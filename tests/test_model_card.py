@@ -1,0 +1,112 @@
+"""Model cards (`llmembed_hf.model_card`) of the fusion-head line: the card of a pushed head, of an untrained head,
+and of a head trained with `train_head` (metadata, model-index, plots), all pushed to the fake Hub."""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import Any
+
+import pytest
+import torch
+from huggingface_hub import ModelCard
+from transformers import AutoModelForSequenceClassification
+
+from helpers import ID2LABEL, REPO_ID, published_keyword_rows as keyword_rows, write_split
+from llmembed_hf import HeadTrainingArguments, LLMEmbedForSequenceClassification, train_head
+
+
+def check_card_metadata(text: str, tiny_backbones: dict[str, str]) -> dict[str, Any]:
+    data = ModelCard(text).data.to_dict()
+    assert data["pipeline_tag"] == "text-classification"
+    assert data["library_name"] == "transformers"
+    # The tiny backbones are local folders whose terms the package cannot know: "other", and the card says so.
+    assert data["license"] == "other"
+    assert "a local folder`: unknown to llmembed-hf" in text
+    assert {"llmembed", "text-classification"} <= set(data["tags"])
+    assert data["base_model"] == [tiny_backbones["llama"], tiny_backbones["bert"]]
+    return data
+
+
+def test_card_of_the_pushed_head(published, tiny_backbones):
+    text = published.commit.files["README.md"].decode()
+    check_card_metadata(text, tiny_backbones)
+    assert f'from_pretrained("{REPO_ID}")' in text
+    assert f'pipeline("text-classification", model="{REPO_ID}", trust_remote_code=True)' in text
+
+
+def test_card_of_an_untrained_head_warns(tiny_config, hub, tiny_backbones, caplog):
+    torch.manual_seed(0)
+    model = LLMEmbedForSequenceClassification.from_backbones(tiny_config(num_labels=2, id2label=ID2LABEL))
+    with caplog.at_level(logging.WARNING):
+        model.push_to_hub(REPO_ID)
+    (commit,) = hub.commits
+    assert commit.commit_message == "Upload LLMEmbed head"
+    text = commit.files["README.md"].decode()
+    data = check_card_metadata(text, tiny_backbones)
+    assert "model-index" not in data
+    assert "> **Warning:** this model is untrained; its predictions are random." in text
+    assert json.loads(commit.files["training_report.json"])["num_train"] == 0
+    assert not [p for p in commit.files if p.endswith(".png")]
+    warnings = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert any("no record of training" in m and REPO_ID in m for m in warnings), warnings
+    assert any("untrained head" in m for m in warnings), warnings
+
+
+def test_card_of_a_head_trained_with_train_head(tiny_config, hub, tiny_backbones, tmp_path):
+    data_dir = tmp_path / "data"
+    write_split(data_dir, "train", keyword_rows(40, seed=2))
+    write_split(data_dir, "test", keyword_rows(12, seed=3))
+    (data_dir / "labels.json").write_text(json.dumps(["neg", "pos"]))
+    torch.manual_seed(0)
+    model = LLMEmbedForSequenceClassification.from_backbones(tiny_config(num_labels=2, id2label=ID2LABEL))
+    out = tmp_path / "out"
+    model, report = train_head(data_dir, out, model=model,
+                               training=HeadTrainingArguments(epochs=2, batch_size=8, learning_rate=3e-3))
+
+    def check_trained_card(text: str) -> None:
+        data = check_card_metadata(text, tiny_backbones)
+        (entry,) = data["model-index"]
+        (result,) = entry["results"]
+        assert result["task"]["type"] == "text-classification"
+        assert result["dataset"]["split"] == "test"
+        metrics = {m["type"]: m["value"] for m in result["metrics"]}
+        assert metrics["accuracy"] == pytest.approx(report.eval_metrics["accuracy"], abs=1e-4)
+        assert metrics["f1"] == pytest.approx(report.eval_metrics["macro_f1"], abs=1e-4)
+        assert "this head is untrained" not in text
+        assert "![confusion matrix](confusion_matrix.png)" in text
+        assert "![training curves](training_curves.png)" in text
+
+    check_trained_card((out / "README.md").read_text())
+    for png in ("confusion_matrix.png", "training_curves.png"):
+        assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", png
+
+    # Pushing the trained model uploads that card (written for this repo id) with its plots; so does a head
+    # reloaded from the folder, which finds its training_report.json there.
+    model.push_to_hub(REPO_ID)
+    AutoModelForSequenceClassification.from_pretrained(out).push_to_hub(REPO_ID)
+    assert len(hub.commits) == 2
+    for commit in hub.commits:
+        text = commit.files["README.md"].decode()
+        check_trained_card(text)
+        assert f'from_pretrained("{REPO_ID}")' in text
+        for png in ("confusion_matrix.png", "training_curves.png"):
+            assert commit.files[png][:8] == b"\x89PNG\r\n\x1a\n", png
+        assert json.loads(commit.files["training_report.json"])["eval_metrics"] == report.eval_metrics
+        assert not [p for p in commit.files if p.startswith("checkpoints/")]
+
+
+def test_card_states_every_backbones_licence(tmp_path):
+    """A head over the Gemma preset is under Gemma's terms too: metadata and a Licences section say so."""
+    from llmembed_hf import LLMEmbedConfig
+    from llmembed_hf.model_card import TrainingReport, write_model_card
+
+    config = LLMEmbedConfig.from_preset("small", num_labels=2)
+    text = write_model_card(tmp_path, config, TrainingReport.untrained(), repo_id="org/head").read_text()
+    data = ModelCard(text).data.to_dict()
+    assert data["license"] == "other" and "gemma" in data["license_name"]
+    assert data["license_link"] == "https://ai.google.dev/gemma/terms"
+    licences = text.split("## Licences", 1)[1]
+    assert "`google/gemma-3-270m`: [Gemma Terms of Use]" in licences
+    assert "`sentence-transformers/all-MiniLM-L6-v2`: [Apache-2.0]" in licences
+    assert "`sentence-transformers/all-mpnet-base-v2`: [Apache-2.0]" in licences

@@ -1,0 +1,178 @@
+"""The fusion-head line (`llmembed_hf.trainer`): `fit_head` on pooled features, `train_head` end to end and the
+Hub-style folder it saves, on tiny random backbones."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from datasets import Dataset
+
+from helpers import NAMES, TRAINED_EPOCHS
+from llmembed_hf import HeadTrainingArguments, LLMEmbedForSequenceClassification, fit_head, train_head
+from llmembed_hf.data import load_labelled
+from llmembed_hf.features import FEATURES_COLUMN
+from llmembed_hf.trainer import predict_logits
+
+FEATURE_SIZE = 3 * 48 + 32
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# fit_head
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+def separable_features(n: int, seed: int) -> Dataset:
+    generator = torch.Generator().manual_seed(seed)
+    labels = torch.arange(n) % 2
+    direction = torch.randn(FEATURE_SIZE, generator=torch.Generator().manual_seed(99))
+    features = torch.randn(n, FEATURE_SIZE, generator=generator) + 1.5 * (2 * labels[:, None] - 1) * direction
+    return Dataset.from_dict({FEATURES_COLUMN: features.numpy(), "labels": labels.numpy()}).with_format("torch")
+
+
+def fresh_head(tiny_config, seed: int = 0) -> LLMEmbedForSequenceClassification:
+    torch.manual_seed(seed)
+    return LLMEmbedForSequenceClassification(tiny_config())
+
+
+def test_fit_head_learns_and_reloads_best_checkpoint(tiny_config, tmp_path):
+    from safetensors.torch import load_file
+
+    model = fresh_head(tiny_config)
+    train, validation = separable_features(128, seed=1), separable_features(64, seed=2)
+    args = HeadTrainingArguments(epochs=3, batch_size=32, learning_rate=1e-2)
+
+    trainer = fit_head(model, train, validation, tmp_path / "checkpoints", args)
+
+    logits = predict_logits(model, validation)
+    accuracy = float((logits.argmax(-1) == validation[:]["labels"].numpy()).mean())
+    assert accuracy > 0.9
+    evals = [entry for entry in trainer.state.log_history if "eval_accuracy" in entry]
+    assert len(evals) == args.epochs
+    assert trainer.state.best_metric == max(entry["eval_accuracy"] for entry in evals)
+    best = Path(trainer.state.best_model_checkpoint)
+    assert best.is_dir()
+    saved = load_file(str(best / "model.safetensors"))
+    state = model.state_dict()
+    assert saved.keys() == state.keys()
+    assert all(torch.equal(saved[k], state[k].cpu()) for k in saved)
+    # Standardisation statistics come from the training features.
+    torch.testing.assert_close(model.head.feature_mean, train[:][FEATURES_COLUMN].mean(0))
+
+
+def test_fit_head_restores_best_not_last_epoch(tiny_config, tmp_path):
+    """Validation labels that disagree with training: the best epoch is an early one, and it is the one kept."""
+    from safetensors.torch import load_file
+
+    model = fresh_head(tiny_config)
+    train = separable_features(128, seed=1)
+    flipped = separable_features(64, seed=2)
+    flipped = Dataset.from_dict({FEATURES_COLUMN: flipped[:][FEATURES_COLUMN].numpy(),
+                                 "labels": 1 - flipped[:]["labels"].numpy()}).with_format("torch")
+    trainer = fit_head(model, train, flipped, tmp_path / "checkpoints",
+                       HeadTrainingArguments(epochs=3, batch_size=32, learning_rate=3e-3))
+    evals = [entry for entry in trainer.state.log_history if "eval_accuracy" in entry]
+    best_epoch = max(evals, key=lambda e: e["eval_accuracy"])["epoch"]
+    assert best_epoch < evals[-1]["epoch"]
+    assert evals[-1]["eval_accuracy"] < trainer.state.best_metric
+    best = Path(trainer.state.best_model_checkpoint)
+    assert best.name == f"checkpoint-{int(best_epoch) * 4}"  # 128 rows / 32 per batch = 4 steps per epoch
+    saved = load_file(str(best / "model.safetensors"))
+    assert all(torch.equal(saved[k], v.cpu()) for k, v in model.state_dict().items())
+    # The model in memory scores the best epoch's accuracy, not the last epoch's.
+    accuracy = float((predict_logits(model, flipped).argmax(-1) == flipped[:]["labels"].numpy()).mean())
+    assert accuracy == pytest.approx(trainer.state.best_metric)
+
+
+def test_fit_head_is_deterministic(tiny_config, tmp_path):
+    train = separable_features(64, seed=1)
+
+    def run(seed: int, name: str) -> dict[str, torch.Tensor]:
+        model = fresh_head(tiny_config)
+        fit_head(model, train, None, tmp_path / name,
+                 HeadTrainingArguments(epochs=1, batch_size=16, learning_rate=1e-3, seed=seed))
+        return {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+
+    first, second, other = run(42, "a"), run(42, "b"), run(7, "c")
+    assert first.keys() == second.keys()
+    assert all(torch.equal(first[k], second[k]) for k in first)
+    assert not all(torch.equal(first[k], other[k]) for k in first)
+
+
+def test_train_head_seed_also_fixes_the_initial_head(tiny_preset, keyword_data, tmp_path):
+    """Whatever the global RNG did before, the same seed gives the same head (its init included)."""
+
+    def run(name: str, torch_seed: int, seed: int) -> dict[str, torch.Tensor]:
+        torch.manual_seed(torch_seed)
+        model, _ = train_head(keyword_data, tmp_path / name, preset=tiny_preset,
+                              training=HeadTrainingArguments(epochs=1, batch_size=16, seed=seed))
+        return {k: v.detach().clone() for k, v in model.head.state_dict().items()}
+
+    first, second, other = run("a", 0, 42), run("b", 123, 42), run("c", 0, 7)
+    assert all(torch.equal(first[k], second[k]) for k in first)
+    assert not all(torch.equal(first[k], other[k]) for k in first)
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# train_head end to end and the saved folder
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+def test_train_head_writes_a_complete_hub_folder(trained, keyword_data):
+    from huggingface_hub import ModelCard
+
+    output, model, report = trained
+    for name in ("config.json", "model.safetensors", "tokenizer_config.json", "README.md", "confusion_matrix.png",
+                 "training_curves.png", "training_report.json", "configuration_llmembed.py",
+                 "modeling_llmembed.py"):
+        assert (output / name).is_file() and (output / name).stat().st_size > 0, name
+    for backbone in ("llm", "enc"):
+        assert (output / "tokenizers" / backbone / "tokenizer_config.json").is_file()
+    for png in ("confusion_matrix.png", "training_curves.png"):
+        assert (output / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+    config = json.loads((output / "config.json").read_text())
+    assert config["id2label"] == {"0": "negative", "1": "positive"}
+    assert all(spec["weights_sha256"] for spec in config["backbones"])
+
+    card = ModelCard.load(output / "README.md")
+    assert card.data.pipeline_tag == "text-classification"
+    assert card.data.library_name == "transformers"
+    index = card.data.to_dict()["model-index"]
+    metrics = {m["type"]: m["value"] for m in index[0]["results"][0]["metrics"]}
+    assert metrics["accuracy"] == pytest.approx(report.eval_metrics["accuracy"], abs=1e-4)
+
+    saved = json.loads((output / "training_report.json").read_text())
+    assert saved["num_train"] + saved["num_validation"] == 60 and saved["num_validation"] == 6
+    assert saved["num_eval"] == 20 and saved["eval_split"] == "test"
+    assert sum(map(sum, saved["confusion_matrix"])) == 20
+    assert saved["eval_metrics"]["accuracy"] == report.eval_metrics["accuracy"]
+    # "good"/"bad" decide the label: chance is 0.5 (measured 0.95 on these 20 texts)
+    assert report.eval_metrics["accuracy"] >= 0.8 and "macro_f1" in report.eval_metrics
+    epochs = [float(epoch) for epoch in range(1, TRAINED_EPOCHS + 1)]
+    assert sorted({e["epoch"] for e in saved["log_history"] if "eval_accuracy" in e}) == epochs
+    assert sorted({e["epoch"] for e in saved["log_history"] if "loss" in e}) == epochs
+
+
+def test_pipeline_loads_the_saved_folder(trained, keyword_data):
+    from transformers import pipeline
+
+    output, model, report = trained
+    classifier = pipeline("text-classification", model=str(output), device="cpu")
+    test = load_labelled(keyword_data, "test", label_names=NAMES)[0]
+    predictions = classifier(test.texts, batch_size=8)
+    assert len(predictions) == len(test.texts)
+    assert {p["label"] for p in predictions} <= set(NAMES)
+    assert all(0.5 <= p["score"] <= 1.0 for p in predictions)
+    # The pipeline agrees with the in-memory head's evaluation in train_head.
+    accuracy = np.mean([NAMES.index(p["label"]) == y for p, y in zip(predictions, test.labels)])
+    assert accuracy == pytest.approx(report.eval_metrics["accuracy"])
+
+
+def test_train_head_rejects_a_model_with_other_labels(tiny_config, keyword_data, tmp_path):
+    model = LLMEmbedForSequenceClassification.from_backbones(tiny_config(num_labels=3))
+    with pytest.raises(ValueError, match=r"labels \{0: 'LABEL_0', 1: 'LABEL_1', 2: 'LABEL_2'\} differ from the data's classes \{0: 'negative', 1: 'positive'\}"):
+        train_head(keyword_data, tmp_path / "out", model=model)
