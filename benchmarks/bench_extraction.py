@@ -5,7 +5,7 @@ Benchmark 1 (extraction), in ONE process with the same backbones (the ``small-sm
 MiniLM, MPNet; `small` until the preset study made Gemma its LLM view) and the same texts:
 
 * ``ours``: `llmembed_hf.extract_features` into a fresh cache folder (tokenise once, batches sorted by each
-  backbone's own token lengths under a token budget, dynamic padding, masked pooling, checksummed shards, `datasets` assembly), timed end to end.
+  backbone's own token lengths under a token budget, dynamic padding, masked pooling, checksummed feature-store segments, `datasets` assembly), timed end to end.
 * ``reference``: what the LLMEmbed reference code does, per backbone: tokenise with ``padding="max_length"`` to a
   fixed length, batches in file order, forward with ``output_hidden_states``, mean over ALL positions (pads too).
   Every batch has the same shape, so its cost does not depend on the texts: it is timed on the first ``--ref-*-n``
@@ -95,17 +95,14 @@ def work_weights(model) -> dict[str, int]:
 
 
 def ours_plan(model, texts: list[str]) -> tuple[list[dict[str, int]], dict, dict]:
-    """Ours' batches as `extract_features` will cut them: padded tokens per backbone per batch, and token totals."""
-    from llmembed_hf.features import ExtractionConfig, length_sorted_batches, shard_plan
+    """Ours' batches as `extract_features` will cut them (in its order): padded tokens per backbone per batch, and
+    token totals."""
+    from llmembed_hf.features import ExtractionConfig, extraction_plan
 
-    config = ExtractionConfig()
-    budget = config.token_budget(model.device)
-    ids, lengths, shards = shard_plan(model, texts, config.shard_size)
-    batches = [{name: int(lengths[name][batch].max()) * len(batch)}
-               for shard in shards for name in ids
-               for batch in length_sorted_batches(lengths[name], shard, budget, config.max_batch_size)]
-    processed = {name: sum(b.get(name, 0) for b in batches) for name in ids}
-    real = {name: int(lengths[name].sum()) for name in ids}
+    order, lengths = extraction_plan(model, texts, ExtractionConfig())
+    batches = [{name: int(lengths[name][batch].max()) * len(batch)} for name, batch in order]
+    processed = {name: sum(b.get(name, 0) for b in batches) for name in lengths}
+    real = {name: int(lengths[name].sum()) for name in lengths}
     return batches, processed, real
 
 
@@ -320,12 +317,12 @@ def memory_probe(variant: str, dataset: str, n: int) -> dict:
     thread.start()
     if variant == "ours":
         # ours sorts all texts longest first, so its first (largest) batches are those of the longest texts.
-        from llmembed_hf.features import ExtractionConfig, length_sorted_batches, shard_plan
+        from llmembed_hf.features import ExtractionConfig, extraction_plan, length_sorted_batches
 
         config = ExtractionConfig()
-        _, lengths, shards = shard_plan(model, texts, config.shard_size)
+        _, lengths = extraction_plan(model, texts, config)
         longest = np.max(np.stack(list(lengths.values())), axis=0)
-        batches = list(length_sorted_batches(longest, shards[0], config.token_budget(model.device),
+        batches = list(length_sorted_batches(longest, np.arange(len(texts)), config.token_budget(model.device),
                                              config.max_batch_size))[:2]
         subset = [texts[i] for batch in batches for i in batch]
         with tempfile.TemporaryDirectory() as folder:
@@ -590,8 +587,8 @@ def extraction_section(results: dict, command: str, info: dict) -> str:
                      f"≥ {goal}×: {'met' if speed >= goal else 'NOT met'} |")
     lines += ["", "Goal stated by the project: ours ≥ 5× faster than the reference on SST-2 and ≥ 10× on R8. "
               "`ours time / floor time` is what ours costs relative to the same forwards with no pad token at all "
-              "(above 1: the pads inside its length-sorted batches plus tokenisation, checksummed shards and the "
-              "`datasets` folder; the floor's groups of one exact length can also be tiny batches, which are slow "
+              "(above 1: the pads inside its length-sorted batches plus tokenisation, checksummed "
+              "feature-store segments and the `datasets` assembly; the floor's groups of one exact length can also be tiny batches, which are slow "
               "per token).", ""]
     lines += ["| dataset | N | variant | wall s | texts/s | CPU s | batches | peak RSS MB (rise over loaded backbones) |",
               "|---|---:|---|---:|---:|---:|---:|---:|"]
@@ -627,7 +624,7 @@ def extraction_section(results: dict, command: str, info: dict) -> str:
               "reference run their own next batches until they have done the same fraction of their work (work = "
               "tokens × the backbone's non-embedding parameters). Every batch is timed on its own and charged to its "
               "variant; ours' time is the whole call minus the time spent in the others' batches, so it includes "
-              "tokenisation, sorting, padding, shard files with checksums, the `datasets` assembly and reload. "
+              "tokenisation, sorting, padding, segment files with checksums and the `datasets` assembly. "
               "Wall = `time.perf_counter`, CPU = `time.process_time` (both threads).",
               "- reference: per backbone, `tokenizer(batch, padding=\"max_length\", truncation=True, max_length=L)`, "
               "batches in file order, forward with `output_hidden_states=True` under `torch.inference_mode()`, mean "

@@ -60,7 +60,7 @@ from llmembed_hf import (
 )
 from llmembed_hf.backbones import locate_weights, preset_backbone_spec
 from llmembed_hf.data import LabelledTexts, carve_validation, load_labelled
-from llmembed_hf.features import features_fingerprint
+from llmembed_hf.features import missing_texts
 from llmembed_hf.modeling.configuration_llmembed import BackboneSpec
 from llmembed_hf.trainer import predict_logits
 
@@ -112,7 +112,7 @@ def extract_all_layers(spec: BackboneSpec, splits: dict[str, list[str]], loader_
     """Extract ``spec`` (every layer) on the train and validation texts; time it (process CPU and wall)."""
     config = LLMEmbedConfig(backbones=[spec.to_dict()], num_labels=2)
     model = LLMEmbedForSequenceClassification.from_backbones(config, **loader_kwargs)
-    hit = all((cache / "features" / features_fingerprint(model, split_texts, "float32") / "dataset").is_dir()
+    hit = all(not any(missing_texts(model, split_texts, cache_folder=cache / "features").values())
               for split_texts in splits.values())
     arrays, cpu, wall, texts = {}, time.process_time(), time.perf_counter(), 0
     for name, split_texts in splits.items():

@@ -31,6 +31,7 @@ from .intent_slot import (  # also registers pipeline("intent-slot-filling")
     finetune_intent_slot,
 )
 from .finetuning import finetune, load_finetuned, push_finetuned
+from .multi_head import MultiHeadClassifier
 
 __version__ = "0.1.0"
 
@@ -74,6 +75,7 @@ __all__ = [
     "LLMEmbedIntentSlotConfig",
     "LLMEmbedTokenizer",
     "LoraArguments",
+    "MultiHeadClassifier",
     "SearchSpace",
     "TrainingReport",
     "extract_features",

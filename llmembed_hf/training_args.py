@@ -15,12 +15,24 @@ Subclasses change a shared field's default with `default_of`, which keeps the fi
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import os
+import shutil
+import tempfile
 from dataclasses import dataclass, field, fields
-from typing import Any, ClassVar
+from pathlib import Path
+from typing import Any, Callable, ClassVar
 
 import torch
 from transformers import TrainingArguments
+from transformers.utils import logging
+
+from .file_utils import cache_dir
+
+logger = logging.get_logger(__name__)
+
+#: The file every llmembed training run writes into its output folder (how an earlier run's folder is recognised).
+REPORT_FILE = "training_report.json"
 
 
 def arg(default: Any = dataclasses.MISSING, help: str = "", **metadata: Any) -> Any:  # noqa: A002
@@ -97,6 +109,79 @@ def data_arguments(dataset: Any, cls: type[DataArguments] = DataArguments, **fie
     if dataset is None:
         raise ValueError(f"no dataset given: pass a folder, a saved dataset, a Hub id or {cls.__name__}(dataset=...).")
     return cls(dataset=dataset, **fields_)
+
+
+@dataclass
+class OutputArguments:
+    """Where a run writes, and how: its per-epoch checkpoints live in the llmembed cache (never in the output folder,
+    which is pushed as it is), and the output folder is replaced whole at the end (`publish`), so it never mixes
+    files of two runs and an interrupted run leaves the previous result intact."""
+
+    output_dir: str | None = arg(None, "folder for the trained model, tokenizer, code, card and report",
+                                 required=True)
+    overwrite: bool = arg(False, "replace a non-empty output folder that no llmembed run wrote")
+    resume: bool = arg(False, "continue an interrupted run of the same command from its last epoch checkpoint")
+    keep_checkpoints: bool = arg(False, "keep the epoch checkpoints (in the llmembed cache) after the run")
+
+    def __post_init__(self) -> None:
+        if self.output_dir is None:
+            raise ValueError("output_dir is missing: name the folder the run should write.")
+        self.output_dir = os.fspath(self.output_dir)
+
+    @property
+    def checkpoint_dir(self) -> Path:
+        """This output folder's checkpoints: the same folder for every run writing there, so a rerun can resume."""
+        key = hashlib.sha256(str(Path(self.output_dir).resolve()).encode()).hexdigest()[:16]
+        return cache_dir() / "checkpoints" / f"{Path(self.output_dir).name}-{key}"
+
+    def check(self) -> None:
+        """Refuse, before any work, an output folder that holds something no llmembed run wrote (unless
+        ``overwrite``): replacing it would delete the user's files."""
+        folder = Path(self.output_dir)
+        if folder.exists() and not folder.is_dir():
+            raise ValueError(f"output_dir {folder} is a file; name a folder.")
+        if folder.is_dir() and any(folder.iterdir()) and not (folder / REPORT_FILE).is_file() and not self.overwrite:
+            raise ValueError(
+                f"output_dir {folder} is not empty and no llmembed run wrote it (it has no {REPORT_FILE}); choose "
+                "another folder, or pass overwrite=True (--overwrite) to replace its content."
+            )
+
+    def resume_from_checkpoint(self) -> bool | None:
+        """`Trainer.train`'s ``resume_from_checkpoint``: True (its latest checkpoint) when resuming and there is one;
+        otherwise None, and a fresh run first clears checkpoints an earlier run left."""
+        if self.resume and any(self.checkpoint_dir.glob("checkpoint-*")):
+            logger.warning(f"Resuming from the last checkpoint in {self.checkpoint_dir}.")
+            return True
+        if self.resume:
+            logger.warning(f"resume=True, but {self.checkpoint_dir} holds no checkpoint: starting from the beginning.")
+        shutil.rmtree(self.checkpoint_dir, ignore_errors=True)
+        return None
+
+    def publish(self, write: Callable[[Path], Any]) -> Path:
+        """Run ``write(folder)`` on a staging folder beside ``output_dir``, then swap it in whole; checkpoints are
+        removed afterwards unless ``keep_checkpoints``."""
+        target = Path(self.output_dir)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.staging-"))
+        try:
+            write(staging)
+            if target.exists():
+                previous = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.previous-"))
+                os.replace(target, previous)  # a directory renamed over an empty one
+                os.replace(staging, target)
+                shutil.rmtree(previous, ignore_errors=True)
+            else:
+                os.replace(staging, target)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+        if not self.keep_checkpoints:
+            shutil.rmtree(self.checkpoint_dir, ignore_errors=True)
+        return target
+
+
+def output_arguments(output: str | os.PathLike | OutputArguments) -> OutputArguments:
+    """``output`` as `OutputArguments` (a plain path keeps every default)."""
+    return output if isinstance(output, OutputArguments) else OutputArguments(output)
 
 
 @dataclass
@@ -195,6 +280,8 @@ class HeadTrainingArguments(BaseTrainingArguments):
     batch_size: int = default_of(BaseTrainingArguments, "batch_size", 128)
     early_stopping_patience: int | None = arg(None, "stop after this many epochs without a better validation "
                                                     "accuracy")
+    calibrate: bool = arg(True, "fit a temperature on the validation split after training, so the scores are "
+                                "calibrated probabilities (the predicted labels do not change)")
 
 
 @dataclass
@@ -288,6 +375,8 @@ __all__ = [
     "HeadArguments",
     "HeadTrainingArguments",
     "LoraArguments",
+    "OutputArguments",
     "command_line",
     "data_arguments",
+    "output_arguments",
 ]

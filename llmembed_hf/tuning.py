@@ -43,7 +43,7 @@ from transformers.utils import logging
 
 from .data import describe_source, load_classification_splits
 from .features import ExtractionConfig
-from .metrics import compute_classification_metrics
+from .metrics import calibration_metrics, compute_classification_metrics
 from .model_card import environment
 from .modeling.configuration_llmembed import PRESETS, LLMEmbedConfig
 from .modeling.modeling_llmembed import LLMEmbedForSequenceClassification
@@ -181,17 +181,18 @@ class TuningReport:
             "",
             f"{len(self.trials)} trials, seed {self.seed}; {self.num_train} training texts, scored on "
             f"{self.num_validation} validation texts ({self.validation}); chosen by validation {self.metric}. "
-            "Trial 0 is the preset's defaults when they lie in the search space.",
+            "Trial 0 is the preset's defaults when they lie in the search space. ECE: expected calibration error of "
+            "the head's scores (10 bins) before `llmembed train` fits its temperature.",
             "",
-            "| trial | " + " | ".join(keys) + " | best epoch | val accuracy | val macro-F1 | train s |",
-            "|" + "---|" * (len(keys) + 5),
+            "| trial | " + " | ".join(keys) + " | best epoch | val accuracy | val macro-F1 | val ECE | train s |",
+            "|" + "---|" * (len(keys) + 6),
         ]
         for trial in self.trials:
             mark = " **best**" if trial["trial"] == self.best["trial"] else ""
             values = " | ".join(str(trial["params"][k]) for k in keys)
             lines.append(
                 f"| {trial['trial']}{mark} | {values} | {trial['best_epoch']} | {trial['accuracy']:.4f} | "
-                f"{trial['macro_f1']:.4f} | {trial['train_s']:.1f} |"
+                f"{trial['macro_f1']:.4f} | {trial.get('ece', float('nan')):.4f} | {trial['train_s']:.1f} |"
             )
         if self.train_command:
             lines += ["", "Train the best head:", "", "```bash", self.train_command, "```"]
@@ -233,7 +234,9 @@ def run_trial(
     started = time.perf_counter()
     trainer = fit_head(model, train_features, validation_features, work_dir, training)
     train_s = time.perf_counter() - started
-    scores = compute_classification_metrics((predict_logits(model, validation_features), validation_labels))
+    logits = predict_logits(model, validation_features)
+    scores = compute_classification_metrics((logits, validation_labels))
+    scores["ece"] = calibration_metrics(logits, validation_labels)["ece"]  # before any temperature is fitted
     return model, {"params": dict(params), **scores, "best_epoch": _best_epoch(trainer.state.log_history),
                    "train_s": train_s}
 

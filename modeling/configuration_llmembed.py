@@ -106,6 +106,9 @@ class BackboneSpec:
                 f"{where}: pooling='pooler' uses the model's pooler output, so layers must be [-1], "
                 f"got {self.layers!r}."
             )
+        if not isinstance(self.normalize, bool):
+            raise ValueError(f"{where}.normalize={self.normalize!r} must be true or false (a JSON boolean, not a "
+                             "string).")
         if not isinstance(self.max_length, int) or self.max_length < 1:
             raise ValueError(f"{where}.max_length={self.max_length!r} must be a positive integer.")
         if self.hidden_size is None:
@@ -199,6 +202,9 @@ class LLMEmbedConfig(PretrainedConfig):
             reference feeds only the mean LLM layer plus the ``V**2`` co-occurrence values, so the encoders reach
             the classifier through a few dozen inner products: right for a strong LLM (Llama-2-7B), a bottleneck
             when the encoders are the stronger views (see the README's accuracy section). Off in ``paper``.
+        calibration_temperature (`float`): logits are divided by it at inference (eval mode, no labels), so the softmax scores
+            are calibrated probabilities; fitted on validation data after training (1.0: not calibrated). The
+            arg-max, the training loss and `Trainer` evaluation are unaffected.
     """
 
     model_type = "llmembed"
@@ -212,6 +218,7 @@ class LLMEmbedConfig(PretrainedConfig):
         mlp_hidden_sizes: list[int] | None = None,
         standardize_features: bool = True,
         concat_encoder_views: bool = False,
+        calibration_temperature: float = 1.0,
         **kwargs: Any,
     ) -> None:
         self._check_labels(kwargs)
@@ -222,6 +229,7 @@ class LLMEmbedConfig(PretrainedConfig):
         self.mlp_hidden_sizes = list(mlp_hidden_sizes) if mlp_hidden_sizes is not None else [512, 128]
         self.standardize_features = standardize_features
         self.concat_encoder_views = concat_encoder_views
+        self.calibration_temperature = calibration_temperature
         super().__init__(**kwargs)
         # A bare LLMEmbedConfig() is what transformers builds to diff defaults on save: only validate real ones.
         if backbones is not None:
@@ -276,6 +284,10 @@ class LLMEmbedConfig(PretrainedConfig):
             raise ValueError(f"projection_dim={self.projection_dim!r} must be a positive integer, e.g. 256.")
         if not 0.0 <= float(self.dropout) < 1.0:
             raise ValueError(f"dropout={self.dropout!r} must be in [0, 1).")
+        temperature = self.calibration_temperature
+        if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or temperature <= 0:
+            raise ValueError(f"calibration_temperature={temperature!r} must be a number > 0 (1.0 leaves the logits "
+                             "as they are).")
         if not all(isinstance(h, int) and h > 0 for h in self.mlp_hidden_sizes):
             raise ValueError(f"mlp_hidden_sizes={self.mlp_hidden_sizes!r} must be positive integers, e.g. [512, 128].")
 

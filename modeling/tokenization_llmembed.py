@@ -211,6 +211,7 @@ class LLMEmbedTokenizer:
             return cls.from_backbone_specs(LLMEmbedConfig.from_pretrained(pretrained_model_name_or_path,
                                                                           **hub_kwargs).backbone_specs)
         specs = [BackboneSpec.from_dict(b) for b in config["backbones"]]
+        _check_specs_agree(pretrained_model_name_or_path, specs, hub_kwargs)
         # config=PretrainedConfig(): the subfolders hold tokenizer files only; without it AutoTokenizer looks for
         # a config.json there, which offline (HF_HUB_OFFLINE=1) fails instead of being skipped.
         tokenizers = {
@@ -221,3 +222,35 @@ class LLMEmbedTokenizer:
             for spec in specs
         }
         return cls(tokenizers, specs)
+
+
+#: Spec fields that decide how a backbone tokenises: the tokenizer's copy must equal the model config's.
+_TOKENIZATION_FIELDS = ("name", "model_id", "revision", "gguf_file", "max_length")
+
+
+def _check_specs_agree(source: str | os.PathLike, specs: list[BackboneSpec], hub_kwargs: dict[str, Any]) -> None:
+    """Refuse tokenizer files whose backbones disagree with the ``config.json`` beside them (an edited or mixed-up
+    repo would tokenise for one model and run another)."""
+    from transformers.utils import CONFIG_NAME, cached_file
+
+    config_path = cached_file(source, CONFIG_NAME, _raise_exceptions_for_missing_entries=False, **hub_kwargs)
+    if config_path is None:
+        return
+    with open(config_path, encoding="utf-8") as handle:
+        model_backbones = json.load(handle).get("backbones")
+    if model_backbones is None:  # not an LLMEmbed head's config
+        return
+    model_specs = [BackboneSpec.from_dict(b) for b in model_backbones]
+    ours = [{k: getattr(spec, k) for k in _TOKENIZATION_FIELDS} for spec in specs]
+    theirs = [{k: getattr(spec, k) for k in _TOKENIZATION_FIELDS} for spec in model_specs]
+    if ours != theirs:
+        field, mine, model = next(
+            ((f"backbones[{i}].{k}", a.get(k), b.get(k)) for i, (a, b) in enumerate(zip(ours, theirs)) for k in a
+             if a.get(k) != b.get(k)),
+            ("backbones", [s["name"] for s in ours], [s["name"] for s in theirs]),
+        )
+        raise ValueError(
+            f"{source}: {TOKENIZER_CONFIG_FILE} disagrees with config.json on {field} ({mine!r} vs {model!r}); the "
+            "tokenizer would prepare text for other backbones than the model runs. Save the head again with "
+            "save_pretrained, or fix the files so both list the same backbones."
+        )

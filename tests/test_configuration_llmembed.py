@@ -25,9 +25,10 @@ from llmembed_hf import BackboneSpec, LLMEmbedConfig
          r"backbones\['enc'\]: pooling='pooler'.*layers must be \[-1\], got \[-2\]"),
         (dict(enc={"name": "Enc-1"}), r"name 'Enc-1' is not valid"),
         (dict(enc={"widht": 32}), r"unknown field\(s\) \['widht'\] in spec 'enc'"),
+        (dict(enc={"normalize": "false"}), r"backbones\['enc'\]\.normalize='false' must be true or false"),
     ],
     ids=["no_backbones", "duplicate_name", "pooling", "empty_layers", "sigma_zero", "sigma_negative", "id2label",
-         "pooler_layers", "bad_name", "unknown_field"],
+         "pooler_layers", "bad_name", "unknown_field", "normalize_string"],
 )
 def test_config_validation_errors(tiny_config, kwargs, match):
     with pytest.raises(ValueError, match=match):

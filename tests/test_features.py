@@ -1,4 +1,6 @@
-"""Feature extraction: equality with a direct forward, original order, resumable shards, cache keys, bad input."""
+"""Feature extraction: equality with a direct forward, original order, batching, resume, corruption, what a change of
+input or backbone recomputes (counted in backbone forwards), bad input. The store's own behaviour (reuse across
+requests and models, concurrent processes, claims, info/prune) is tested in test_feature_store.py."""
 
 from __future__ import annotations
 
@@ -6,20 +8,23 @@ import hashlib
 import json
 import os
 import shutil
+from collections import Counter
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
-from datasets import Dataset, load_from_disk
-from safetensors.torch import load_file, save_file
+from datasets import Dataset
+from safetensors.numpy import load_file, save_file
 
 from llmembed_hf import ExtractionConfig, LLMEmbedForSequenceClassification, extract_features
+from llmembed_hf.feature_store import BackboneStore
 from llmembed_hf.features import (
     ACCELERATOR_TOKENS_PER_BATCH,
     CPU_TOKENS_PER_BATCH,
     FEATURES_COLUMN,
-    ShardStore,
-    features_fingerprint,
+    backbone_stores,
+    extraction_plan,
 )
 
 #: Words of the tiny vocabularies (not "not": conftest gives it an id beyond the tiny models' vocab_size).
@@ -27,9 +32,9 @@ _WORDS = "the a cat dog sat on mat movie film good bad very".split()
 #: Word counts in no sorted order; the tiny backbones truncate at 32 tokens, so lengths range from 2 to 32.
 _LENGTHS = [2, 25, 5, 1, 12, 30, 3, 8, 18, 4, 40, 6, 10, 15]
 TEXTS = [" ".join(_WORDS[(i + j) % len(_WORDS)] for j in range(n)) for i, n in enumerate(_LENGTHS)]
-#: Several shards (5) of several batches each (the longest texts get batches of 2 rows).
+#: Several segments (of >= 3 texts, whole batches) per backbone, each of several batches (the longest texts get
+#: batches of 2 rows).
 SMALL = ExtractionConfig(shard_size=3, max_tokens_per_batch=64)
-NUM_SHARDS = -(-len(TEXTS) // SMALL.shard_size)
 FEATURE_SIZE = 3 * 48 + 32
 
 
@@ -69,6 +74,14 @@ def rows_of(batches, backbone: str = "llm") -> list[int]:
     return [len(mask) for name, mask in batches if name == backbone]
 
 
+def computed(batches) -> Counter:
+    """Texts each backbone ran on."""
+    counts = Counter({"llm": 0, "enc": 0})
+    for name, mask in batches:
+        counts[name] += len(mask)
+    return counts
+
+
 def forbid_encode(model, monkeypatch) -> None:
     def fail(*args, **kwargs):
         raise AssertionError("a backbone ran although the features are cached")
@@ -76,12 +89,20 @@ def forbid_encode(model, monkeypatch) -> None:
     monkeypatch.setattr(model, "encode_backbone", fail)
 
 
-def shard_folder(model, root: Path, texts=TEXTS, dtype: str = "float32") -> Path:
-    return root / features_fingerprint(model, texts, dtype) / "shards"
+def stores(model, root: Path, dtype: str = "float32") -> dict[str, BackboneStore]:
+    return backbone_stores(model, dtype, root)
 
 
-def shard_files(folder: Path) -> list[Path]:
-    return sorted(folder.glob("shard-*.safetensors"))
+def segment_files(store: BackboneStore) -> list[Path]:
+    return store.segment_files()
+
+
+def segment_rows(store: BackboneStore) -> list[int]:
+    return [int(load_file(str(path))["text_sha256"].shape[0]) for path in segment_files(store)]
+
+
+def backbone_folders(root: Path) -> list[Path]:
+    return sorted(p for p in (root / "v2").iterdir() if p.is_dir() and p.name != "locks")
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -106,29 +127,54 @@ def test_features_equal_direct_forward_in_original_order(model, tmp_path, monkey
     single = torch.cat([direct_features(model, [text]) for text in TEXTS])
     torch.testing.assert_close(got, single, atol=1e-5, rtol=0)
     # Dynamic batching under the token budget: several batches, the longest first and smallest.
-    assert sum(rows_of(batches, "llm")) == sum(rows_of(batches, "enc")) == len(TEXTS)
-    assert len(rows_of(batches)) > NUM_SHARDS
+    assert computed(batches) == {"llm": len(TEXTS), "enc": len(TEXTS)}
+    assert len(rows_of(batches)) > 3
     assert rows_of(batches)[0] == 2  # 64 tokens // 32 tokens
     # Each backbone is batched by its own token lengths: no batch holds a column of pads only, none exceeds the
-    # budget, and within a shard each backbone's batches come longest first.
+    # budget, and each backbone's batches come longest first.
     own = [(name, mask.sum(1)) for name, mask in batches]
     assert all(bool((mask[:, -1] == 1).any()) and mask.numel() <= SMALL.max_tokens_per_batch for _, mask in batches)
     for backbone in ("llm", "enc"):
         widths = [int(lengths.max()) for name, lengths in own if name == backbone]
-        assert widths[:2] == sorted(widths[:2], reverse=True)
-    assert len(shard_files(shard_folder(model, tmp_path))) == NUM_SHARDS
+        assert widths == sorted(widths, reverse=True)
+    # Segments of whole batches, >= shard_size texts each but the last; together every text once per backbone.
+    for store in stores(model, tmp_path).values():
+        rows = segment_rows(store)
+        assert sum(rows) == len(TEXTS) and len(rows) > 2
+        assert all(n >= SMALL.shard_size for n in rows[:-1]) or len(rows) == 1
 
 
-def test_dataset_input_and_extra_columns(model, tmp_path):
+def test_extraction_plan_is_the_order_of_the_forwards(model, tmp_path, monkeypatch):
+    """`extraction_plan` (what the benchmarks replay) lists the batches `extract_features` runs, in order."""
+    order, lengths = extraction_plan(model, TEXTS, SMALL)
+    batches = spy_batches(model, monkeypatch)
+    extract(model, tmp_path)
+    assert [(name, len(rows)) for name, rows in order] == [(name, len(mask)) for name, mask in batches]
+    assert [int(lengths[name][rows].max()) for name, rows in order] == [mask.shape[1] for _, mask in batches]
+    names = [name for name, _ in order]
+    assert names.index("enc") < len(names) - 1 - names[::-1].index("llm")  # backbones take turns, a segment each
+
+
+def test_dataset_input_and_extra_columns(model, tmp_path, monkeypatch):
     dataset = Dataset.from_dict({"sentence": TEXTS, "label": list(range(len(TEXTS)))})
     features = extract_features(model, dataset, text_column="sentence", extra_columns={"labels": dataset["label"]},
                                 cache_folder=tmp_path, config=SMALL, show_progress=False)
     assert features.column_names == [FEATURES_COLUMN, "labels"]
     assert features[:]["labels"].tolist() == list(range(len(TEXTS)))
     torch.testing.assert_close(values(features), direct_features(model), atol=1e-5, rtol=0)
-    # The cache key is the texts only: a list of the same texts is a hit.
-    assert len(list(tmp_path.iterdir())) == 1
+    # The store is keyed by the texts only: a list of the same texts computes nothing.
+    forbid_encode(model, monkeypatch)
     assert torch.equal(values(extract(model, tmp_path)), values(features))
+
+
+def test_repeated_texts_are_computed_once(model, tmp_path, monkeypatch):
+    texts = [TEXTS[3], TEXTS[0], TEXTS[3], TEXTS[5], TEXTS[0], TEXTS[3]]
+    batches = spy_batches(model, monkeypatch)
+    got = values(extract(model, tmp_path, texts=texts))
+    assert computed(batches) == {"llm": 3, "enc": 3}
+    assert torch.equal(got[0], got[2]) and torch.equal(got[0], got[5]) and torch.equal(got[1], got[4])
+    monkeypatch.undo()
+    torch.testing.assert_close(got, direct_features(model, texts), atol=1e-5, rtol=0)
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -136,77 +182,100 @@ def test_dataset_input_and_extra_columns(model, tmp_path):
 # ----------------------------------------------------------------------------------------------------------------------
 
 
-def interrupted_run(model, root: Path, after: int = 2) -> Path:
-    """Extract into ``root`` until ``after`` shards are saved; the next save is interrupted (Ctrl-C) instead."""
-    real_save = ShardStore.save
-    saved = []
+def interrupted_run(model, root: Path, after: int = 2, config: ExtractionConfig = SMALL) -> dict[str, BackboneStore]:
+    """Extract into ``root`` until ``after`` segments are written (backbones take turns: llm, enc, llm, ...); the
+    next write is interrupted (Ctrl-C) instead."""
+    real_write = BackboneStore.write_segment
+    written = []
 
-    def save_then_interrupt(store, shard, features, indices):
-        if len(saved) == after:
-            raise KeyboardInterrupt(f"simulated interruption after {after} shards")
-        real_save(store, shard, features, indices)
-        saved.append(shard)
+    def write_then_interrupt(store, claim, vectors):
+        if len(written) == after:
+            raise KeyboardInterrupt(f"simulated interruption after {after} segments")
+        written.append(real_write(store, claim, vectors))
+        return written[-1]
 
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(ShardStore, "save", save_then_interrupt)
+        patch.setattr(BackboneStore, "write_segment", write_then_interrupt)
         with pytest.raises(KeyboardInterrupt):
-            extract(model, root)
-    folder = shard_folder(model, root)
-    assert len(shard_files(folder)) == after
-    assert len(list(folder.glob("shard-*.json"))) == after
-    assert not any(p.name.startswith(".") for p in folder.iterdir()), "a temporary file was left behind"
-    assert not (folder.parent / "dataset").exists()
-    return folder
+            extract(model, root, config=config)
+    by_name = stores(model, root, config.dtype)
+    assert sum(len(segment_files(store)) for store in by_name.values()) == after
+    for store in by_name.values():
+        assert not any(p.name.startswith(".") for p in store.segments.iterdir()), "a temporary file was left behind"
+        assert list(store.claims.iterdir()) == [], "a claim was left behind"
+    return by_name
 
 
-def test_resume_after_interruption_computes_only_missing_shards(model, tmp_path, monkeypatch):
+def test_resume_after_interruption_computes_only_missing_segments(model, tmp_path, monkeypatch):
     reference = values(extract(model, tmp_path / "uninterrupted"))
 
-    folder = interrupted_run(model, tmp_path / "resumed")
-    before = {p.name: (p.stat().st_mtime_ns, p.read_bytes()) for p in shard_files(folder)}
+    by_name = interrupted_run(model, tmp_path / "resumed")
+    before = {p: (p.stat().st_mtime_ns, p.read_bytes()) for store in by_name.values() for p in segment_files(store)}
+    done = {name: sum(segment_rows(store)) for name, store in by_name.items()}
+    assert all(n >= SMALL.shard_size for n in done.values())
     batches = spy_batches(model, monkeypatch)
 
     resumed = values(extract(model, tmp_path / "resumed"))
 
+    # Bit-identical: the resumed run plans the same batches for the texts that are left.
     assert torch.equal(resumed, reference)
-    # Only the remaining shards were computed: the first two shards hold the 6 longest texts.
-    assert sum(rows_of(batches)) == len(TEXTS) - 2 * SMALL.shard_size
-    after = {p.name: (p.stat().st_mtime_ns, p.read_bytes()) for p in shard_files(folder)}
-    assert len(after) == NUM_SHARDS
-    assert all(after[name] == before[name] for name in before)
+    assert computed(batches) == {name: len(TEXTS) - n for name, n in done.items()}
+    assert all(path.read_bytes() == data and path.stat().st_mtime_ns == mtime
+               for path, (mtime, data) in before.items())
 
 
-@pytest.mark.parametrize("damage", ["truncate", "flip_bytes", "wrong_rows_with_valid_checksum", "drop_checksum"])
-def test_corrupted_shard_is_recomputed(model, tmp_path, monkeypatch, damage):
+def _rewrite(path: Path, tensors: dict[str, np.ndarray], **meta_changes: str) -> None:
+    """Rewrite a segment with valid checksums for ``tensors`` (so only the other checks can catch it)."""
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="numpy") as handle:
+        meta = dict(handle.metadata())
+    meta["vectors_sha256"] = hashlib.sha256(np.ascontiguousarray(tensors["vectors"]).tobytes()).hexdigest()
+    meta["text_sha256_sha256"] = hashlib.sha256(np.ascontiguousarray(tensors["text_sha256"]).tobytes()).hexdigest()
+    meta.update(meta_changes)
+    save_file(tensors, str(path), metadata={k: v for k, v in meta.items() if v is not None})
+
+
+@pytest.mark.parametrize("damage", ["truncate", "flip_bytes", "wrong_rows_with_valid_checksum", "drop_checksum",
+                                    "nan_with_valid_checksum", "other_fingerprint"])
+def test_corrupted_segment_is_recomputed(model, tmp_path, monkeypatch, damage):
     reference = values(extract(model, tmp_path / "uninterrupted"))
-    folder = interrupted_run(model, tmp_path / "damaged")
-    data = folder / "shard-00000.safetensors"
-    meta = folder / "shard-00000.json"
+    by_name = interrupted_run(model, tmp_path / "damaged")
+    data = segment_files(by_name["llm"])[0]
+    damaged_rows = segment_rows(by_name["llm"])[0]
+    enc_done = sum(segment_rows(by_name["enc"]))
+    tensors = load_file(str(data))
     if damage == "truncate":
         data.write_bytes(data.read_bytes()[: data.stat().st_size // 2])
     elif damage == "flip_bytes":
         raw = bytearray(data.read_bytes())
-        for i in range(len(raw) - 64, len(raw) - 32):  # inside the feature values
+        for i in range(len(raw) - 64, len(raw) - 32):  # inside the stored values
             raw[i] ^= 0xFF
         data.write_bytes(bytes(raw))
     elif damage == "wrong_rows_with_valid_checksum":
-        tensors = load_file(str(data))
-        save_file({k: v[:-1].contiguous() for k, v in tensors.items()}, str(data))
-        meta.write_text(json.dumps({"sha256": hashlib.sha256(data.read_bytes()).hexdigest(), "rows": 2}))
+        _rewrite(data, {"vectors": tensors["vectors"][:-1].copy(), "text_sha256": tensors["text_sha256"]})
+    elif damage == "drop_checksum":
+        _rewrite(data, tensors, vectors_sha256=None)
+    elif damage == "nan_with_valid_checksum":
+        tensors["vectors"][0, 3] = np.nan
+        _rewrite(data, tensors)
     else:
-        meta.unlink()
+        _rewrite(data, tensors, fingerprint="0" * 32)
     batches = spy_batches(model, monkeypatch)
 
     recomputed = values(extract(model, tmp_path / "damaged"))
 
-    torch.testing.assert_close(recomputed, reference, atol=1e-6, rtol=0)
-    # Shard 0 (3 texts) and the 3 shards never written were computed; shard 1 was reused.
-    assert sum(rows_of(batches)) == len(TEXTS) - SMALL.shard_size
-    assert load_file(str(data))["features"].shape == (SMALL.shard_size, FEATURE_SIZE)
+    # The damaged segment's texts and those never written were computed (in the batches of an uninterrupted run);
+    # enc's segment was reused; the damaged file was set aside.
+    assert torch.equal(recomputed, reference)
+    assert computed(batches) == {"llm": len(TEXTS), "enc": len(TEXTS) - enc_done}
+    assert damaged_rows >= SMALL.shard_size
+    assert not data.exists() and data.with_name(data.name + ".corrupt").exists()
+    assert sum(segment_rows(by_name["llm"])) == len(TEXTS)
 
 
 # ----------------------------------------------------------------------------------------------------------------------
-# Cache hits and misses
+# What a change recomputes
 # ----------------------------------------------------------------------------------------------------------------------
 
 
@@ -216,52 +285,63 @@ def test_same_texts_are_a_cache_hit(model, tmp_path, monkeypatch):
     # A different batching config does not change the features, hence not the key either.
     again = values(extract(model, tmp_path, config=ExtractionConfig(shard_size=100, max_tokens_per_batch=4096)))
     assert torch.equal(first, again)
-    assert len(list(tmp_path.iterdir())) == 1
+    assert len(backbone_folders(tmp_path)) == 2
 
 
-def test_changed_texts_are_a_miss(model, tmp_path, monkeypatch):
-    extract(model, tmp_path)
+def test_changed_texts_compute_only_the_changed_text(model, tmp_path, monkeypatch):
+    first = values(extract(model, tmp_path))
     changed = TEXTS[:-1] + [TEXTS[-1] + " cat"]
-    assert features_fingerprint(model, changed, "float32") != features_fingerprint(model, TEXTS, "float32")
-    # Order matters too: features are returned in the order of the texts.
-    assert features_fingerprint(model, TEXTS[::-1], "float32") != features_fingerprint(model, TEXTS, "float32")
     with monkeypatch.context() as patch:
-        forbid_encode(model, patch)
-        with pytest.raises(AssertionError, match="cached"):
-            extract(model, tmp_path, texts=changed)
-    features = values(extract(model, tmp_path, texts=changed))
-    assert len(list(tmp_path.iterdir())) == 2
+        batches = spy_batches(model, patch)
+        features = values(extract(model, tmp_path, texts=changed))
+    assert computed(batches) == {"llm": 1, "enc": 1}
+    assert torch.equal(features[:-1], first[:-1])
     torch.testing.assert_close(features, direct_features(model, changed), atol=1e-5, rtol=0)
+    # Order: features come back in the order of the texts, from the store.
+    forbid_encode(model, monkeypatch)
+    assert torch.equal(values(extract(model, tmp_path, texts=TEXTS[::-1])), first.flip(0))
+    assert len(backbone_folders(tmp_path)) == 2
 
 
-def test_changed_layers_are_a_miss(model, tiny_config, tmp_path):
-    extract(model, tmp_path)
+def test_changed_layers_recompute_only_that_backbone(model, tiny_config, tmp_path, monkeypatch):
+    first = values(extract(model, tmp_path))
     other = LLMEmbedForSequenceClassification.from_backbones(tiny_config(llm={"layers": [-2, -1]})).eval()
-    assert features_fingerprint(other, TEXTS, "float32") != features_fingerprint(model, TEXTS, "float32")
+    assert stores(other, tmp_path)["llm"].fingerprint != stores(model, tmp_path)["llm"].fingerprint
+    assert stores(other, tmp_path)["enc"].fingerprint == stores(model, tmp_path)["enc"].fingerprint
+    batches = spy_batches(other, monkeypatch)
     features = values(extract(other, tmp_path))
-    assert len(list(tmp_path.iterdir())) == 2
+    assert computed(batches) == {"llm": len(TEXTS), "enc": 0}
+    assert len(backbone_folders(tmp_path)) == 3
     assert features.shape == (len(TEXTS), 2 * 48 + 32)
+    assert torch.equal(features[:, -32:], first[:, -32:])
+    monkeypatch.undo()
     torch.testing.assert_close(features, direct_features(other), atol=1e-5, rtol=0)
 
 
-def test_changed_pooling_is_a_miss(model, tiny_config, tmp_path):
-    extract(model, tmp_path)
+def test_changed_pooling_recomputes_only_that_backbone(model, tiny_config, tmp_path, monkeypatch):
+    first = values(extract(model, tmp_path))
     other = LLMEmbedForSequenceClassification.from_backbones(tiny_config(enc={"pooling": "mean"})).eval()
-    assert features_fingerprint(other, TEXTS, "float32") != features_fingerprint(model, TEXTS, "float32")
+    batches = spy_batches(other, monkeypatch)
     features = values(extract(other, tmp_path))
-    assert len(list(tmp_path.iterdir())) == 2
+    assert computed(batches) == {"llm": 0, "enc": len(TEXTS)}
+    assert len(backbone_folders(tmp_path)) == 3
+    assert torch.equal(features[:, :-32], first[:, :-32])
+    monkeypatch.undo()
     torch.testing.assert_close(features, direct_features(other), atol=1e-5, rtol=0)
 
 
 def test_float16_storage_is_a_miss_and_close_to_float32(model, tmp_path):
     full = values(extract(model, tmp_path))
-    assert features_fingerprint(model, TEXTS, "float16") != features_fingerprint(model, TEXTS, "float32")
-    half = values(extract(model, tmp_path, config=ExtractionConfig(shard_size=3, max_tokens_per_batch=64,
-                                                                   dtype="float16")))
-    assert len(list(tmp_path.iterdir())) == 2
-    # Stored as float16 on disk (the torch format hands them out as float32 tensors).
-    stored = load_from_disk(str(tmp_path / features_fingerprint(model, TEXTS, "float16") / "dataset"))
-    assert stored.features[FEATURES_COLUMN].feature.dtype == "float16"
+    half_config = ExtractionConfig(shard_size=3, max_tokens_per_batch=64, dtype="float16")
+    assert all(stores(model, tmp_path, "float16")[name].fingerprint != store.fingerprint
+               for name, store in stores(model, tmp_path).items())
+    features = extract(model, tmp_path, config=half_config)
+    half = values(features)
+    assert len(backbone_folders(tmp_path)) == 4
+    # Stored as float16 (on disk and in the dataset; the torch format hands them out as float32 tensors).
+    assert features.features[FEATURES_COLUMN].feature.dtype == "float16"
+    assert all(load_file(str(path))["vectors"].dtype == np.float16
+               for store in stores(model, tmp_path, "float16").values() for path in segment_files(store))
     assert half.shape == full.shape
     assert not torch.equal(half.float(), full)
     torch.testing.assert_close(half.float(), full, atol=1e-3, rtol=1e-3)
@@ -274,6 +354,8 @@ def test_default_token_budget_depends_on_the_device(model, tmp_path):
     assert ExtractionConfig(max_tokens_per_batch=100).token_budget("cpu") == 100
     with pytest.raises(ValueError, match="max_tokens_per_batch=0"):
         extract(model, tmp_path, config=ExtractionConfig(max_tokens_per_batch=0))
+    with pytest.raises(ValueError, match="shard_size=0"):
+        extract(model, tmp_path, config=ExtractionConfig(shard_size=0))
 
 
 def test_unsupported_dtype_is_rejected(model, tmp_path):
@@ -281,7 +363,7 @@ def test_unsupported_dtype_is_rejected(model, tmp_path):
         extract(model, tmp_path, config=ExtractionConfig(dtype="bfloat16"))
 
 
-def test_changed_backbone_weights_are_a_miss(tiny_backbones, tiny_config, tmp_path, monkeypatch):
+def test_changed_backbone_weights_recompute_that_backbone(tiny_backbones, tiny_config, tmp_path, monkeypatch):
     bert = tmp_path / "bert"
     shutil.copytree(tiny_backbones["bert"], bert)
     config = lambda: tiny_config(enc={"model_id": str(bert)})  # noqa: E731
@@ -303,11 +385,46 @@ def test_changed_backbone_weights_are_a_miss(tiny_backbones, tiny_config, tmp_pa
     old_sha = model.config.backbones[1]["weights_sha256"]
     new_sha = retrained.config.backbones[1]["weights_sha256"]
     assert old_sha and new_sha and old_sha != new_sha
-    assert features_fingerprint(retrained, TEXTS, "float32") != features_fingerprint(model, TEXTS, "float32")
+    assert stores(retrained, cache)["enc"].fingerprint != stores(model, cache)["enc"].fingerprint
+    batches = spy_batches(retrained, monkeypatch)
     second = values(extract(retrained, cache))
-    assert len(list(cache.iterdir())) == 2
+    assert computed(batches) == {"llm": 0, "enc": len(TEXTS)}
+    assert len(backbone_folders(cache)) == 3
     assert not torch.allclose(first[:, -32:], second[:, -32:], atol=1e-3)
+    monkeypatch.undo()
     torch.testing.assert_close(second, direct_features(retrained), atol=1e-5, rtol=0)
+
+
+def test_changed_tokenizer_recomputes_that_backbone(tiny_backbones, tiny_config, tmp_path, monkeypatch):
+    """Same weights, another tokenizer (no lower-casing): another identity, so the enc vectors are not reused."""
+    bert = tmp_path / "bert"
+    shutil.copytree(tiny_backbones["bert"], bert)
+    model = LLMEmbedForSequenceClassification.from_backbones(tiny_config(enc={"model_id": str(bert)})).eval()
+    cache = tmp_path / "cache"
+    texts = [text.upper() for text in TEXTS]
+    first = values(extract(model, cache, texts=texts))
+    tokenizer_file = bert / "tokenizer.json"
+    pipeline = json.loads(tokenizer_file.read_text())
+    pipeline["normalizer"]["lowercase"] = False
+    tokenizer_file.write_text(json.dumps(pipeline))
+    (bert / "tokenizer_config.json").write_text(
+        json.dumps({**json.loads((bert / "tokenizer_config.json").read_text()), "do_lower_case": False}))
+
+    other = LLMEmbedForSequenceClassification.from_backbones(tiny_config(enc={"model_id": str(bert)})).eval()
+    assert other.config.backbones[1]["weights_sha256"] == model.config.backbones[1]["weights_sha256"]
+    assert stores(other, cache)["enc"].fingerprint != stores(model, cache)["enc"].fingerprint
+    batches = spy_batches(other, monkeypatch)
+    second = values(extract(other, cache, texts=texts))
+    assert computed(batches) == {"llm": 0, "enc": len(TEXTS)}
+    assert not torch.allclose(first[:, -32:], second[:, -32:], atol=1e-3)
+
+
+def test_fingerprint_is_stable_across_calls(model, tmp_path):
+    """Tokenising (which sets the fast tokenizer's truncation state) does not change a backbone's identity."""
+    before = {name: store.fingerprint for name, store in stores(model, tmp_path).items()}
+    model.tokenizer(TEXTS, max_length=7, return_tensors="pt")
+    extract(model, tmp_path)
+    assert {name: store.fingerprint for name, store in stores(model, tmp_path).items()} == before
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -336,7 +453,7 @@ def test_dataset_without_text_column_lists_columns(model, tmp_path):
         extract(model, tmp_path, texts=dataset)
 
 
-def test_nan_features_raise_and_write_no_shard(model, tmp_path, monkeypatch):
+def test_nan_features_raise_and_write_no_segment(model, tmp_path, monkeypatch):
     real = model.encode_backbone
 
     def nan_encode(*args):
@@ -347,8 +464,7 @@ def test_nan_features_raise_and_write_no_shard(model, tmp_path, monkeypatch):
     monkeypatch.setattr(model, "encode_backbone", nan_encode)
     with pytest.raises(FloatingPointError, match="NaN"):
         extract(model, tmp_path)
-    assert list(tmp_path.rglob("shard-*")) == []
-    assert list(tmp_path.rglob("dataset")) == []
+    assert list(tmp_path.rglob("seg-*")) == [] and list(tmp_path.rglob("*.claim")) == []
     # Fixing the cause and rerunning gives finite features.
     monkeypatch.undo()
     assert torch.isfinite(values(extract(model, tmp_path))).all()
@@ -364,4 +480,4 @@ def test_float16_overflow_is_caught(model, tmp_path, monkeypatch):
     monkeypatch.setattr(model, "encode_backbone", huge)
     with pytest.raises(FloatingPointError, match="float32"):
         extract(model, tmp_path, config=ExtractionConfig(shard_size=3, max_tokens_per_batch=64, dtype="float16"))
-    assert list(tmp_path.rglob("shard-*")) == []
+    assert list(tmp_path.rglob("seg-*")) == [] and list(tmp_path.rglob("*.claim")) == []

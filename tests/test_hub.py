@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import subprocess
 import sys
 import sysconfig
@@ -105,6 +106,14 @@ def test_push_to_hub_uploads_one_commit_with_the_head_only(published, tiny_backb
     for backbone in ("llm", "enc"):
         assert f"tokenizers/{backbone}/tokenizer_config.json" in files
         assert f"tokenizers/{backbone}/tokenizer.json" in files
+
+    # No path of this machine is uploaded, except the tiny backbones' own folders, which the config needs to load.
+    backbone_folders = {tiny_backbones["llama"], tiny_backbones["bert"]}
+    for name, content in files.items():
+        if name.endswith((".json", ".md")):
+            text = content.decode()
+            for folder in re.findall(r"/tmp/[^\s\"'`|)]+", text):
+                assert folder in backbone_folders, (name, folder)
 
     # The remote code is the package's own modules, byte for byte.
     for name in REMOTE_CODE_FILES:

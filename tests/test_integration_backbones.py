@@ -297,7 +297,7 @@ def test_gguf_first_resolution_converts_into_cache(smollm2_first_resolution: dic
     assert Path(weights.folder) == folder
     assert folder.parent == module_cache / "gguf"
     assert folder.name == weights.sha256 == file_sha256(gguf)
-    assert first["cache_entries"] == [folder.name]
+    assert first["cache_entries"] == [folder.name, f"{folder.name}.lock"]  # the folder and its build lock
     assert (folder / "model.safetensors").is_file() and (folder / "config.json").is_file()
     assert (folder / "tokenizer.json").is_file() or (folder / "tokenizer_config.json").is_file()
     config = json.loads((folder / "config.json").read_text())

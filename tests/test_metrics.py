@@ -48,3 +48,34 @@ def test_metric_against_hand_computed_values():
     with pytest.raises(ValueError, match="example 0: 1 predicted slot tags but 2"):
         load_metric("intent_slot").compute(predictions=[{"intent": "a", "slots": ["O"]}],
                                            references=[{"intent": "a", "slots": ["O", "O"]}])
+
+
+def test_calibration_metrics_against_hand_computed_values():
+    import numpy as np
+
+    from llmembed_hf.metrics import calibration_metrics, reliability_bins
+
+    # Softmax top scores 0.88 (right), 0.88 (wrong), 0.5 (right): bins [0.8, 0.9) and [0.5, 0.6).
+    logits = np.log(np.array([[0.88, 0.12], [0.12, 0.88], [0.5, 0.5]]))
+    labels = [0, 0, 0]
+    bins = reliability_bins(logits, labels)
+    assert bins["count"][8] == 2 and bins["count"][5] == 1 and sum(bins["count"]) == 3
+    assert bins["accuracy"][8] == pytest.approx(0.5) and bins["confidence"][8] == pytest.approx(0.88)
+    metrics = calibration_metrics(logits, labels)
+    assert metrics["ece"] == pytest.approx((2 * abs(0.88 - 0.5) + abs(0.5 - 1.0)) / 3)
+    assert metrics["nll"] == pytest.approx(-(np.log(0.88) + np.log(0.12) + np.log(0.5)) / 3)
+
+
+def test_temperature_fit_undoes_a_known_overconfidence():
+    import numpy as np
+
+    from llmembed_hf.metrics import calibration_metrics, fit_temperature
+
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 3, 3000)
+    calibrated = rng.normal(size=(3000, 3)) + 2.0 * np.eye(3)[labels]  # logits of a well-calibrated model, made
+    temperature = fit_temperature(calibrated * 6.0, labels)  # six times over-confident
+    assert temperature == pytest.approx(6.0 * fit_temperature(calibrated, labels), rel=1e-3)
+    before, after = calibration_metrics(calibrated * 6.0, labels), calibration_metrics(calibrated * 6.0, labels,
+                                                                                       temperature)
+    assert after["nll"] < before["nll"] and after["ece"] < before["ece"] / 3

@@ -324,8 +324,8 @@ def test_backbone_sha256_mismatch(tiny_config, monkeypatch, caplog):
 def test_check_backbone_sha256(monkeypatch, caplog):
     monkeypatch.delenv(ALLOW_MISMATCH_ENV, raising=False)
     recorded, loaded = "a" * 64, "b" * 64
-    for same_or_unknown in ((recorded, recorded), (recorded, None), (None, loaded), (None, None)):
-        check_backbone_sha256(*same_or_unknown, what="backbones['llm']", allow=False)  # nothing to refuse
+    for same_or_unrecorded in ((recorded, recorded), (None, loaded), (None, None)):
+        check_backbone_sha256(*same_or_unrecorded, what="backbones['llm']", allow=False)  # nothing to refuse
     with pytest.raises(ValueError) as raised:
         check_backbone_sha256(recorded, loaded, what="backbones['llm'] (tiny/llama)")
     for needle in (recorded, loaded, "backbones['llm'] (tiny/llama)", "allow_backbone_mismatch=True", ALLOW_MISMATCH_ENV):
@@ -337,3 +337,77 @@ def test_check_backbone_sha256(monkeypatch, caplog):
     check_backbone_sha256(recorded, loaded, what="llm")  # the environment allows it
     with pytest.raises(ValueError):
         check_backbone_sha256(recorded, loaded, what="llm", allow=False)  # an explicit False wins
+
+
+def test_a_recorded_sha256_that_cannot_be_verified_is_refused(monkeypatch, caplog):
+    """A loader that reports no sha256 (it found nothing to hash) cannot vouch for the weights: refused by default."""
+    monkeypatch.delenv(ALLOW_MISMATCH_ENV, raising=False)
+    recorded = "a" * 64
+    with pytest.raises(ValueError) as raised:
+        check_backbone_sha256(recorded, None, what="backbones['llm'] (tiny/llama)")
+    for needle in (recorded, "could not be verified", "backbones['llm'] (tiny/llama)", "allow_backbone_mismatch=True",
+                   ALLOW_MISMATCH_ENV):
+        assert needle in str(raised.value)
+    with caplog.at_level(logging.WARNING):
+        check_backbone_sha256(recorded, None, what="llm", allow=True)  # allowed by the flag: a warning
+    assert "could not be verified" in caplog.text
+    monkeypatch.setenv(ALLOW_MISMATCH_ENV, "1")
+    check_backbone_sha256(recorded, None, what="llm")  # allowed by the environment
+    with pytest.raises(ValueError, match="could not be verified"):
+        check_backbone_sha256(recorded, None, what="llm", allow=False)
+
+
+def test_load_backbones_refuses_a_loader_that_reports_no_sha256(tiny_config, monkeypatch):
+    """The classifier with a loader that hashes nothing (as the remote-code loader did): a recorded hash is refused."""
+    from llmembed_hf.modeling.modeling_llmembed import default_backbone_loader
+
+    monkeypatch.delenv(ALLOW_MISMATCH_ENV, raising=False)
+    config = tiny_config(llm={"weights_sha256": "a" * 64})
+
+    def unhashed(spec, **kwargs):
+        return (*default_backbone_loader(spec, **kwargs)[:2], None)
+
+    monkeypatch.setattr(LLMEmbedForSequenceClassification, "backbone_loader", staticmethod(unhashed))
+    head = LLMEmbedForSequenceClassification(config)
+    with pytest.raises(ValueError, match="could not be verified"):
+        head.load_backbones()
+    assert head.backbones == {}
+    head.load_backbones(allow_backbone_mismatch=True)
+    assert set(head.backbones) == {"llm", "enc"}
+    monkeypatch.setenv(ALLOW_MISMATCH_ENV, "1")
+    assert set(LLMEmbedForSequenceClassification(config).load_backbones().backbones) == {"llm", "enc"}
+
+
+@pytest.mark.parametrize("enc, message", [
+    ({"layers": [-4]}, r"layers \[-4\].*3 hidden states|-4"),
+    ({"max_length": 100}, r"backbones\['enc'\]\.max_length=100 exceeds the 64 positions .*at most 64"),
+])
+def test_a_spec_the_backbone_cannot_serve_is_refused_at_load(tiny_config, enc, message):
+    """Layers the model lacks used to wrap silently, and a max_length over its positions crashed inside torch."""
+    with pytest.raises(ValueError, match=message):
+        LLMEmbedForSequenceClassification.from_backbones(tiny_config(enc=enc))
+
+
+def test_temperature_scales_inference_scores_only(tiny_config):
+    """Calibrated scores at inference; the arg-max, the training loss and evaluation with labels are unchanged."""
+    torch.manual_seed(0)
+    model = LLMEmbedForSequenceClassification(tiny_config(num_labels=3)).eval()
+    features, labels = torch.randn(8, FEATURE_SIZE), torch.tensor([0, 1, 2, 0, 1, 2, 0, 1])
+    raw = model(pooled_features=features).logits
+    raw_loss = model(pooled_features=features, labels=labels).loss
+    model.config.calibration_temperature = 4.0
+    scaled = model(pooled_features=features).logits
+    assert torch.allclose(scaled, raw / 4.0) and torch.equal(scaled.argmax(-1), raw.argmax(-1))
+    assert torch.equal(model(pooled_features=features, labels=labels).loss, raw_loss)
+    model.train()
+    torch.manual_seed(1)
+    train_logits = model(pooled_features=features).logits
+    model.config.calibration_temperature = 1.0
+    torch.manual_seed(1)
+    assert torch.equal(model(pooled_features=features).logits, train_logits)  # training mode: never scaled
+
+
+@pytest.mark.parametrize("value", [0, -1.0, True, "2"])
+def test_a_bad_temperature_is_refused(tiny_config, value):
+    with pytest.raises(ValueError, match="calibration_temperature="):
+        tiny_config(calibration_temperature=value)

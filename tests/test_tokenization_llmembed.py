@@ -3,6 +3,8 @@ tokenizers when a saved head has no tokenizer files."""
 
 from __future__ import annotations
 
+import json
+
 import logging
 import shutil
 
@@ -46,3 +48,14 @@ def test_missing_tokenizer_files_fall_back_to_the_backbones(saved_head, caplog):
     # The pipeline over that folder works with the fallback tokenizer and agrees with the original model.
     assert_same_predictions(pipeline("text-classification", model=str(folder), device="cpu")(TEXTS),
                             pipeline_outputs(model, TEXTS))
+
+
+def test_tokenizer_files_that_disagree_with_the_config_are_refused(saved_head):
+    """An edited or mixed-up repo would tokenise for one backbone and run another."""
+    _, folder = saved_head
+    path = folder / "tokenizer_config.json"
+    values = json.loads(path.read_text())
+    values["backbones"][1]["max_length"] = 16
+    path.write_text(json.dumps(values))
+    with pytest.raises(ValueError, match=r"disagrees with config.json on backbones\[1\]\.max_length \(16 vs 32\)"):
+        AutoTokenizer.from_pretrained(folder)

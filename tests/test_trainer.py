@@ -16,6 +16,7 @@ from llmembed_hf import HeadTrainingArguments, LLMEmbedForSequenceClassification
 from llmembed_hf.data import load_labelled
 from llmembed_hf.features import FEATURES_COLUMN
 from llmembed_hf.trainer import predict_logits
+from llmembed_hf.training_args import OutputArguments
 
 FEATURE_SIZE = 3 * 48 + 32
 
@@ -176,3 +177,104 @@ def test_train_head_rejects_a_model_with_other_labels(tiny_config, keyword_data,
     model = LLMEmbedForSequenceClassification.from_backbones(tiny_config(num_labels=3))
     with pytest.raises(ValueError, match=r"labels \{0: 'LABEL_0', 1: 'LABEL_1', 2: 'LABEL_2'\} differ from the data's classes \{0: 'negative', 1: 'positive'\}"):
         train_head(keyword_data, tmp_path / "out", model=model)
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# The output folder: no pickles, replaced whole, refused when it is not ours, resumable
+# ----------------------------------------------------------------------------------------------------------------------
+
+PICKLE_SUFFIXES = (".pt", ".pth", ".bin", ".pkl", ".pickle")
+
+
+def _head(run: Path) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    return load_file(run / "model.safetensors")
+
+
+def test_output_folder_holds_no_pickle_and_no_checkpoint(tiny_preset, keyword_data, tmp_path):
+    output = OutputArguments(str(tmp_path / "runs" / "head"))
+    train_head(keyword_data, output, preset=tiny_preset, training=HeadTrainingArguments(epochs=2, batch_size=16))
+    files = [p for p in (tmp_path / "runs" / "head").rglob("*") if p.is_file()]
+    assert files and not [p for p in files if p.suffix in PICKLE_SUFFIXES], files
+    assert not (tmp_path / "runs" / "head" / "checkpoints").exists()
+    assert not output.checkpoint_dir.exists()  # removed at the end unless keep_checkpoints
+    assert [p.name for p in (tmp_path / "runs").iterdir()] == ["head"]  # no staging or previous folder left
+
+
+def test_a_folder_no_llmembed_run_wrote_is_refused_unless_overwrite(tiny_preset, keyword_data, tmp_path):
+    folder = tmp_path / "mine"
+    folder.mkdir()
+    (folder / "notes.txt").write_text("my notes")
+    training = HeadTrainingArguments(epochs=1, batch_size=16)
+    with pytest.raises(ValueError, match=r"not empty and no llmembed run wrote it .*overwrite=True"):
+        train_head(keyword_data, folder, preset=tiny_preset, training=training)
+    assert (folder / "notes.txt").read_text() == "my notes"
+    train_head(keyword_data, OutputArguments(str(folder), overwrite=True), preset=tiny_preset, training=training)
+    assert not (folder / "notes.txt").exists() and (folder / "training_report.json").is_file()
+
+
+def test_a_rerun_replaces_the_folder_whole(tiny_preset, keyword_data, tmp_path):
+    """An earlier run's files (here a stale one) never survive into the next run's folder."""
+    training = HeadTrainingArguments(epochs=1, batch_size=16)
+    train_head(keyword_data, tmp_path / "head", preset=tiny_preset, training=training)
+    (tmp_path / "head" / "stale.png").write_bytes(b"old plot")
+    train_head(keyword_data, tmp_path / "head", preset=tiny_preset, training=training)
+    assert not (tmp_path / "head" / "stale.png").exists()
+
+
+def test_resume_continues_an_interrupted_run_to_the_same_head(tiny_preset, keyword_data, tmp_path, monkeypatch):
+    import llmembed_hf.trainer as trainer_module
+
+    training = HeadTrainingArguments(epochs=4, batch_size=16, seed=3)
+    train_head(keyword_data, tmp_path / "whole", preset=tiny_preset, training=training)
+
+    class InterruptedTrainer(trainer_module.Trainer):
+        def _save_checkpoint(self, *args, **kwargs):
+            super()._save_checkpoint(*args, **kwargs)
+            if self.state.epoch >= 2:
+                raise KeyboardInterrupt("killed after epoch 2")
+
+    output = OutputArguments(str(tmp_path / "resumed"), resume=True)
+    with monkeypatch.context() as patch:
+        patch.setattr(trainer_module, "Trainer", InterruptedTrainer)
+        with pytest.raises(KeyboardInterrupt):
+            train_head(keyword_data, output, preset=tiny_preset, training=training)
+    assert not (tmp_path / "resumed").exists()  # nothing published by the interrupted run
+    assert sorted(p.name for p in output.checkpoint_dir.iterdir() if p.name.startswith("checkpoint-"))
+
+    _, report = train_head(keyword_data, output, preset=tiny_preset, training=training)
+    whole, resumed = _head(tmp_path / "whole"), _head(tmp_path / "resumed")
+    assert whole.keys() == resumed.keys()
+    assert all(torch.equal(whole[k], resumed[k]) for k in whole)
+    assert [e["epoch"] for e in report.log_history if "eval_accuracy" in e] == [1.0, 2.0, 3.0, 4.0]
+
+
+def test_calibration_lowers_the_nll_of_an_overconfident_head(tiny_config):
+    """`calibrate` on a deliberately over-confident toy head: validation NLL drops, predictions stay the same."""
+    from llmembed_hf.trainer import calibrate
+
+    model = fresh_head(tiny_config)
+    validation = separable_features(256, seed=2)
+    with torch.no_grad():
+        for layer in model.head.classifier:
+            if isinstance(layer, torch.nn.Linear):
+                layer.weight.mul_(6.0)  # sharper logits, same ranking
+    before = predict_logits(model, validation)
+    labels = validation[:]["labels"].tolist()
+    result = calibrate(model, {"validation": (before, labels)})
+    split = result["splits"]["validation"]
+    assert model.config.calibration_temperature == result["temperature"] > 1.0
+    assert split["nll_after"] < split["nll_before"] and split["ece_after"] < split["ece_before"]
+    after = predict_logits(model, validation)
+    assert np.array_equal(after.argmax(-1), before.argmax(-1))
+    assert np.allclose(after, before / result["temperature"], atol=1e-5)
+
+
+def test_train_head_stores_the_temperature_and_shows_calibration(trained):
+    output, model, report = trained
+    config = json.loads((output / "config.json").read_text())
+    assert config["calibration_temperature"] == pytest.approx(report.calibration["temperature"]) == model.config.calibration_temperature
+    assert set(report.calibration["splits"]) == {"validation", "test"}
+    card = (output / "README.md").read_text()
+    assert "ECE before" in card and "reliability_diagram.png" in card and (output / "reliability_diagram.png").is_file()

@@ -24,7 +24,7 @@ from ..data import describe_source, validation_cut
 from ..metrics import load_metric
 from ..model_card import IntentSlotReport, environment, save_with_card
 from ..modeling.modeling_llmembed_intent_slot import LLMEmbedForIntentAndSlotFilling
-from ..training_args import data_arguments
+from ..training_args import OutputArguments, data_arguments, output_arguments
 from .data import IntentSlotCollator, encode_intent_slot, load_intent_slot_split, slot_label_names
 from .slots import IGNORE_INDEX
 from .training_args import IntentSlotArguments, IntentSlotDataArguments
@@ -115,7 +115,7 @@ def _peak_memory_mb() -> float:
 def finetune_intent_slot(
     backbone: Any,
     data: IntentSlotDataArguments | str | os.PathLike | DatasetDict,
-    output_dir: str | os.PathLike,
+    output_dir: str | os.PathLike | OutputArguments,
     args: IntentSlotArguments | None = None,
     push_to_hub: str | None = None,
     **data_fields: Any,
@@ -132,6 +132,11 @@ def finetune_intent_slot(
     """
     args = args or IntentSlotArguments()
     data = data_arguments(data, IntentSlotDataArguments, **data_fields)
+    output = output_arguments(output_dir)
+    if output.resume:
+        raise ValueError("resume is not supported by the intent + slot line yet (its best epoch is kept in memory); "
+                         "rerun without --resume.")
+    output.check()
     started = time.perf_counter()
     set_seed(args.seed)
     source, seed = data.dataset, args.seed
@@ -168,7 +173,7 @@ def finetune_intent_slot(
     keep_best = KeepBestCallback(metric)
     trainer = Trainer(
         model=model,
-        args=args.to_training_arguments(Path(output_dir) / "checkpoints", has_eval=True, keep_best_checkpoint=False,
+        args=args.to_training_arguments(output.checkpoint_dir, has_eval=True, keep_best_checkpoint=False,
                                         fp16=args.fp16, bf16=args.bf16, label_names=["labels", "slot_labels"]),
         train_dataset=train_data,
         eval_dataset=validation_data,
@@ -201,7 +206,9 @@ def finetune_intent_slot(
         timings={"load_s": loaded - started, "train_s": trained - loaded, "evaluate_s": evaluated - trained},
     )
     report.timings["total_s"] = time.perf_counter() - started
-    save_with_card(model, output_dir, report, push_to_hub)
+    output.publish(lambda staging: save_with_card(model, staging, report, Path(output.output_dir).name))
+    if push_to_hub:
+        model.push_to_hub(push_to_hub)
     return model, report
 
 

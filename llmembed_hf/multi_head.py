@@ -1,0 +1,84 @@
+"""Several heads, one backbone pass: heads trained on the same frozen backbones classify a text together.
+
+Frozen backbones are most of the cost of a prediction; heads on the same backbones (same specs, same weights) can
+share both the loaded copy (`shared_backbone`: loading a second head loads nothing again) and the pass itself:
+`MultiHeadClassifier` tokenises once, runs each backbone once, and feeds the pooled features to every head.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Sequence
+
+import torch
+
+from .modeling.modeling_llmembed import LLMEmbedForSequenceClassification
+
+#: Spec fields that must agree for heads to share a backbone pass (the views they pool and how they tokenise).
+_SHARED_FIELDS = ("name", "model_id", "revision", "gguf_file", "layers", "pooling", "normalize", "max_length")
+
+
+class MultiHeadClassifier:
+    """Classify texts with several LLMEmbed heads from one backbone pass.
+
+    ``heads``: loaded heads (or folders / Hub ids) whose backbones are the same; a head over other backbones is an
+    error naming the spec field that differs. ``names``: how results call each head (default: its folder name).
+    """
+
+    def __init__(self, heads: Sequence[LLMEmbedForSequenceClassification | str | os.PathLike],
+                 names: Sequence[str] | None = None) -> None:
+        if not heads:
+            raise ValueError("MultiHeadClassifier needs at least one head.")
+        loaded = [head if isinstance(head, LLMEmbedForSequenceClassification)
+                  else LLMEmbedForSequenceClassification.from_pretrained(head) for head in heads]
+        self.names = list(names) if names is not None else [
+            os.path.basename(os.path.normpath(str(h))) if not isinstance(h, LLMEmbedForSequenceClassification)
+            else (h.name_or_path or f"head{i}") for i, h in enumerate(heads)]
+        if len(self.names) != len(loaded) or len(set(self.names)) != len(self.names):
+            raise ValueError(f"names {self.names} must give each of the {len(loaded)} heads its own name.")
+        first = loaded[0].config.backbone_specs
+        for name, head in zip(self.names[1:], loaded[1:]):
+            specs = head.config.backbone_specs
+            if len(specs) != len(first):
+                raise ValueError(f"head {name!r} has {len(specs)} backbones, {self.names[0]!r} has {len(first)}: "
+                                 "heads share a pass only over the same backbones.")
+            for ours, theirs in zip(first, specs):
+                for field in _SHARED_FIELDS + ("weights_sha256",):
+                    if getattr(ours, field) != getattr(theirs, field):
+                        raise ValueError(
+                            f"head {name!r}: backbones[{theirs.name!r}].{field}={getattr(theirs, field)!r} differs "
+                            f"from head {self.names[0]!r}: {getattr(ours, field)!r}; heads share a pass only over the "
+                            "same backbones."
+                        )
+        self.heads = loaded
+        self.encoder = loaded[0]
+        if not self.encoder.backbones:
+            self.encoder.load_backbones()
+        for head in loaded[1:]:  # the registry hands them the encoder's copies: nothing loads twice
+            if not head.backbones:
+                head.load_backbones()
+
+    @torch.inference_mode()
+    def __call__(self, texts: str | Sequence[str], batch_size: int = 32) -> Any:
+        """For every text, each head's ``{"label", "score"}`` (its calibrated top class), keyed by head name: one
+        such dict for a single text, a list of them for a list."""
+        single = isinstance(texts, str)
+        texts = [texts] if single else list(texts)
+        results: list[dict[str, dict[str, Any]]] = []
+        for start in range(0, len(texts), batch_size):
+            batch = self.encoder.tokenizer(texts[start : start + batch_size], padding=True, return_tensors="pt")
+            features = self.encoder.encode(**batch)
+            scores = {}
+            for name, head in zip(self.names, self.heads):
+                head.eval()
+                scores[name] = head(pooled_features=features.to(head.device)).logits.float().softmax(-1)
+            for row in range(features.shape[0]):
+                results.append({
+                    name: {"label": head.config.id2label[int(scores[name][row].argmax())],
+                           "score": float(scores[name][row].max())}
+                    for name, head in zip(self.names, self.heads)
+                })
+        return results[0] if single else results
+
+
+__all__ = ["MultiHeadClassifier"]
