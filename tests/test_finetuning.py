@@ -276,3 +276,33 @@ def test_labels_out_of_range(tiny_backbones, tmp_path):
 def test_unknown_backbone(finetune_data, tmp_path):
     with pytest.raises(OSError, match="could not find weights for 'no-such-org/no-such-model'"):
         finetune("no-such-org/no-such-model", finetune_data, tmp_path / "out")
+
+
+def test_resumed_finetune_gives_the_same_adapter(tiny_backbones, finetune_data, tmp_path, monkeypatch):
+    """A LoRA fine-tune killed after its first epoch and resumed ends with the adapter of an uninterrupted run."""
+    import llmembed_hf.finetuning as finetuning_module
+    from llmembed_hf.training_args import OutputArguments
+
+    args = FinetuneArguments(epochs=3, batch_size=8, learning_rate=5e-3, lora_r=4, lora_alpha=8, lora_dropout=0.0)
+    finetune(tiny_backbones["llama"], finetune_data, tmp_path / "whole", args)
+
+    class InterruptedTrainer(finetuning_module.Trainer):
+        def _save_checkpoint(self, *a, **k):
+            super()._save_checkpoint(*a, **k)
+            if self.state.epoch >= 1:
+                raise KeyboardInterrupt("killed after epoch 1")
+
+    output = OutputArguments(str(tmp_path / "resumed"), resume=True)
+    with monkeypatch.context() as patch:
+        patch.setattr(finetuning_module, "Trainer", InterruptedTrainer)
+        with pytest.raises(KeyboardInterrupt):
+            finetune(tiny_backbones["llama"], finetune_data, output, args)
+    finetune(tiny_backbones["llama"], finetune_data, output, args)
+
+    def adapter(folder: Path) -> dict[str, torch.Tensor]:
+        with safe_open(folder / "adapter_model.safetensors", "pt") as handle:
+            return {key: handle.get_tensor(key) for key in handle.keys()}
+
+    whole, resumed = adapter(tmp_path / "whole"), adapter(tmp_path / "resumed")
+    assert whole.keys() == resumed.keys()
+    assert all(torch.equal(whole[key], resumed[key]) for key in whole)

@@ -26,3 +26,21 @@ def test_bad_arguments(args, message):
 def test_bad_validation_fraction(fraction):
     with pytest.raises(ValueError, match="validation_fraction"):
         DataArguments("data", validation_fraction=fraction)
+
+
+@pytest.mark.parametrize("cls", ["HeadTrainingArguments", "FinetuneArguments", "IntentSlotArguments"])
+@pytest.mark.parametrize("field, value", [("epochs", 0), ("batch_size", 0), ("learning_rate", 0.0),
+                                          ("warmup_ratio", 1.0)])
+def test_every_line_refuses_settings_that_train_nothing(cls, field, value):
+    """epochs=0 used to train nothing and still write the card of a trained head."""
+    import llmembed_hf
+
+    with pytest.raises(ValueError, match=field):
+        getattr(llmembed_hf, cls)(**{field: value})
+
+
+def test_output_arguments_need_a_folder():
+    from llmembed_hf.training_args import OutputArguments
+
+    with pytest.raises(ValueError, match="output_dir is missing"):
+        OutputArguments()
