@@ -260,3 +260,16 @@ INTENTS = ["alarm_set", "play_music", "weather_query"]
 #: The remote code an intent + slot folder carries.
 CODE_FILES = ("configuration_llmembed_intent_slot.py", "modeling_llmembed_intent_slot.py",
               "configuration_llmembed.py", "modeling_llmembed.py")
+
+
+def interrupted_after(trainer_class: type, epoch: float) -> type:
+    """A `Trainer` subclass that dies (KeyboardInterrupt) right after saving the checkpoint of ``epoch``: a run
+    killed between two epochs, to resume from."""
+
+    class InterruptedTrainer(trainer_class):
+        def _save_checkpoint(self, *args, **kwargs):
+            super()._save_checkpoint(*args, **kwargs)
+            if self.state.epoch >= epoch:
+                raise KeyboardInterrupt(f"killed after epoch {epoch}")
+
+    return InterruptedTrainer

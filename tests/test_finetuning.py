@@ -18,7 +18,13 @@ from huggingface_hub.utils import HFValidationError
 from safetensors import safe_open
 from transformers import AutoModelForSequenceClassification, AutoTokenizer, pipeline
 
-from helpers import FINETUNE_NAMES as NAMES, finetune_keyword_rows as keyword_rows, install_fake_hub, write_dataset
+from helpers import (
+    FINETUNE_NAMES as NAMES,
+    finetune_keyword_rows as keyword_rows,
+    install_fake_hub,
+    interrupted_after,
+    write_dataset,
+)
 from llmembed_hf import FinetuneArguments, finetune, load_finetuned, push_finetuned
 from llmembed_hf.finetuning import load_classifier
 from llmembed_hf.modeling.tokenization_llmembed import ensure_pad_token
@@ -286,15 +292,9 @@ def test_resumed_finetune_gives_the_same_adapter(tiny_backbones, finetune_data, 
     args = FinetuneArguments(epochs=3, batch_size=8, learning_rate=5e-3, lora_r=4, lora_alpha=8, lora_dropout=0.0)
     finetune(tiny_backbones["llama"], finetune_data, tmp_path / "whole", args)
 
-    class InterruptedTrainer(finetuning_module.Trainer):
-        def _save_checkpoint(self, *a, **k):
-            super()._save_checkpoint(*a, **k)
-            if self.state.epoch >= 1:
-                raise KeyboardInterrupt("killed after epoch 1")
-
     output = OutputArguments(str(tmp_path / "resumed"), resume=True)
     with monkeypatch.context() as patch:
-        patch.setattr(finetuning_module, "Trainer", InterruptedTrainer)
+        patch.setattr(finetuning_module, "Trainer", interrupted_after(finetuning_module.Trainer, epoch=1))
         with pytest.raises(KeyboardInterrupt):
             finetune(tiny_backbones["llama"], finetune_data, output, args)
     finetune(tiny_backbones["llama"], finetune_data, output, args)

@@ -11,7 +11,7 @@ import pytest
 import torch
 from datasets import Dataset
 
-from helpers import NAMES, TRAINED_EPOCHS
+from helpers import NAMES, TRAINED_EPOCHS, interrupted_after
 from llmembed_hf import HeadTrainingArguments, LLMEmbedForSequenceClassification, fit_head, train_head
 from llmembed_hf.data import load_labelled
 from llmembed_hf.features import FEATURES_COLUMN
@@ -229,15 +229,9 @@ def test_resume_continues_an_interrupted_run_to_the_same_head(tiny_preset, keywo
     training = HeadTrainingArguments(epochs=4, batch_size=16, seed=3)
     train_head(keyword_data, tmp_path / "whole", preset=tiny_preset, training=training)
 
-    class InterruptedTrainer(trainer_module.Trainer):
-        def _save_checkpoint(self, *args, **kwargs):
-            super()._save_checkpoint(*args, **kwargs)
-            if self.state.epoch >= 2:
-                raise KeyboardInterrupt("killed after epoch 2")
-
     output = OutputArguments(str(tmp_path / "resumed"), resume=True)
     with monkeypatch.context() as patch:
-        patch.setattr(trainer_module, "Trainer", InterruptedTrainer)
+        patch.setattr(trainer_module, "Trainer", interrupted_after(trainer_module.Trainer, epoch=2))
         with pytest.raises(KeyboardInterrupt):
             train_head(keyword_data, output, preset=tiny_preset, training=training)
     assert not (tmp_path / "resumed").exists()  # nothing published by the interrupted run
