@@ -181,7 +181,9 @@ def _read_inputs(args: argparse.Namespace) -> list[str]:
         path = Path(args.input)
         if not path.is_file():
             raise FileNotFoundError(f"--input {path} does not exist.")
-        for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        # split on "\n" only (read_text already turned "\r\n" into it): JSON text may hold U+2028, U+0085, ...
+        # unescaped (predict --output writes them so), which str.splitlines() would cut a row at
+        for number, line in enumerate(path.read_text(encoding="utf-8").split("\n"), 1):
             if not line.strip():
                 continue
             if path.suffix == ".jsonl":

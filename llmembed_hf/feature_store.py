@@ -22,7 +22,8 @@ Guarantees (one machine, a local file system where ``fcntl.flock`` works):
 * processes that share the store never compute the same (backbone, text) at the same time: a process claims the
   texts it is about to compute under the backbone's lock, after re-reading the segments and the live claims; others
   skip claimed texts and wait for their segment. A claim dies with its process (the kernel drops the flock), so texts
-  of a killed process are claimed again by whoever still needs them; its temporary files are removed then;
+  of a killed process are claimed again by whoever still needs them; its claim and temporary files are removed
+  by the next request that opens the store;
 * an interruption loses at most the segments being computed (``shard_size`` texts per process and backbone).
 """
 
@@ -41,7 +42,7 @@ from typing import Any, Iterable, Iterator
 
 import numpy as np
 from safetensors import SafetensorError, safe_open
-from safetensors.numpy import save_file
+from safetensors.numpy import save
 from transformers.utils import logging
 
 from .file_utils import atomic_save, atomic_write_text, cache_dir
@@ -163,7 +164,8 @@ class BackboneStore:
     # -- layout ----------------------------------------------------------------------------------------------------
 
     def open(self) -> BackboneStore:
-        """Create the folders and ``backbone.json`` if needed, mark the store used now, read the index."""
+        """Create the folders and ``backbone.json`` if needed, mark the store used now, remove what dead processes left
+        (claims, temporary segments), read the index."""
         self.segments.mkdir(parents=True, exist_ok=True)
         self.claims.mkdir(parents=True, exist_ok=True)
         meta = self.folder / "backbone.json"
@@ -171,6 +173,12 @@ class BackboneStore:
             record = {"fingerprint": self.fingerprint, "name": self.name, "created": _now(), **self.description}
             atomic_write_text(meta, json.dumps(record, indent=1, sort_keys=True, default=str))
         (self.folder / "last_used").touch()
+        if any(self.claims.glob("*.claim")) or any(self.segments.glob(".seg-*")):
+            # A killed process's claim or torn temporary segment: removed here, since a request that finds all its
+            # texts stored (e.g. the killed process renamed its last segment but never released its claim) never
+            # claims anything, so would never look at the claims.
+            with self.lock():
+                self.live_claims()
         self.refresh()
         return self
 
@@ -308,9 +316,16 @@ class BackboneStore:
                 "text_sha256_sha256": _tensor_sha256(hashes)}
         path = self.segments / f"seg-{claim.id}.safetensors"
         self.segments.mkdir(parents=True, exist_ok=True)
-        atomic_save(path, lambda tmp: save_file({"vectors": vectors, "text_sha256": hashes}, str(tmp), metadata=meta))
+        atomic_save(path, lambda tmp: _write_segment_file(tmp, {"vectors": vectors, "text_sha256": hashes}, meta))
         claim.release()
         return path
+
+
+def _write_segment_file(path: Path, tensors: dict[str, np.ndarray], metadata: dict[str, str]) -> None:
+    """Serialise a segment in memory and write it to ``path`` (`atomic_save`'s temporary file, which a killed process's
+    successor removes). Not safetensors' ``save_file``: it writes through a ``.tmpXXXXXX`` file of its own beside
+    ``path``, which a process killed mid-write leaves in the store for good."""
+    path.write_bytes(save(tensors, metadata=metadata))
 
 
 # ----------------------------------------------------------------------------------------------------------------------

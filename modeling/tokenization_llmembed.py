@@ -39,9 +39,25 @@ def ensure_pad_token(tokenizer: Any) -> int:
     return tokenizer.pad_token_id
 
 
+def _check_unicode(item: str, where: str) -> None:
+    """Raise a ValueError if ``item`` is not valid Unicode text (it holds a lone surrogate, e.g. from
+    ``json.loads('"\\ud800"')`` or undecodable command-line bytes): no tokenizer can encode it."""
+    if item.isascii():
+        return
+    try:
+        item.encode("utf-8")
+    except UnicodeEncodeError as error:
+        raise ValueError(
+            f"{where} is not valid Unicode: it holds the lone surrogate {item[error.start]!r} at position "
+            f"{error.start} ({item!r:.50}). Decode its source with errors='replace', or drop it."
+        ) from None
+
+
 def _check_texts(text: Any) -> tuple[list[str], bool]:
-    """Return ``(texts, is_batch)``; raise a TypeError naming the first item that is not a string."""
+    """Return ``(texts, is_batch)``; raise a TypeError naming the first item that is not a string, a ValueError for
+    an empty list or a text that is not valid Unicode."""
     if isinstance(text, str):
+        _check_unicode(text, "text")
         return [text], False
     if isinstance(text, (list, tuple)):
         for index, item in enumerate(text):
@@ -50,6 +66,7 @@ def _check_texts(text: Any) -> tuple[list[str], bool]:
                     f"text[{index}] is {type(item).__name__} ({item!r:.50}); every text must be a str. "
                     "Convert or drop it before tokenising."
                 )
+            _check_unicode(item, f"text[{index}]")
         if not text:
             raise ValueError("text is an empty list; pass at least one string to tokenise.")
         return list(text), True

@@ -127,16 +127,21 @@ def _tiny_llama(folder: Path) -> None:
     LlamaModel(config).save_pretrained(folder)
 
 
-@pytest.fixture(scope="session")
-def tiny_backbones(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
-    """Tiny random backbones saved as local safetensors folders with their tokenizers: ``{"bert": ..., "llama": ...}``."""
-    root = tmp_path_factory.mktemp("tiny_backbones")
+def build_tiny_backbones(root: Path) -> dict[str, str]:
+    """Tiny random backbones (seeded) saved as local safetensors folders with their tokenizers under ``root``:
+    ``{"bert": ..., "llama": ...}`` (also used by benchmarks/bench_faults.py)."""
     folders = {}
     for seed, (name, build) in enumerate({"bert": _tiny_bert, "llama": _tiny_llama}.items()):
         torch.manual_seed(seed)
         folders[name] = root / name
         build(folders[name])
     return {name: str(folder) for name, folder in folders.items()}
+
+
+@pytest.fixture(scope="session")
+def tiny_backbones(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    """`build_tiny_backbones` once per test session."""
+    return build_tiny_backbones(tmp_path_factory.mktemp("tiny_backbones"))
 
 
 @pytest.fixture

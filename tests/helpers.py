@@ -273,3 +273,25 @@ def interrupted_after(trainer_class: type, epoch: float) -> type:
                 raise KeyboardInterrupt(f"killed after epoch {epoch}")
 
     return InterruptedTrainer
+
+
+def write_intent_slot_dataset(folder: Path, sizes: dict[str, int]) -> Path:
+    """Toy intent + slot data (MASSIVE's columns, ``labels.json`` and ``slot_labels.json``): keywords decide the
+    intent and the slots ("good ..." dates, "cat ..." times); ``sizes`` gives the rows of each split."""
+    folder.mkdir(parents=True, exist_ok=True)
+    patterns = [
+        (["set", "the", "mat", "at", "good", "dog"], ["O", "O", "O", "O", "B-date", "I-date"], 0),
+        (["play", "the", "cat", "film"], ["O", "O", "B-time", "O"], 1),
+        (["is", "it", "bad", "on", "good"], ["O", "O", "O", "O", "B-date"], 2),
+    ]
+    for split, size in sizes.items():
+        rows = []
+        for i in range(size):
+            tokens, tags, label = patterns[i % 3]
+            rows.append({"text": " ".join(tokens), "tokens": tokens, "ner_tags": [SLOTS.index(t) for t in tags],
+                         "label": label})
+        with gzip.open(folder / f"{split}.jsonl.gz", "wt") as handle:
+            handle.write("".join(json.dumps(row) + "\n" for row in rows))
+    (folder / "labels.json").write_text(json.dumps(INTENTS))
+    (folder / "slot_labels.json").write_text(json.dumps(SLOTS))
+    return folder

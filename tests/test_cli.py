@@ -5,7 +5,6 @@ backbones; integration tests run them on the real backbones and shared data sets
 from __future__ import annotations
 
 import dataclasses
-import gzip
 import importlib.util
 import json
 import os
@@ -27,10 +26,10 @@ from helpers import (
     INTENTS,
     MASSIVE,
     NAMES,
-    SLOTS,
     SST2,
     keyword_rows,
     parse_json_output,
+    write_intent_slot_dataset,
     write_split,
 )
 from llmembed_hf import load_finetuned
@@ -358,27 +357,6 @@ def test_cli_errors_are_one_line(finetune_data, tmp_path, capsys):
 # ----------------------------------------------------------------------------------------------------------------------
 
 
-def write_toy_dataset(folder: Path, sizes: dict[str, int]) -> Path:
-    """Utterances whose intent and slots follow keywords: "good ..." dates, "cat ..." times."""
-    folder.mkdir(parents=True, exist_ok=True)
-    patterns = [
-        (["set", "the", "mat", "at", "good", "dog"], ["O", "O", "O", "O", "B-date", "I-date"], 0),
-        (["play", "the", "cat", "film"], ["O", "O", "B-time", "O"], 1),
-        (["is", "it", "bad", "on", "good"], ["O", "O", "O", "O", "B-date"], 2),
-    ]
-    for split, size in sizes.items():
-        rows = []
-        for i in range(size):
-            tokens, tags, label = patterns[i % 3]
-            rows.append({"text": " ".join(tokens), "tokens": tokens,
-                         "ner_tags": [SLOTS.index(t) for t in tags], "label": label})
-        with gzip.open(folder / f"{split}.jsonl.gz", "wt") as handle:
-            handle.write("".join(json.dumps(row) + "\n" for row in rows))
-    (folder / "labels.json").write_text(json.dumps(INTENTS))
-    (folder / "slot_labels.json").write_text(json.dumps(SLOTS))
-    return folder
-
-
 def run_cli(args: list[str], capsys) -> dict[str, Any]:
     code = main(args)
     captured = capsys.readouterr()
@@ -387,7 +365,7 @@ def run_cli(args: list[str], capsys) -> dict[str, Any]:
 
 
 def test_finetune_intent_slot_cli_trains_saves_and_serves(tiny_backbones, tmp_path, capsys):
-    data = write_toy_dataset(tmp_path / "toy", {"train": 24, "validation": 6, "test": 6})
+    data = write_intent_slot_dataset(tmp_path / "toy", {"train": 24, "validation": 6, "test": 6})
     out = tmp_path / "model"
     result = run_cli(["finetune-intent-slot", "--backbone", tiny_backbones["llama"], "--dataset", str(data),
                       "--mode", "lora", "--epochs", "2", "--batch-size", "8", "--lr", "5e-3",
