@@ -15,6 +15,10 @@ from .configuration_llmembed import BackboneSpec
 logger = logging.get_logger(__name__)
 
 TOKENIZER_CONFIG_FILE = "tokenizer_config.json"
+#: Characters per token no tokenizer exceeds in practice (sub-word pieces are a few characters; whole words rarely
+#: 30): a text is cut to ``max_length * CHARS_PER_TOKEN_BOUND`` characters before tokenising, which leaves its first
+#: ``max_length`` tokens as they are and spares tokenising the rest of a long document.
+CHARS_PER_TOKEN_BOUND = 64
 SUBFOLDER = "tokenizers"
 
 
@@ -132,7 +136,9 @@ class LLMEmbedTokenizer:
         for spec in self.specs:
             tokenizer = self.tokenizers[spec.name]
             limit = min(spec.max_length, max_length) if max_length else spec.max_length
-            ids = tokenizer(texts, truncation=True, max_length=limit, padding=False)["input_ids"]
+            # Only the first `limit` tokens are kept: characters far past them never need tokenising.
+            cut = limit * CHARS_PER_TOKEN_BOUND
+            ids = tokenizer([t[:cut] for t in texts], truncation=True, max_length=limit, padding=False)["input_ids"]
             encoded[f"{spec.name}_input_ids"] = [row if row else [self._fallback_token(spec.name)] for row in ids]
         if return_tensors is not None or (padding and is_batch):
             encoded = self.pad(encoded, return_tensors=return_tensors)

@@ -59,3 +59,15 @@ def test_tokenizer_files_that_disagree_with_the_config_are_refused(saved_head):
     path.write_text(json.dumps(values))
     with pytest.raises(ValueError, match=r"disagrees with config.json on backbones\[1\]\.max_length \(16 vs 32\)"):
         AutoTokenizer.from_pretrained(folder)
+
+
+def test_long_texts_are_cut_before_tokenising_without_changing_the_ids(saved_head, monkeypatch):
+    """Only the first max_length tokens are kept, so tokenising a text cut to max_length * CHARS_PER_TOKEN_BOUND
+    characters gives the same ids as tokenising all of it."""
+    from llmembed_hf.modeling import tokenization_llmembed
+
+    tokenizer = AutoTokenizer.from_pretrained(saved_head[1])
+    texts = ["the cat sat on the mat " * 2000, "good " * 5000 + "bad", "a short one"]
+    cut = tokenizer(texts, padding=False).data
+    monkeypatch.setattr(tokenization_llmembed, "CHARS_PER_TOKEN_BOUND", 10**9)
+    assert tokenizer(texts, padding=False).data == cut
