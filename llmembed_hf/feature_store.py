@@ -218,27 +218,24 @@ class BackboneStore:
             raise SegmentError(f"dtype/width {meta.get('dtype')}/{meta.get('width')} != {self.dtype}/{self.width}")
         return meta
 
-    def _read_hashes(self, path: Path) -> np.ndarray:
+    def _read_checked(self, path: Path, name: str, width: int, dtype: type, checksum_key: str) -> np.ndarray:
+        """One tensor of a segment, after its metadata, shape ``(rows, width)``, dtype and checksum are checked."""
         with safe_open(str(path), framework="numpy") as handle:
             meta = self._check_metadata(path, handle.metadata())
-            hashes = handle.get_tensor("text_sha256")
-        rows = int(meta["rows"])
-        if hashes.dtype != np.uint8 or hashes.shape != (rows, HASH_BYTES):
-            raise SegmentError(f"text_sha256 has shape {hashes.shape} {hashes.dtype}, expected ({rows}, 32) uint8")
-        if _tensor_sha256(hashes) != meta["text_sha256_sha256"]:
-            raise SegmentError("text_sha256 checksum mismatch")
-        return hashes
+            tensor = handle.get_tensor(name)
+        expected = (int(meta["rows"]), width)
+        if tensor.shape != expected or tensor.dtype != dtype:
+            raise SegmentError(f"{name} has shape {tensor.shape} {tensor.dtype}, expected {expected} "
+                               f"{np.dtype(dtype).name}")
+        if _tensor_sha256(tensor) != meta[checksum_key]:
+            raise SegmentError(f"{name} checksum mismatch")
+        return tensor
+
+    def _read_hashes(self, path: Path) -> np.ndarray:
+        return self._read_checked(path, "text_sha256", HASH_BYTES, np.uint8, "text_sha256_sha256")
 
     def _read_vectors(self, path: Path) -> np.ndarray:
-        with safe_open(str(path), framework="numpy") as handle:
-            meta = self._check_metadata(path, handle.metadata())
-            vectors = handle.get_tensor("vectors")
-        rows = int(meta["rows"])
-        if vectors.shape != (rows, self.width) or vectors.dtype != STORAGE_NUMPY_DTYPES[self.dtype]:
-            raise SegmentError(f"vectors have shape {vectors.shape} {vectors.dtype}, expected "
-                               f"({rows}, {self.width}) {self.dtype}")
-        if _tensor_sha256(vectors) != meta["vectors_sha256"]:
-            raise SegmentError("vectors checksum mismatch")
+        vectors = self._read_checked(path, "vectors", self.width, STORAGE_NUMPY_DTYPES[self.dtype], "vectors_sha256")
         if not np.isfinite(vectors).all():
             raise SegmentError("non-finite values")
         return vectors
