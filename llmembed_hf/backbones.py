@@ -41,6 +41,7 @@ from .file_utils import (  # noqa: F401
     build_folder_atomically,
     build_verified_folder,
     cache_dir,
+    copy_hashing,
     file_sha256,
     folder_tree_sha256,
 )
@@ -146,9 +147,7 @@ def _join_parts(parts: list[Path], target: Path) -> str:
     with open(target, "wb") as out:
         for part in parts:
             with open(part, "rb") as handle:
-                for block in iter(lambda: handle.read(1 << 24), b""):
-                    digest.update(block)
-                    out.write(block)
+                copy_hashing(handle, out, digest)
     return digest.hexdigest()
 
 

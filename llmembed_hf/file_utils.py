@@ -27,6 +27,9 @@ from typing import Any, Callable, Iterator
 
 from transformers.utils import logging
 
+# The one reading loop; it lives with the model code, which is uploaded as remote code and must hash on its own.
+from .modeling.modeling_llmembed import sha256_of_file
+
 try:
     import fcntl
 except ImportError:  # not POSIX: no lock (concurrent builds then both build; the first rename wins)
@@ -49,13 +52,15 @@ def cache_dir() -> Path:
 # ----------------------------------------------------------------------------------------------------------------------
 
 
-def sha256_of_file(path: str | os.PathLike) -> str:
-    """sha256 (hex) of a file's content, read in 16 MiB blocks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 24), b""):
-            digest.update(block)
-    return digest.hexdigest()
+def copy_hashing(source: Any, sink: Any, digest: Any) -> int:
+    """Copy the binary stream ``source`` into ``sink`` in 16 MiB blocks, feeding each block to ``digest`` (a hashlib
+    object): weights joined from parts are hashed as they are written. Returns the bytes copied."""
+    copied = 0
+    for block in iter(lambda: source.read(1 << 24), b""):
+        digest.update(block)
+        sink.write(block)
+        copied += len(block)
+    return copied
 
 
 def file_sha256(path: str | os.PathLike) -> str:
@@ -358,6 +363,7 @@ __all__ = [
     "build_verified_folder",
     "cache_dir",
     "check_manifest",
+    "copy_hashing",
     "clean_stale_temp_folders",
     "file_lock",
     "file_sha256",

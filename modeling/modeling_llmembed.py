@@ -121,17 +121,22 @@ _WEIGHT_FILES = (
 _FILE_SHA256: dict[tuple[str, int, int, int, int], str] = {}
 
 
+def sha256_of_file(path: str | os.PathLike) -> str:
+    """sha256 (hex) of a file's content, read in 16 MiB blocks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 24), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
 def sha256_file(path: str | os.PathLike) -> str:
-    """sha256 (hex) of a file's content, read in 16 MiB blocks and memoised in this process."""
+    """`sha256_of_file`, memoised in this process."""
     path = os.path.realpath(path)
     stat = os.stat(path)
     key = (path, stat.st_size, stat.st_mtime_ns, stat.st_ino, stat.st_ctime_ns)
     if key not in _FILE_SHA256:
-        digest = hashlib.sha256()
-        with open(path, "rb") as handle:
-            for block in iter(lambda: handle.read(1 << 24), b""):
-                digest.update(block)
-        _FILE_SHA256[key] = digest.hexdigest()
+        _FILE_SHA256[key] = sha256_of_file(path)
     return _FILE_SHA256[key]
 
 
