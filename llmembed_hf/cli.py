@@ -319,7 +319,7 @@ def build_parser() -> argparse.ArgumentParser:
                 "train one backbone for intent detection + slot filling (frozen, LoRA or full)")
     p.add_argument("--backbone", required=True, help="a preset backbone name (minilm, ...), a local folder or a Hub id")
     add_dataclass_options(p, IntentSlotDataArguments)
-    add_dataclass_options(p, OutputArguments, exclude=("resume",))
+    add_dataclass_options(p, OutputArguments)
     add_dataclass_options(p, IntentSlotArguments)
     push(p)
 

@@ -226,9 +226,10 @@ class BaseTrainingArguments:
         self, output_dir: str | os.PathLike, *, has_eval: bool, keep_best_checkpoint: bool = True,
         metric: str = "accuracy", **overrides: Any,
     ) -> TrainingArguments:
-        """`TrainingArguments` of this run. With ``keep_best_checkpoint`` (and evaluation data) every epoch is
-        checkpointed and the one with the best ``metric`` reloaded at the end; otherwise nothing is saved."""
-        checkpoints = has_eval and keep_best_checkpoint
+        """`TrainingArguments` of this run. Every epoch is checkpointed in ``output_dir`` (the latest is kept, so an
+        interrupted run can resume); with ``keep_best_checkpoint`` (and evaluation data) the checkpoint with the best
+        ``metric`` is kept too and reloaded at the end."""
+        keep_best = has_eval and keep_best_checkpoint
         return TrainingArguments(
             output_dir=str(output_dir),
             num_train_epochs=self.epochs,
@@ -238,10 +239,10 @@ class BaseTrainingArguments:
             per_device_train_batch_size=self.batch_size,
             per_device_eval_batch_size=self.eval_batch_size,
             eval_strategy="epoch" if has_eval else "no",
-            save_strategy="epoch" if checkpoints else "no",
+            save_strategy="epoch",
             logging_strategy="epoch",
-            load_best_model_at_end=checkpoints,
-            metric_for_best_model=metric if checkpoints else None,
+            load_best_model_at_end=keep_best,
+            metric_for_best_model=metric if keep_best else None,
             save_total_limit=1,
             seed=self.seed,
             data_seed=self.seed,
