@@ -268,9 +268,12 @@ def tune_head(
     """
     if metric not in METRICS:
         raise ValueError(f"metric={metric!r} is unknown; choose one of {METRICS}.")
+    if data_fields.get("eval_split") is not None:
+        raise ValueError(f"eval_split={data_fields['eval_split']!r}: tuning never reads an evaluation split (choosing "
+                         "on it would overfit the test); drop it, and score the winner with `llmembed train`.")
     if not isinstance(data, DataArguments):
         data_fields.setdefault("validation_fraction", TUNING_VALIDATION_FRACTION)
-    data = data_arguments(data, **data_fields, eval_split=None)  # the test split is never read
+    data = data_arguments(data, **{**data_fields, "eval_split": None})  # the test split is never read
     _check_trials(trials)
     space = search_space if isinstance(search_space, SearchSpace) else SearchSpace.from_dict(search_space or {})
     space.validate()

@@ -109,6 +109,8 @@ def test_tune_head_rejects_bad_input_before_extracting(keyword_dict, tmp_path):
         tune_head(keyword_dict, tmp_path, search_space={"sigma": []}, model=object())
     with pytest.raises(ValueError, match="metric='loss' is unknown"):
         tune_head(keyword_dict, tmp_path, metric="loss", model=object())
+    with pytest.raises(ValueError, match="eval_split='test': tuning never reads an evaluation split"):
+        tune_head(keyword_dict, tmp_path, eval_split="test", model=object())
 
 
 # ----------------------------------------------------------------------------------------------------------------------
