@@ -42,7 +42,9 @@ def load_split(source: str | os.PathLike | DatasetDict, split: str) -> Dataset:
         path = _split_file(folder, split)
         if path is not None:
             try:
-                return load_dataset("json", data_files={split: str(path)}, split=split)
+                # Not load_dataset("json", ...): it pings a Hub download counter first (up to 3 s without a network
+                # unless HF_HUB_OFFLINE=1), and a local file needs no network.
+                return Dataset.from_json(str(path), split=split)
             except StopIteration:  # datasets' json builder on a file with no rows
                 raise ValueError(f"split {split!r} is empty ({path} has no rows): nothing to train or evaluate on.")
         if (folder / "dataset_dict.json").is_file() or (folder / "state.json").is_file():
