@@ -76,6 +76,8 @@ class DataArguments:
     )
     text_column: str = arg("text", "column holding the text")
     label_column: str = arg("label", "column holding the label")
+    text_pair_column: str | None = arg("auto", "column holding the second text of each pair ('auto': 'text_pair' "
+                                               "when the training split has it; 'none': single texts)")
     train_split: str = arg("train", "training split")
     validation_split: str | None = arg(None, "split for choosing the best epoch (default: carve validation_fraction "
                                              "of the training subset)")
@@ -90,6 +92,8 @@ class DataArguments:
             self.dataset = os.fspath(self.dataset)
         if self.eval_split == "none":
             self.eval_split = None
+        if self.text_pair_column == "none":
+            self.text_pair_column = None
         check_fraction("validation_fraction", self.validation_fraction, closed_low=False)
         for name in ("max_train_samples", "max_eval_samples"):
             if getattr(self, name) is not None:
@@ -265,6 +269,10 @@ class HeadArguments:
     standardize_features: bool | None = arg(None, "standardise features with training statistics (default: the "
                                                   "preset's)")
     concat_encoder_views: bool | None = arg(None, "also feed the encoders' vectors to the MLP (default: the preset's)")
+    pair_encoding: str | None = arg(None, "text pairs only: how each backbone role encodes a pair, joint (one pass "
+                                          "over both texts) or siamese (each text alone, [u, v, |u-v|, u*v]); one "
+                                          "mode for all roles and/or role=mode items, e.g. 'siamese' or "
+                                          "'llm=joint,encoder=siamese' (default: the preset's, else that one)")
 
     def overrides(self) -> dict[str, Any]:
         """The fields that were set, as `LLMEmbedConfig` keyword arguments."""

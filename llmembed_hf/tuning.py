@@ -47,7 +47,7 @@ from .metrics import calibration_metrics, compute_classification_metrics
 from .model_card import environment
 from .modeling.configuration_llmembed import PRESETS, LLMEmbedConfig
 from .modeling.modeling_llmembed import LLMEmbedForSequenceClassification
-from .trainer import fit_head, head_config, predict_logits, split_features
+from .trainer import check_pairs_match, fit_head, head_config, predict_logits, split_features
 from .training_args import DataArguments, HeadArguments, HeadTrainingArguments, command_line, data_arguments
 
 logger = logging.get_logger(__name__)
@@ -284,10 +284,13 @@ def tune_head(
 
     splits = load_classification_splits(data, seed=seed)
     train, validation, names = splits.train, splits.validation, splits.names
+    pairs = splits.text_pair_column is not None
     if model is None:
-        model = LLMEmbedForSequenceClassification.from_backbones(head_config(preset, None, names))
+        model = LLMEmbedForSequenceClassification.from_backbones(head_config(preset, None, names, pairs))
     elif model.config.num_labels != len(names):
         raise ValueError(f"the model has {model.config.num_labels} labels but the data has {len(names)} classes.")
+    else:
+        check_pairs_match(model.config, pairs)
     planned = plan_trials(model.config, space, trials, seed)
     loaded = time.perf_counter()
 

@@ -15,6 +15,16 @@ logger = logging.get_logger(__name__)
 
 POOLINGS = ("mean", "cls", "pooler", "last_token")
 ROLES = ("llm", "encoder")
+#: How a backbone turns a text pair into features: ``joint`` encodes the pair in one pass (its tokenizer's pair
+#: encoding, e.g. ``[CLS] a [SEP] b [SEP]``), ``siamese`` encodes each side alone and combines the two vectors.
+PAIR_ENCODINGS = ("joint", "siamese")
+#: The default for pair data, per role. Sentence encoders are trained siamese (their vectors are made to be compared,
+#: and [u, v, |u-v|, u*v] is the classification recipe of Sentence-BERT), and each side's vector is shared with every
+#: other pair and single text holding that sentence; an LLM read jointly lets the second text attend to the first, the
+#: one interaction a siamese pass cannot see, for one pass per pair.
+DEFAULT_PAIR_ENCODING = {"llm": "joint", "encoder": "siamese"}
+#: A siamese backbone's views, each of them: [u, v, |u - v|, u * v] (`modeling_llmembed.siamese_features`).
+SIAMESE_PARTS = 4
 _NAME_PATTERN = re.compile(r"^[a-z][a-z0-9_]*$")
 #: Fields older versions wrote into every spec and that no longer exist; accepted on load and dropped.
 #: ``padding_side`` never changed a feature (pooling is mask-aware); the composite tokenizer pads on the right.
@@ -122,6 +132,41 @@ class BackboneSpec:
             raise ValueError(f"{where}.hidden_size={self.hidden_size!r} must be a positive integer.")
 
 
+def normalize_pair_encoding(value: str | dict[str, str] | None) -> dict[str, str] | None:
+    """``pair_encoding`` as ``{role: "joint" | "siamese"}`` for every role, or None (a head of single texts).
+
+    Accepts a mode for every role (``"siamese"``), ``"default"`` (`DEFAULT_PAIR_ENCODING`), comma-separated items
+    where ``role=mode`` overrides a role (``"siamese,llm=joint"``, ``"encoder=siamese"``), or a dict by role; a role
+    left out keeps its default. Raises a ValueError naming the bad item and the choices.
+    """
+    if value is None:
+        return None
+    resolved = dict(DEFAULT_PAIR_ENCODING)
+    if isinstance(value, str):
+        items = [item.strip() for item in value.split(",") if item.strip()]
+        if not items:
+            raise ValueError(f"pair_encoding={value!r} is empty; choose {PAIR_ENCODINGS}, 'default', or role=mode "
+                             "items such as 'llm=joint,encoder=siamese'.")
+        overrides = {}
+        for item in items:
+            role, _, mode = item.rpartition("=")
+            if not role and mode == "default":
+                continue
+            for key in ([role.strip()] if role else ROLES):
+                overrides[key] = mode.strip()
+        value = overrides
+    if not isinstance(value, dict):
+        raise ValueError(f"pair_encoding={value!r} must be a str or a dict by role, e.g. {DEFAULT_PAIR_ENCODING}.")
+    for role, mode in value.items():
+        if role not in ROLES:
+            raise ValueError(f"pair_encoding: unknown role {role!r}; the roles are {ROLES} (e.g. "
+                             "'llm=joint,encoder=siamese').")
+        if mode not in PAIR_ENCODINGS:
+            raise ValueError(f"pair_encoding[{role!r}]={mode!r} is unknown; choose one of {PAIR_ENCODINGS}.")
+    resolved.update(value)
+    return resolved
+
+
 def _paper_backbones() -> list[dict[str, Any]]:
     return [
         dict(name="llama2", model_id="meta-llama/Llama-2-7b-chat-hf", role="llm", layers=[-5, -4, -3, -2, -1],
@@ -205,6 +250,12 @@ class LLMEmbedConfig(PretrainedConfig):
         calibration_temperature (`float`): logits are divided by it at inference (eval mode, no labels), so the softmax scores
             are calibrated probabilities; fitted on validation data after training (1.0: not calibrated). The
             arg-max, the training loss and `Trainer` evaluation are unaffected.
+        pair_encoding (`dict[str, str]`, *optional*): set for a head that classifies text pairs (``text`` +
+            ``text_pair``), None for single texts. By backbone role, ``"joint"`` (the pair in one pass, through the
+            backbone's own pair encoding, truncated ``longest_first``) or ``"siamese"`` (each side alone; each of the
+            backbone's views becomes the four views ``[u, v, |u-v|, u*v]`` of the same width). Given as one mode
+            for all roles, ``"role=mode"`` items or a dict (see `normalize_pair_encoding`); stored as a full dict.
+            `DEFAULT_PAIR_ENCODING` (LLMs joint, encoders siamese) is what training on pair data picks when unset.
     """
 
     model_type = "llmembed"
@@ -219,6 +270,7 @@ class LLMEmbedConfig(PretrainedConfig):
         standardize_features: bool = True,
         concat_encoder_views: bool = False,
         calibration_temperature: float = 1.0,
+        pair_encoding: str | dict[str, str] | None = None,
         **kwargs: Any,
     ) -> None:
         self._check_labels(kwargs)
@@ -230,6 +282,7 @@ class LLMEmbedConfig(PretrainedConfig):
         self.standardize_features = standardize_features
         self.concat_encoder_views = concat_encoder_views
         self.calibration_temperature = calibration_temperature
+        self.pair_encoding = normalize_pair_encoding(pair_encoding)
         super().__init__(**kwargs)
         # A bare LLMEmbedConfig() is what transformers builds to diff defaults on save: only validate real ones.
         if backbones is not None:
@@ -290,6 +343,20 @@ class LLMEmbedConfig(PretrainedConfig):
                              "as they are).")
         if not all(isinstance(h, int) and h > 0 for h in self.mlp_hidden_sizes):
             raise ValueError(f"mlp_hidden_sizes={self.mlp_hidden_sizes!r} must be positive integers, e.g. [512, 128].")
+        if self.pair_encoding is not None:
+            self.pair_encoding = normalize_pair_encoding(self.pair_encoding)  # also after an assignment
+            clashes = sorted(n for n in names if n.endswith("_pair") and n[: -len("_pair")] in names)
+            if clashes:
+                raise ValueError(f"backbones: {clashes} clash with the second-text inputs of a pair head "
+                                 "('<name>_pair_input_ids'); rename them.")
+
+    def pair_encoding_of(self, spec: BackboneSpec) -> str | None:
+        """How ``spec``'s backbone encodes a text pair (`PAIR_ENCODINGS`), None in a head of single texts."""
+        return None if self.pair_encoding is None else self.pair_encoding[spec.role]
+
+    def view_copies(self, spec: BackboneSpec) -> int:
+        """How many times each of ``spec``'s views enters the features: `SIAMESE_PARTS` for a siamese backbone."""
+        return SIAMESE_PARTS if self.pair_encoding_of(spec) == "siamese" else 1
 
     @property
     def backbone_specs(self) -> list[BackboneSpec]:
@@ -297,15 +364,17 @@ class LLMEmbedConfig(PretrainedConfig):
 
     @property
     def view_widths(self) -> list[int]:
-        """Width of every pooled view, in the order they are stored in ``pooled_features``."""
-        return [spec.hidden_size for spec in self.backbone_specs for _ in spec.layers]
+        """Width of every pooled view, in the order they are stored in ``pooled_features``: per backbone its layers,
+        and for a siamese backbone its layers of u, then of v, of |u - v| and of u * v."""
+        return [spec.hidden_size for spec in self.backbone_specs for _ in range(self.view_copies(spec))
+                for _ in spec.layers]
 
     @property
     def backbone_columns(self) -> dict[str, slice]:
-        """Columns of each backbone's views (all its layers) in ``pooled_features``."""
+        """Columns of each backbone's views (all its layers; a siamese backbone's four parts) in ``pooled_features``."""
         columns, start = {}, 0
         for spec in self.backbone_specs:
-            width = spec.hidden_size * len(spec.layers)
+            width = spec.hidden_size * len(spec.layers) * self.view_copies(spec)
             columns[spec.name] = slice(start, start + width)
             start += width
         return columns

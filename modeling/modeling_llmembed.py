@@ -260,6 +260,13 @@ def check_backbone_sha256(recorded: str | None, loaded: str | None, *, what: str
     logger.warning(message)
 
 
+def siamese_features(u: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """A siamese backbone's features of a pair from each side's concatenated views ``u`` and ``v``: ``[u, v, |u - v|,
+    u * v]`` (Sentence-BERT's classification features), i.e. each view becomes four views of the same width. The one
+    place this order is decided: training features (`llmembed_hf.extract_features`) and serving (`encode`) call it."""
+    return torch.cat([u, v, (u - v).abs(), u * v], dim=-1)
+
+
 # ----------------------------------------------------------------------------------------------------------------------
 # Fusion head
 # ----------------------------------------------------------------------------------------------------------------------
@@ -274,6 +281,9 @@ class LLMEmbedFusionHead(nn.Module):
     pooled layers (and, with ``concat_encoder_views``, each encoder's vector), then ``MLP -> num_labels`` raw
     logits. With the ``paper`` preset this is exactly the reference
     head (7 views of width 1024, 49 + 4096 = 4145 inputs to a 1024 -> 256 -> C MLP).
+
+    A siamese backbone of a pair head contributes each view four times (u, v, |u - v|, u * v; see
+    `siamese_features`): each copy is a view like any other, and an LLM's raw layers are averaged per part.
     """
 
     def __init__(self, config: LLMEmbedConfig) -> None:
@@ -291,16 +301,17 @@ class LLMEmbedFusionHead(nn.Module):
         self.llm_view_ranges: list[tuple[int, int]] = []
         view = 0
         for spec in config.backbone_specs:
-            if spec.role == "llm":
-                self.llm_view_ranges.append((view, spec.num_views))
-            for _ in spec.layers:
-                if spec.role == "llm" or spec.hidden_size != d:
-                    self.projections.append(
-                        nn.Sequential(nn.Linear(spec.hidden_size, d), nn.ReLU(), nn.Dropout(config.dropout))
-                    )
-                else:
-                    self.projections.append(nn.Identity())
-                view += 1
+            for _ in range(config.view_copies(spec)):
+                if spec.role == "llm":
+                    self.llm_view_ranges.append((view, spec.num_views))
+                for _ in spec.layers:
+                    if spec.role == "llm" or spec.hidden_size != d:
+                        self.projections.append(
+                            nn.Sequential(nn.Linear(spec.hidden_size, d), nn.ReLU(), nn.Dropout(config.dropout))
+                        )
+                    else:
+                        self.projections.append(nn.Identity())
+                    view += 1
         num_views = view
         llm_width = sum(self.view_widths[start] for start, _ in self.llm_view_ranges)
         # Views passed to the MLP as they are, beside the co-occurrence values (encoders' sentence vectors).
@@ -502,7 +513,8 @@ class LLMEmbedForSequenceClassification(OneCommitPushMixin, LLMEmbedPreTrainedMo
 
     ``forward`` takes either ``pooled_features`` (batch, ``config.feature_size``), as stored in a feature cache and
     sent by `Trainer`, or every backbone's tokenised text under prefixed keys (``<name>_input_ids``,
-    ``<name>_attention_mask``), as returned by the composite tokenizer and sent by `pipeline`.
+    ``<name>_attention_mask``; for a siamese backbone of a pair head also ``<name>_pair_input_ids`` and
+    ``<name>_pair_attention_mask``, the second text), as returned by the composite tokenizer and sent by `pipeline`.
     """
 
     #: ``forward``'s ``**backbone_inputs`` are tokenised text, not loss kwargs: `Trainer` must not send those.
@@ -546,7 +558,7 @@ class LLMEmbedForSequenceClassification(OneCommitPushMixin, LLMEmbedPreTrainedMo
                 from .tokenization_llmembed import LLMEmbedTokenizer
 
                 self.tokenizer = LLMEmbedTokenizer({n: s.tokenizer for n, s in shared.items()},
-                                                   self.config.backbone_specs)
+                                                   self.config.backbone_specs, self.config.pair_encoding)
         return self
 
     def _check_backbone(
@@ -599,21 +611,35 @@ class LLMEmbedForSequenceClassification(OneCommitPushMixin, LLMEmbedPreTrainedMo
         return self
 
     def encode(self, **backbone_inputs: torch.Tensor) -> torch.Tensor:
-        """Pooled features (batch, ``config.feature_size``, float32) of tokenised text, backbones loaded lazily."""
+        """Pooled features (batch, ``config.feature_size``, float32) of tokenised text, backbones loaded lazily.
+
+        A siamese backbone of a pair head runs on both texts in one batch and gives `siamese_features` of the two."""
         specs = self.config.backbone_specs
-        expected = {f"{spec.name}_{key}" for spec in specs for key in ("input_ids", "attention_mask")}
+        parts = {spec.name: [spec.name] + ([f"{spec.name}_pair"] if self.config.pair_encoding_of(spec) == "siamese"
+                                           else []) for spec in specs}
+        expected = {f"{prefix}_{key}" for prefixes in parts.values() for prefix in prefixes
+                    for key in ("input_ids", "attention_mask")}
         unknown = sorted(set(backbone_inputs) - expected)
         missing = sorted(expected - set(backbone_inputs))
         if unknown or missing:
+            pairs = ("a head of text pairs: tokenise with text_pair" if self.config.pair_encoding is not None
+                     else "a head of single texts")
             raise TypeError(
                 f"LLMEmbedForSequenceClassification got unexpected inputs {unknown} and lacks {missing}. Pass "
-                f"`pooled_features`, or the composite tokenizer's output with keys {sorted(expected)}."
+                f"`pooled_features`, or the composite tokenizer's output with keys {sorted(expected)} ({pairs})."
             )
-        views = [
-            self.encode_backbone(spec.name, backbone_inputs[f"{spec.name}_input_ids"],
-                                 backbone_inputs[f"{spec.name}_attention_mask"])
-            for spec in specs
-        ]
+        views = []
+        for spec in specs:
+            ids = [backbone_inputs[f"{prefix}_input_ids"] for prefix in parts[spec.name]]
+            masks = [backbone_inputs[f"{prefix}_attention_mask"] for prefix in parts[spec.name]]
+            if len(ids) == 1:
+                views.append(self.encode_backbone(spec.name, ids[0], masks[0]))
+                continue
+            # Both texts of every pair in one batch, right-padded to the longer side (pooling is mask-aware).
+            width = max(t.shape[1] for t in ids)
+            pooled = self.encode_backbone(spec.name, torch.cat([F.pad(t, (0, width - t.shape[1])) for t in ids]),
+                                          torch.cat([F.pad(m, (0, width - m.shape[1])) for m in masks]))
+            views.append(siamese_features(*pooled.split(ids[0].shape[0])))
         return torch.cat([view.to(self.device) for view in views], dim=-1)
 
     def encode_backbone(self, name: str, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
@@ -705,7 +731,8 @@ class LLMEmbedForSequenceClassification(OneCommitPushMixin, LLMEmbedPreTrainedMo
         model.attach_backbones({name: s.model for name, s in shared.items()}, device=loader_kwargs.get("device"))
         from .tokenization_llmembed import LLMEmbedTokenizer
 
-        model.tokenizer = LLMEmbedTokenizer({n: s.tokenizer for n, s in shared.items()}, config.backbone_specs)
+        model.tokenizer = LLMEmbedTokenizer({n: s.tokenizer for n, s in shared.items()}, config.backbone_specs,
+                                            config.pair_encoding)
         return model
 
     @classmethod
@@ -749,6 +776,7 @@ __all__ = [
     "first_token_pool",
     "last_token_pool",
     "pool_backbone_outputs",
+    "siamese_features",
     "full_hidden_state_count",
     "check_backbone_sha256",
     "folder_weights_sha256",

@@ -8,7 +8,8 @@ import json
 import pytest
 from transformers import AutoModelForSequenceClassification
 
-from llmembed_hf import BackboneSpec, LLMEmbedConfig
+from llmembed_hf import BackboneSpec, LLMEmbedConfig, LLMEmbedFusionHead
+from llmembed_hf.modeling.configuration_llmembed import DEFAULT_PAIR_ENCODING, normalize_pair_encoding
 
 
 @pytest.mark.parametrize(
@@ -71,3 +72,68 @@ def test_pulled_config_with_a_bad_field_names_it(saved_head, edit, message):
     with pytest.raises(ValueError, match=message) as error:
         AutoModelForSequenceClassification.from_pretrained(folder)
     assert str(error.value).startswith(f"{folder}/config.json: ")  # names where the bad config came from
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Text pairs
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("value, expected", [
+    (None, None),
+    ("joint", {"llm": "joint", "encoder": "joint"}),
+    ("siamese", {"llm": "siamese", "encoder": "siamese"}),
+    ("default", DEFAULT_PAIR_ENCODING),
+    ("encoder=joint", {"llm": "joint", "encoder": "joint"}),  # a role left out keeps its default
+    ("siamese,llm=joint", {"llm": "joint", "encoder": "siamese"}),  # one mode for all, then a role's override
+    ({"llm": "siamese"}, {"llm": "siamese", "encoder": "siamese"}),
+])
+def test_pair_encoding_forms(value, expected):
+    assert normalize_pair_encoding(value) == expected
+
+
+@pytest.mark.parametrize("value, message", [
+    ("cross", r"pair_encoding\['llm'\]='cross' is unknown; choose one of \('joint', 'siamese'\)"),
+    ("llm=joint,decoder=siamese", r"unknown role 'decoder'; the roles are \('llm', 'encoder'\)"),
+    ({"encoder": "concat"}, r"pair_encoding\['encoder'\]='concat' is unknown"),
+    (",", r"pair_encoding=',' is empty"),
+    (["joint"], r"must be a str or a dict by role"),
+])
+def test_a_bad_pair_encoding_is_refused(tiny_config, value, message):
+    with pytest.raises(ValueError, match=message):
+        tiny_config(pair_encoding=value)
+
+
+def test_siamese_backbones_give_four_views_per_view(tiny_config):
+    """llm (3 layers of 48) and enc (1 view of 32): a siamese backbone's views appear as u, v, |u-v| and u*v."""
+    single, joint = tiny_config(), tiny_config(pair_encoding="joint")
+    assert joint.view_widths == single.view_widths == [48, 48, 48, 32] and joint.feature_size == 176
+    mixed = tiny_config(pair_encoding="default")  # llm joint, encoder siamese
+    assert mixed.view_widths == [48, 48, 48] + [32] * 4 and mixed.feature_size == 144 + 128
+    assert mixed.backbone_columns == {"llm": slice(0, 144), "enc": slice(144, 272)}
+    siamese = tiny_config(pair_encoding="siamese")
+    assert siamese.view_widths == [48] * 12 + [32] * 4 and siamese.feature_size == 4 * 176
+    assert siamese.backbone_columns == {"llm": slice(0, 576), "enc": slice(576, 704)}
+    head = LLMEmbedFusionHead(siamese)
+    assert len(head.projections) == 16 and head.llm_view_ranges == [(0, 3), (3, 3), (6, 3), (9, 3)]
+
+
+def test_the_pair_setting_round_trips_through_save_and_load(tiny_config, tmp_path):
+    config = tiny_config(pair_encoding="siamese,llm=joint")
+    config.save_pretrained(tmp_path)
+    assert json.loads((tmp_path / "config.json").read_text())["pair_encoding"] == {"llm": "joint",
+                                                                                    "encoder": "siamese"}
+    loaded = LLMEmbedConfig.from_pretrained(tmp_path)
+    assert loaded.pair_encoding == config.pair_encoding and loaded.feature_size == config.feature_size
+    tiny_config().save_pretrained(tmp_path / "single")
+    path = tmp_path / "single" / "config.json"
+    values = json.loads(path.read_text())
+    assert values.pop("pair_encoding", None) is None
+    path.write_text(json.dumps(values))  # a config of an earlier version: single texts
+    assert LLMEmbedConfig.from_pretrained(tmp_path / "single").pair_encoding is None
+
+
+def test_a_backbone_name_that_clashes_with_pair_inputs_is_refused(tiny_config):
+    tiny_config(enc={"name": "llm_pair"})  # fine for single texts
+    with pytest.raises(ValueError, match=r"\['llm_pair'\] clash with the second-text inputs"):
+        tiny_config(enc={"name": "llm_pair"}, pair_encoding="siamese")

@@ -411,3 +411,74 @@ def test_temperature_scales_inference_scores_only(tiny_config):
 def test_a_bad_temperature_is_refused(tiny_config, value):
     with pytest.raises(ValueError, match="calibration_temperature="):
         tiny_config(calibration_temperature=value)
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Text pairs: the same features in training (feature store) and serving (pipeline), transformers' output format
+# ----------------------------------------------------------------------------------------------------------------------
+
+PAIRS = [("the cat sat on the mat", "a dog sat on a mat"), ("a very good movie!", "bad film"),
+         ("bad film", "a very good movie!"), ("the film", "the film")]
+
+
+@pytest.mark.parametrize("pair_encoding", ["siamese", "default", "joint"])
+def test_pair_features_of_training_and_serving_give_the_same_logits(text_model, tmp_path, pair_encoding):
+    """A head fitted on store features, saved, and served by pipeline(folder) on {"text", "text_pair"} inputs scores
+    every pair as the training features do: the feature order ([u, v, |u-v|, u*v] per siamese view) is one."""
+    from transformers import pipeline
+
+    from llmembed_hf import HeadTrainingArguments, extract_features, fit_head
+
+    model = text_model(pair_encoding=pair_encoding, num_labels=2, id2label={0: "no", 1: "yes"})
+    firsts, seconds = [a for a, _ in PAIRS], [b for _, b in PAIRS]
+    features = extract_features(model, firsts * 4, text_pairs=seconds * 4, extra_columns={"labels": [0, 1, 1, 0] * 4},
+                                cache_folder=tmp_path / "store", show_progress=False)
+    fit_head(model, features, None, tmp_path / "fit", HeadTrainingArguments(epochs=2, batch_size=4,
+                                                                            learning_rate=1e-2))
+    model.save_pretrained(tmp_path / "head")
+    model.eval()
+    with torch.inference_mode():
+        trained = model(pooled_features=features[:4]["pooled_features"]).logits.softmax(-1)
+    classifier = pipeline("text-classification", model=str(tmp_path / "head"), device="cpu")
+    served = classifier([{"text": a, "text_pair": b} for a, b in PAIRS], top_k=None, batch_size=3)
+    for row, scores in zip(trained, served):
+        assert {s["label"]: s["score"] for s in scores} == pytest.approx({"no": float(row[0]), "yes": float(row[1])},
+                                                                          abs=1e-5)
+    assert not torch.allclose(trained[1], trained[2])  # (a, b) and (b, a) are different inputs
+
+
+def test_a_pair_pipeline_returns_the_stock_format(text_model, tiny_backbones):
+    """pipeline("text-classification") on {"text", "text_pair"} returns what it returns for a stock
+    AutoModelForSequenceClassification: a dict for one pair, a list of dicts for a list, every label with top_k=None."""
+    from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification, pipeline
+
+    id2label = {0: "no", 1: "yes"}
+    ours = text_model(pair_encoding="default", num_labels=2, id2label=id2label)
+    torch.manual_seed(0)
+    stock = BertForSequenceClassification(BertConfig.from_pretrained(tiny_backbones["bert"], num_labels=2,
+                                                                     id2label=id2label)).eval()
+    pipes = [pipeline("text-classification", model=ours, tokenizer=ours.tokenizer, device="cpu"),
+             pipeline("text-classification", model=stock, tokenizer=AutoTokenizer.from_pretrained(
+                 tiny_backbones["bert"]), device="cpu")]
+
+    def form(value):
+        if isinstance(value, dict):
+            return {key: (type(item).__name__ if key != "label" else item in id2label.values())
+                    for key, item in value.items()}
+        return [form(item) for item in value]
+
+    one = {"text": PAIRS[0][0], "text_pair": PAIRS[0][1]}
+    many = [{"text": a, "text_pair": b} for a, b in PAIRS]
+    for inputs, kwargs in ((one, {}), (many, {}), (one, {"top_k": None}), (many, {"top_k": None}),
+                           (many, {"top_k": 1, "batch_size": 2})):
+        ours_out, stock_out = (pipe(inputs, **kwargs) for pipe in pipes)
+        assert form(ours_out) == form(stock_out), (inputs, kwargs)
+    assert isinstance(pipes[0](one), dict) and len(pipes[0](many, top_k=None)[0]) == 2
+
+
+def test_forward_names_the_pair_inputs_a_siamese_backbone_lacks(text_model):
+    model = text_model(pair_encoding="siamese")
+    inputs = dict(model.tokenizer(["a cat"], text_pair=["a dog"], return_tensors="pt"))
+    del inputs["enc_pair_input_ids"]
+    with pytest.raises(TypeError, match=r"lacks \['enc_pair_input_ids'\].*a head of text pairs"):
+        model(**inputs)

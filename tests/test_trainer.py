@@ -179,6 +179,34 @@ def test_train_head_rejects_a_model_with_other_labels(tiny_config, keyword_data,
         train_head(keyword_data, tmp_path / "out", model=model)
 
 
+def test_train_head_on_pairs_learns_from_the_second_text(tiny_preset, pair_data, tmp_path):
+    """The label of pair_data depends on the second text only: a head that reads the pairs scores well above chance
+    (siamese here, set through HeadArguments: each side's vector is a single text's, which the tiny random backbones
+    separate as they do single keyword texts; joint features are checked for equality with a direct forward in
+    test_feature_store.py)."""
+    from llmembed_hf import HeadArguments
+
+    model, report = train_head(pair_data, tmp_path / "out", preset=tiny_preset,
+                               head=HeadArguments(pair_encoding="siamese"),
+                               training=HeadTrainingArguments(epochs=TRAINED_EPOCHS, batch_size=16,
+                                                              learning_rate=3e-3))
+    assert model.config.pair_encoding == {"llm": "siamese", "encoder": "siamese"}
+    assert report.text_pair_column == "text_pair" and report.hyperparameters["pair_encoding"]
+    assert report.eval_metrics["accuracy"] >= 0.8
+
+
+def test_train_head_refuses_a_head_and_data_of_different_kinds(tiny_config, pair_data, keyword_data, tmp_path):
+    names = dict(enumerate(NAMES))
+    single = LLMEmbedForSequenceClassification.from_backbones(tiny_config(id2label=names))
+    with pytest.raises(ValueError, match=r"the data are text pairs but the model classifies single texts"):
+        train_head(pair_data, tmp_path / "a", model=single)
+    paired = LLMEmbedForSequenceClassification.from_backbones(tiny_config(id2label=names, pair_encoding="joint"))
+    with pytest.raises(ValueError, match=r"the head classifies text pairs .* but the data have no pair column"):
+        train_head(keyword_data, tmp_path / "b", model=paired)
+    with pytest.raises(ValueError, match=r"the data have no pair column"):
+        train_head(pair_data, tmp_path / "c", model=paired, text_pair_column="none")
+
+
 # ----------------------------------------------------------------------------------------------------------------------
 # The output folder: no pickles, replaced whole, refused when it is not ours, resumable
 # ----------------------------------------------------------------------------------------------------------------------
