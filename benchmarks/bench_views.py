@@ -81,6 +81,10 @@ VARIANTS: dict[str, dict[str, Any]] = {
 }
 
 
+#: Variants that only answer the prompt questions (run on --prompt-study-datasets only).
+PROMPT_QUESTION = ("embgemma", "embgemma+prompt-unpooled")
+
+
 @dataclass(frozen=True)
 class Part:
     """Some views of one variant: ``layers`` (a subset of its spec's layers); ``sentence``: EmbeddingGemma's own
@@ -232,7 +236,7 @@ def markdown(results: list[dict[str, Any]], latencies: dict[str, float], info: d
     lines.append("| candidate | views | p50 ms | " + " | ".join(f"{n} probe / fusion" for n in names)
                  + " | mean fusion |")
     lines.append("|---|---|---:|" + "---:|" * (len(names) + 1))
-    order = [row["candidate"] for row in results[0]["rows"]]
+    order = list(dict.fromkeys(row["candidate"] for result in results for row in result["rows"]))
     for name in order:
         cells, fusions = [], []
         for result in results:
@@ -242,7 +246,7 @@ def markdown(results: list[dict[str, Any]], latencies: dict[str, float], info: d
                 continue
             fusions.append(row["fusion"]["accuracy"])
             cells.append(f"{100 * row['probe']['accuracy']:.1f} / {100 * row['fusion']['accuracy']:.1f}")
-        row0 = next(r for r in results[0]["rows"] if r["candidate"] == name)
+        row0 = next(r for result in results for r in result["rows"] if r["candidate"] == name)
         p50 = sum(latencies.get(label, float("nan")) for label in row0["latency_keys"])
         mean = f"{100 * statistics.mean(fusions):.1f}" if len(fusions) == len(results) else "-"
         lines.append(f"| {name} | {row0['views']} | {p50:.0f} | " + " | ".join(cells) + f" | {mean} |")
@@ -262,6 +266,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--max-val", type=int, default=1000)
     parser.add_argument("--limits", nargs="*", default=["r8=1000/500"], metavar="DATASET=TRAIN/VAL",
                         help="per-dataset --max-train/--max-val (default: r8=1000/500: its documents are long)")
+    parser.add_argument("--prompt-study-datasets", nargs="*", default=["sst2", "massive_en"],
+                        help="the only datasets the prompt-question variants (no prompt, prompt not pooled) run on")
     parser.add_argument("--extract-only", action="store_true", help="fill the feature store, score nothing")
     parser.add_argument("--epochs", type=int, default=None, help="fusion head epochs (default: HeadTrainingArguments)")
     parser.add_argument("--seed", type=int, default=42)
@@ -280,6 +286,8 @@ def main(argv: list[str] | None = None) -> None:
         features: dict[str, dict[str, dict[str, np.ndarray]]] = {name: {} for name in args.datasets}
         for variant in args.variants:
             for name, (train, validation, _) in splits.items():
+                if variant in PROMPT_QUESTION and name not in args.prompt_study_datasets:
+                    continue
                 started = time.perf_counter()
                 features[name][variant] = extract_variant(variant, {"train": train.texts,
                                                                     "validation": validation.texts})
@@ -294,6 +302,8 @@ def main(argv: list[str] | None = None) -> None:
             labels = {"train": train.labels, "validation": validation.labels}
             rows = []
             for candidate in pool:
+                if any(p.variant not in features[name] for p in candidate.parts):
+                    continue
                 row = score_candidate(candidate, features[name], labels, len(label_names), args, Path(work), dense)
                 row.update(candidate=candidate.name + (" (int8)" if "/int8" in candidate.parts[0].variant else ""),
                            views=" + ".join(p.label for p in candidate.parts),
