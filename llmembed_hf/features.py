@@ -3,10 +3,10 @@
 Extraction is almost all of LLMEmbed's cost, so every vector is kept and reused (`llmembed_hf.feature_store`):
 
 * each backbone's pooled views are stored under a fingerprint of that backbone alone (model_id, revision, GGUF
-  file, weights sha256, layers, pooling, normalisation, max_length, prompt, compute dtype and quantisation, the
-  tokenizer's identity, the storage dtype) and keyed by the sha256 of each text. A request reads every vector that is
-  already there and computes only the missing (text, backbone) pairs: a superset or another subset of texts, another
-  preset sharing a backbone, a second head on the same texts;
+  file, weights sha256, layers, pooling, normalisation, max_length, prompt and whether it is pooled, compute dtype
+  and int8 quantisation as loaded, the tokenizer's identity, the storage dtype) and keyed by the sha256 of each text.
+  A request reads every vector that is already there and computes only the missing (text, backbone) pairs: a
+  superset or another subset of texts, another preset sharing a backbone, a second head on the same texts;
 * the missing texts of a backbone are tokenised once, sorted by that backbone's own token counts and cut into batches
   under a token budget (dynamic padding: a batch is padded to its own longest text, long documents get small batches
   so memory stays bounded). The budget is small on CPU, where batches beyond ~1k tokens fall out of cache and get
@@ -56,7 +56,12 @@ from . import feature_store
 from .feature_store import BackboneStore, default_store_root, pair_sha256, text_sha256
 from .file_utils import sha256_of_file
 from .modeling.configuration_llmembed import BackboneSpec
-from .modeling.modeling_llmembed import LLMEmbedForSequenceClassification, siamese_features
+from .modeling.modeling_llmembed import (
+    INT8_METHOD,
+    LLMEmbedForSequenceClassification,
+    backbone_quantization,
+    siamese_features,
+)
 from .modeling.tokenization_llmembed import _check_texts
 from .training_args import arg
 
@@ -165,10 +170,10 @@ def backbone_description(model: LLMEmbedForSequenceClassification, spec: Backbon
     # The weights actually loaded: they differ from the recorded ones when a mismatch was allowed.
     shared = getattr(model, "_shared", {}).get(spec.name)
     loaded_sha256 = shared.sha256 if shared is not None else None
-    quantization = getattr(getattr(backbone, "config", None), "quantization_config", None)
-    if hasattr(quantization, "to_dict"):
-        quantization = quantization.to_dict()
-    return {
+    # Read from the modules (what the spec's quantization made of them; the truth also for backbones attached by hand or
+    # loaded with an override). None keeps the fingerprints of float backbones as they were before quantisation existed.
+    quantization = backbone_quantization(backbone)
+    description = {
         "model_id": spec.model_id,
         "gguf_file": spec.gguf_file,
         "revision": spec.revision,
@@ -177,11 +182,14 @@ def backbone_description(model: LLMEmbedForSequenceClassification, spec: Backbon
         "pooling": spec.pooling,
         "normalize": bool(spec.normalize),
         "max_length": spec.max_length,
-        "prompt": getattr(spec, "prompt", None),
+        "prompt": spec.prompt,
         "compute_dtype": str(getattr(backbone, "dtype", None)),
-        "quantization": quantization,
+        "quantization": quantization and {"scheme": quantization, "method": INT8_METHOD},
         "tokenizer": tokenizer_identity(model.tokenizer.tokenizers[spec.name]),
     }
+    if spec.prompt is not None:  # without a prompt it changes nothing: left out, so older fingerprints still hold
+        description["pool_prompt"] = spec.pool_prompt
+    return description
 
 
 def backbone_stores(

@@ -15,7 +15,8 @@ import torch
 from .modeling.modeling_llmembed import LLMEmbedForSequenceClassification
 
 #: Spec fields that must agree for heads to share a backbone pass (the views they pool and how they tokenise).
-_SHARED_FIELDS = ("name", "model_id", "revision", "gguf_file", "layers", "pooling", "normalize", "max_length")
+_SHARED_FIELDS = ("name", "model_id", "revision", "gguf_file", "layers", "pooling", "normalize", "max_length",
+                  "prompt", "pool_prompt", "quantization", "dtype")
 
 
 class MultiHeadClassifier:

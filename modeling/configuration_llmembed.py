@@ -25,6 +25,11 @@ PAIR_ENCODINGS = ("joint", "siamese")
 DEFAULT_PAIR_ENCODING = {"llm": "joint", "encoder": "siamese"}
 #: A siamese backbone's views, each of them: [u, v, |u - v|, u * v] (`modeling_llmembed.siamese_features`).
 SIAMESE_PARTS = 4
+#: ``BackboneSpec.quantization``: None (the weights as loaded), "int8" (dynamic int8 on every ``nn.Linear`` but the
+#: projection right after the activation, whose int8 error moves the vectors most), "int8-all" (every ``nn.Linear``).
+QUANTIZATIONS = (None, "int8", "int8-all")
+#: ``BackboneSpec.dtype``: the backbone's compute dtype; "auto" picks bfloat16 where the device runs it natively.
+DTYPES = ("float32", "bfloat16", "auto")
 _NAME_PATTERN = re.compile(r"^[a-z][a-z0-9_]*$")
 #: Fields older versions wrote into every spec and that no longer exist; accepted on load and dropped.
 #: ``padding_side`` never changed a feature (pooling is mask-aware); the composite tokenizer pads on the right.
@@ -37,6 +42,13 @@ class BackboneSpec:
 
     Every pooled layer is one *view* of width ``hidden_size``. ``layers`` index ``output_hidden_states`` of the
     full model (``-1`` is the last entry, which for most decoders is the output after the final norm).
+
+    ``prompt`` is prepended to every text of this backbone by the composite tokenizer (e.g. ``"query: "`` for e5);
+    its tokens count against ``max_length`` and are never truncated away (the text is). ``pool_prompt=False`` leaves
+    the prompt's positions out of the pooled mean (sentence-transformers includes them). ``quantization`` (one of
+    `QUANTIZATIONS`, CPU only) and ``dtype`` (one of `DTYPES`) say how the backbone computes; all four change the
+    pooled vectors, so they are part of the feature fingerprint, and a head is served with the quantisation it was
+    trained on.
     """
 
     name: str
@@ -50,6 +62,10 @@ class BackboneSpec:
     revision: str | None = None
     gguf_file: str | None = None
     weights_sha256: str | None = None
+    prompt: str | None = None
+    pool_prompt: bool = True
+    quantization: str | None = None
+    dtype: str = "float32"
 
     @classmethod
     def from_dict(cls, spec: dict[str, Any] | BackboneSpec) -> BackboneSpec:
@@ -130,6 +146,23 @@ class BackboneSpec:
                 )
         elif not isinstance(self.hidden_size, int) or self.hidden_size < 1:
             raise ValueError(f"{where}.hidden_size={self.hidden_size!r} must be a positive integer.")
+        if self.prompt is not None and (not isinstance(self.prompt, str) or not self.prompt):
+            raise ValueError(f"{where}.prompt={self.prompt!r} must be a non-empty string (e.g. 'query: ') or None "
+                             "(no prompt).")
+        if not isinstance(self.pool_prompt, bool):
+            raise ValueError(f"{where}.pool_prompt={self.pool_prompt!r} must be true or false (a JSON boolean).")
+        if not self.pool_prompt and self.pooling != "mean":
+            raise ValueError(f"{where}: pool_prompt=False leaves the prompt out of a mean, but pooling="
+                             f"{self.pooling!r} pools one position; set pool_prompt=True or pooling='mean'.")
+        if self.quantization not in QUANTIZATIONS:
+            raise ValueError(f"{where}.quantization={self.quantization!r} is unknown; choose one of {QUANTIZATIONS}.")
+        if self.dtype not in DTYPES:
+            raise ValueError(f"{where}.dtype={self.dtype!r} is unknown; choose one of {DTYPES}.")
+        if self.quantization is not None and self.dtype == "bfloat16":
+            raise ValueError(
+                f"{where}: quantization={self.quantization!r} computes its int8 layers on float32 activations, so it "
+                "cannot run in dtype='bfloat16'; set dtype='float32' (or 'auto', which then resolves to float32)."
+            )
 
 
 def normalize_pair_encoding(value: str | dict[str, str] | None) -> dict[str, str] | None:
@@ -234,7 +267,8 @@ class LLMEmbedConfig(PretrainedConfig):
 
     Args:
         backbones (`list[dict]`): one [`BackboneSpec`] dict per frozen backbone (name, model_id, role, layers,
-            pooling, normalize, max_length, hidden_size, revision, gguf_file, weights_sha256).
+            pooling, normalize, max_length, hidden_size, revision, gguf_file, weights_sha256, prompt, pool_prompt,
+            quantization, dtype).
         projection_dim (`int`): width ``d`` every view is projected to before co-occurrence pooling. LLM views
             are always projected; encoder views are projected only when their width differs from ``d``.
         sigma (`float`): scale of the power normalisation ``2 * sigmoid(sigma * z) - 1``.

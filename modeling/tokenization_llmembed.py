@@ -20,6 +20,10 @@ TOKENIZER_CONFIG_FILE = "tokenizer_config.json"
 #: ``max_length`` tokens as they are and spares tokenising the rest of a long document.
 CHARS_PER_TOKEN_BOUND = 64
 SUBFOLDER = "tokenizers"
+#: Texts appended to a prompt to find which of its tokens every text keeps (`LLMEmbedTokenizer.prompt_ids`): a
+#: prompt's last piece can merge with the text's first one (Gemma's ``"query: "`` ends in a lone ``▁`` that joins
+#: the next word), and such a piece belongs to the text.
+_PROMPT_PROBES = ("a", "The 1", "hello")
 
 
 def ensure_pad_token(tokenizer: Any) -> int:
@@ -103,11 +107,12 @@ class LLMEmbedTokenizer:
     backbone's ``max_length`` and padded (right, with 0: every pooled position is masked, so the pad id never
     matters), which is exactly what `LLMEmbedForSequenceClassification.forward` and `pipeline` batching expect.
     A text that a backbone turns into no token at all (an empty string for a tokenizer without BOS) gets one
-    special token so every view is defined.
+    special token so every view is defined. A backbone's ``prompt`` is prepended to each of its texts (as
+    sentence-transformers does, one string) and the text is truncated on the right, so the prompt always stays.
 
     The tokenizer of a pair head (``pair_encoding``, as in its config) takes ``text_pair`` too: a ``joint``
-    backbone gets its own tokenizer's pair encoding of (text, text_pair), truncated ``longest_first``; a
-    ``siamese`` backbone gets each side alone, the second under ``<name>_pair_input_ids`` /
+    backbone gets its own tokenizer's pair encoding of (prompt + text, text_pair), truncated ``longest_first``; a
+    ``siamese`` backbone gets each side alone (each with the prompt), the second under ``<name>_pair_input_ids`` /
     ``<name>_pair_attention_mask``.
     """
 
@@ -128,6 +133,41 @@ class LLMEmbedTokenizer:
         for tokenizer in self.tokenizers.values():
             ensure_pad_token(tokenizer)  # so each backbone's own tokenizer batches too (`pad` here pads with 0)
         self.model_max_length = max(spec.max_length for spec in self.specs)
+        #: Per prompted backbone: (the ids every row starts with, the tokens the prompt takes alone with specials).
+        self._prompts: dict[str, tuple[list[int], int]] = {}
+        for spec in self.specs:
+            if spec.prompt is not None:
+                self._prompts[spec.name] = self._measure_prompt(spec)
+                self._check_prompt_room(spec, spec.max_length, "max_length")
+
+    def _measure_prompt(self, spec: BackboneSpec) -> tuple[list[int], int]:
+        tokenizer = self.tokenizers[spec.name]
+        if getattr(tokenizer, "truncation_side", "right") != "right":
+            logger.info(f"backbones[{spec.name!r}]: truncating on the right, so that its prompt is never cut.")
+            tokenizer.truncation_side = "right"
+        alone = tokenizer(spec.prompt)["input_ids"]
+        prefix = list(alone)
+        for probe in _PROMPT_PROBES:
+            joined = tokenizer(spec.prompt + probe)["input_ids"]
+            common = next((i for i, (a, b) in enumerate(zip(prefix, joined)) if a != b), min(len(prefix), len(joined)))
+            prefix = prefix[:common]
+        return prefix, len(alone)
+
+    def _check_prompt_room(self, spec: BackboneSpec, limit: int, what: str) -> None:
+        count = self._prompts[spec.name][1]
+        if count >= limit:
+            raise ValueError(
+                f"backbones[{spec.name!r}].prompt={spec.prompt!r} takes {count} tokens (special tokens included), "
+                f"which leaves no room for the text under {what}={limit}; shorten the prompt, or raise {what} to "
+                f"more than {count}."
+            )
+
+    def prompt_ids(self, name: str) -> list[int]:
+        """The token ids every row of backbone ``name`` starts with: the special tokens put before a text (BOS,
+        CLS) and the prompt's own tokens, less a last piece that merges with the text; ``[]`` without a prompt.
+        These are the positions ``pool_prompt=False`` leaves out of pooling (as sentence-transformers'
+        ``include_prompt=False`` does, which leaves out the leading special tokens too)."""
+        return list(self._prompts[name][0]) if name in self._prompts else []
 
     def __repr__(self) -> str:
         parts = ", ".join(f"{s.name}={type(self.tokenizers[s.name]).__name__}(max_length={s.max_length})" for s in self.specs)
@@ -147,11 +187,14 @@ class LLMEmbedTokenizer:
         spec = next(spec for spec in self.specs if spec.name == name)
         tokenizer = self.tokenizers[name]
         limit = min(spec.max_length, max_length) if max_length else spec.max_length
+        prompt = spec.prompt or ""
+        if prompt and limit < spec.max_length:
+            self._check_prompt_room(spec, limit, "the call's max_length")
         # Only the first `limit` tokens of a text (of each side of a pair) can be kept: characters far past them never
         # need tokenising.
         cut = limit * CHARS_PER_TOKEN_BOUND
         pairs = None if text_pairs is None else [t[:cut] for t in text_pairs]
-        ids = tokenizer([t[:cut] for t in texts], pairs, truncation="longest_first", max_length=limit,
+        ids = tokenizer([prompt + t[:cut] for t in texts], pairs, truncation="longest_first", max_length=limit,
                         padding=False)["input_ids"]
         return [row if row else [self._fallback_token(name)] for row in ids]
 
@@ -291,7 +334,7 @@ class LLMEmbedTokenizer:
 
 
 #: Spec fields that decide how a backbone tokenises: the tokenizer's copy must equal the model config's.
-_TOKENIZATION_FIELDS = ("name", "model_id", "revision", "gguf_file", "max_length")
+_TOKENIZATION_FIELDS = ("name", "model_id", "revision", "gguf_file", "max_length", "prompt")
 
 
 def _check_specs_agree(source: str | os.PathLike, specs: list[BackboneSpec], pair_encoding: dict[str, str] | None,

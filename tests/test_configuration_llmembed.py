@@ -27,9 +27,22 @@ from llmembed_hf.modeling.configuration_llmembed import DEFAULT_PAIR_ENCODING, n
         (dict(enc={"name": "Enc-1"}), r"name 'Enc-1' is not valid"),
         (dict(enc={"widht": 32}), r"unknown field\(s\) \['widht'\] in spec 'enc'"),
         (dict(enc={"normalize": "false"}), r"backbones\['enc'\]\.normalize='false' must be true or false"),
+        (dict(enc={"prompt": ""}), r"backbones\['enc'\]\.prompt='' must be a non-empty string .* or None"),
+        (dict(enc={"prompt": ["query: "]}), r"backbones\['enc'\]\.prompt=\['query: '\] must be a non-empty string"),
+        (dict(enc={"prompt": "q: ", "pool_prompt": "no"}),
+         r"backbones\['enc'\]\.pool_prompt='no' must be true or false"),
+        (dict(enc={"prompt": "q: ", "pool_prompt": False}),
+         r"backbones\['enc'\]: pool_prompt=False leaves the prompt out of a mean, but pooling='cls'"),
+        (dict(enc={"quantization": "int4"}),
+         r"backbones\['enc'\]\.quantization='int4' is unknown; choose one of \(None, 'int8', 'int8-all'\)"),
+        (dict(enc={"dtype": "float16"}),
+         r"backbones\['enc'\]\.dtype='float16' is unknown; choose one of \('float32', 'bfloat16', 'auto'\)"),
+        (dict(enc={"quantization": "int8", "dtype": "bfloat16"}),
+         r"backbones\['enc'\]: quantization='int8' computes .* float32 activations.*set dtype='float32'"),
     ],
     ids=["no_backbones", "duplicate_name", "pooling", "empty_layers", "sigma_zero", "sigma_negative", "id2label",
-         "pooler_layers", "bad_name", "unknown_field", "normalize_string"],
+         "pooler_layers", "bad_name", "unknown_field", "normalize_string", "empty_prompt", "prompt_not_str",
+         "pool_prompt_string", "pool_prompt_cls", "quantization", "dtype", "int8_bfloat16"],
 )
 def test_config_validation_errors(tiny_config, kwargs, match):
     with pytest.raises(ValueError, match=match):
@@ -137,3 +150,16 @@ def test_a_backbone_name_that_clashes_with_pair_inputs_is_refused(tiny_config):
     tiny_config(enc={"name": "llm_pair"})  # fine for single texts
     with pytest.raises(ValueError, match=r"\['llm_pair'\] clash with the second-text inputs"):
         tiny_config(enc={"name": "llm_pair"}, pair_encoding="siamese")
+
+
+def test_old_specs_get_the_defaults_of_prompt_quantization_and_dtype(tiny_backbones):
+    """Configs saved before these fields existed load as what they were: no prompt, float32, no quantisation."""
+    spec = BackboneSpec.from_dict(dict(name="enc", model_id=tiny_backbones["bert"], layers=[-1], hidden_size=32))
+    assert (spec.prompt, spec.pool_prompt, spec.quantization, spec.dtype) == (None, True, None, "float32")
+
+
+def test_view_fields_round_trip_through_the_config_file(tiny_config, tmp_path):
+    views = {"prompt": "query: ", "pool_prompt": False, "pooling": "mean", "quantization": "int8", "dtype": "auto"}
+    tiny_config(enc=views).save_pretrained(tmp_path)
+    loaded = LLMEmbedConfig.from_pretrained(tmp_path).backbone_specs[1]
+    assert {key: getattr(loaded, key) for key in views} == views

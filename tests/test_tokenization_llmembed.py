@@ -157,3 +157,69 @@ def test_the_pair_setting_is_saved_and_must_agree_with_the_config(tiny_config, t
     path.write_text(json.dumps(values))
     with pytest.raises(ValueError, match=r"disagrees with config.json on pair_encoding"):
         AutoTokenizer.from_pretrained(tmp_path / "head")
+
+
+# Per-backbone prompts
+# ----------------------------------------------------------------------------------------------------------------------
+
+#: A prompt in the tiny vocabularies: BERT makes it [CLS] the film , ... [SEP]; Llama <s> the film , ...
+PROMPT = "the film, "
+
+
+def prompted_tokenizer(tiny_backbones, enc: dict | None = None, llm: dict | None = None) -> LLMEmbedTokenizer:
+    from helpers import tiny_specs
+
+    specs = tiny_specs(tiny_backbones)
+    specs[0].update(llm or {})
+    specs[1].update(enc or {})
+    tokenizers = {"llm": AutoTokenizer.from_pretrained(tiny_backbones["llama"]),
+                  "enc": AutoTokenizer.from_pretrained(tiny_backbones["bert"])}
+    return LLMEmbedTokenizer(tokenizers, specs)
+
+
+def test_a_prompt_is_prepended_to_every_text_of_its_backbone_only(tiny_backbones):
+    plain = prompted_tokenizer(tiny_backbones)
+    prompted = prompted_tokenizer(tiny_backbones, enc={"prompt": PROMPT})
+    bert = plain.tokenizers["enc"]
+    for text in ("a good movie", "bad"):
+        assert prompted(text)["enc_input_ids"] == bert(PROMPT + text)["input_ids"]
+        assert prompted(text)["llm_input_ids"] == plain(text)["llm_input_ids"]  # the other backbone has none
+    ids = bert.convert_tokens_to_ids(["[CLS]", "the", "film", ","])
+    assert prompted.prompt_ids("enc") == ids and prompted.prompt_ids("llm") == []
+    llama = prompted_tokenizer(tiny_backbones, llm={"prompt": PROMPT})
+    assert llama.prompt_ids("llm") == llama.tokenizers["llm"].convert_tokens_to_ids(["<s>", "the", "film", ","])
+
+
+def test_truncation_cuts_the_text_and_keeps_the_prompt(tiny_backbones):
+    tokenizer = prompted_tokenizer(tiny_backbones, enc={"prompt": PROMPT}, llm={"prompt": PROMPT})
+    long = "the cat sat on the mat " * 20
+    encoded = tokenizer([long, "dog"], return_tensors="pt")
+    for name in ("enc", "llm"):
+        prefix = tokenizer.prompt_ids(name)
+        ids = encoded[f"{name}_input_ids"]
+        assert ids.shape[1] == 32  # max_length, prompt included
+        assert ids[:, : len(prefix)].tolist() == [prefix, prefix]
+    bert = tokenizer.tokenizers["enc"]
+    assert encoded["enc_input_ids"][0, -1] == bert.sep_token_id  # truncated text, closing special token kept
+    assert tokenizer(long, max_length=8)["enc_input_ids"][:4] == tokenizer.prompt_ids("enc")
+
+
+def test_a_prompt_that_leaves_no_room_is_refused(tiny_backbones):
+    # [CLS] the film , [SEP]: 5 tokens, so max_length 5 leaves no room for a text
+    with pytest.raises(ValueError, match=r"backbones\['enc'\]\.prompt='the film, ' takes 5 tokens .* no room for the "
+                                         r"text under max_length=5; shorten the prompt, or raise max_length"):
+        prompted_tokenizer(tiny_backbones, enc={"prompt": PROMPT, "max_length": 5})
+    tokenizer = prompted_tokenizer(tiny_backbones, enc={"prompt": PROMPT, "max_length": 6})
+    assert tokenizer("good movie")["enc_input_ids"] == tokenizer.tokenizers["enc"](PROMPT + "good")["input_ids"]
+    with pytest.raises(ValueError, match=r"takes 5 tokens .* under the call's max_length=4"):
+        tokenizer("good movie", max_length=4)
+
+
+def test_a_prompt_survives_save_and_load(tiny_backbones, tmp_path):
+    tokenizer = prompted_tokenizer(tiny_backbones, enc={"prompt": PROMPT, "pool_prompt": False})
+    tokenizer.save_pretrained(tmp_path)
+    saved = json.loads((tmp_path / "tokenizer_config.json").read_text())["backbones"][1]
+    assert saved["prompt"] == PROMPT and saved["pool_prompt"] is False
+    loaded = LLMEmbedTokenizer.from_pretrained(tmp_path)
+    assert loaded(TEXTS).data == tokenizer(TEXTS).data
+    assert loaded.prompt_ids("enc") == tokenizer.prompt_ids("enc")
