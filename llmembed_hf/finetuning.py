@@ -146,6 +146,10 @@ def finetune(
     output.check()
     started = time.perf_counter()
     splits = load_classification_splits(data, seed=args.seed)
+    if splits.problem_type != "single_label_classification":
+        raise ValueError(f"the labels of column {splits.label_column!r} are {splits.problem_type}, but fine-tuning "
+                         "trains single-label classifiers only; train a fusion head on them with `llmembed train` "
+                         "(train_head) instead.")
     id2label = dict(enumerate(splits.names))
 
     spec, weights = locate_backbone(backbone)

@@ -33,6 +33,8 @@ logger = logging.get_logger(__name__)
 
 #: The file every llmembed training run writes into its output folder (how an earlier run's folder is recognised).
 REPORT_FILE = "training_report.json"
+#: transformers' problem types (``PretrainedConfig.problem_type``), the kinds of label column the data may hold.
+PROBLEM_TYPES = ("single_label_classification", "multi_label_classification", "regression")
 
 
 def arg(default: Any = dataclasses.MISSING, help: str = "", **metadata: Any) -> Any:  # noqa: A002
@@ -75,7 +77,12 @@ class DataArguments:
         required=True,
     )
     text_column: str = arg("text", "column holding the text")
-    label_column: str = arg("label", "column holding the label")
+    label_column: str = arg("label", "column holding the label (a class id or name), the labels (a list of them: "
+                                     "multi-label) or the score (regression); a data set without 'label' but with a "
+                                     "'labels' column uses that one")
+    problem_type: str | None = arg(None, "single_label_classification, multi_label_classification or regression "
+                                         "(default: read from the training labels: lists are multi-label, numbers "
+                                         "that are not all whole are regression)", choices=list(PROBLEM_TYPES))
     train_split: str = arg("train", "training split")
     validation_split: str | None = arg(None, "split for choosing the best epoch (default: carve validation_fraction "
                                              "of the training subset)")
@@ -90,6 +97,9 @@ class DataArguments:
             self.dataset = os.fspath(self.dataset)
         if self.eval_split == "none":
             self.eval_split = None
+        if self.problem_type is not None and self.problem_type not in PROBLEM_TYPES:
+            raise ValueError(f"problem_type={self.problem_type!r} is unknown; choose one of {PROBLEM_TYPES} (or "
+                             "leave it unset to read it from the labels).")
         check_fraction("validation_fraction", self.validation_fraction, closed_low=False)
         for name in ("max_train_samples", "max_eval_samples"):
             if getattr(self, name) is not None:
@@ -279,9 +289,11 @@ class HeadTrainingArguments(BaseTrainingArguments):
     learning_rate: float = default_of(BaseTrainingArguments, "learning_rate", 1e-3)
     batch_size: int = default_of(BaseTrainingArguments, "batch_size", 128)
     early_stopping_patience: int | None = arg(None, "stop after this many epochs without a better validation "
-                                                    "accuracy")
-    calibrate: bool = arg(True, "fit a temperature on the validation split after training, so the scores are "
-                                "calibrated probabilities (the predicted labels do not change)")
+                                                    "score (accuracy; multi-label: macro-F1; regression: Spearman)")
+    calibrate: bool = arg(True, "single-label: fit a temperature on the validation split after training, so the "
+                                "scores are calibrated probabilities (the predicted labels do not change)")
+    tune_thresholds: bool = arg(True, "multi-label: tune each label's decision threshold on the validation split "
+                                      "after training, maximising its F1 (false: 0.5 for every label)")
 
 
 @dataclass
@@ -368,6 +380,7 @@ def command_line(program: str, *arguments: Any, **options: Any) -> str:
 
 
 __all__ = [
+    "PROBLEM_TYPES",
     "BackboneTrainingArguments",
     "BaseTrainingArguments",
     "DataArguments",
