@@ -399,7 +399,9 @@ def resolve_backbone(
 ) -> tuple[PreTrainedModel, Any, str | None]:
     """Load ``spec`` as a frozen ``(model, tokenizer, weights_sha256)``.
 
-    fp32 by default (bf16 is several times slower on CPUs); pass ``dtype=torch.float16``/``bfloat16`` on a GPU.
+    fp32 unless ``dtype`` says otherwise. Heads load through `modeling_llmembed.shared_backbone`, which passes the
+    spec's resolved compute dtype here and then applies its int8 quantisation (`prepare_backbone`), the same for
+    every loader; calling this directly applies neither.
     """
     weights = locate_weights(spec)
     logger.info(f"backbones[{spec.name!r}]: loading {spec.model_id} from {weights.source}")

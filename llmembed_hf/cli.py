@@ -29,7 +29,7 @@ from .tuning import TUNING_VALIDATION_FRACTION, SearchSpace
 
 PRESET_HELP = "a backbone preset's name (small, paper, ...), or an LLMEmbedConfig's config.json (or its folder)"
 #: Data fields a command that reads one split (extract, evaluate) takes; ``--split`` names the split.
-ONE_SPLIT_FIELDS = ("dataset", "text_column", "label_column")
+ONE_SPLIT_FIELDS = ("dataset", "text_column", "label_column", "text_pair_column")
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -81,18 +81,31 @@ def _load_model(name: str):
     return LLMEmbedForSequenceClassification.from_pretrained(name).load_backbones()
 
 
+def _pair_column(model: Any, args: argparse.Namespace) -> str | None:
+    """The column of the second texts a saved head reads: ``--text-pair-column`` ('auto': text_pair) for a head of
+    pairs; never any for a head of single texts."""
+    from .data import TEXT_PAIR_COLUMN
+
+    if model.config.pair_encoding is None or args.text_pair_column in (None, "none"):
+        return None
+    return TEXT_PAIR_COLUMN if args.text_pair_column == "auto" else args.text_pair_column
+
+
 def cmd_extract(args: argparse.Namespace) -> dict[str, Any]:
     from accelerate import PartialState
 
-    from .data import check_columns, load_split
+    from .data import check_columns, check_text_pairs, load_split
     from .features import extract_features
 
     model = _load_model(args.model)
     dataset = load_split(args.dataset, args.split)
-    check_columns(dataset, args.split, args.text_column, None)
+    pair_column = _pair_column(model, args)
+    check_columns(dataset, args.split, args.text_column, None, pair_column)
+    if pair_column is not None:
+        check_text_pairs(dataset[pair_column], args.split, pair_column)
     if args.max_samples is not None:
         dataset = dataset.select(range(min(args.max_samples, len(dataset))))
-    features = extract_features(model, dataset, text_column=args.text_column,
+    features = extract_features(model, dataset, text_column=args.text_column, text_pair_column=pair_column,
                                 config=from_options(ExtractionConfig, args))
     if args.output and PartialState().is_main_process:
         features.save_to_disk(args.output)
@@ -138,14 +151,17 @@ def cmd_evaluate(args: argparse.Namespace) -> dict[str, Any]:
     from .data import load_labelled
     from .features import extract_features
     from .metrics import COMPUTE_METRICS, problem_type_of
-    from .trainer import predict_logits
+    from .trainer import check_pairs_match, predict_logits
 
     model = _load_model(args.model)
     names = [model.config.id2label[i] for i in range(model.config.num_labels)]
     problem_type = problem_type_of(model.config)
     split, _ = load_labelled(args.dataset, args.split, args.text_column, args.label_column, names,
-                             max_samples=args.max_samples, problem_type=problem_type)
-    features = extract_features(model, split.texts, config=from_options(ExtractionConfig, args))
+                             max_samples=args.max_samples, problem_type=problem_type,
+                             text_pair_column=_pair_column(model, args))
+    check_pairs_match(model.config, split.pairs is not None)
+    features = extract_features(model, split.texts, config=from_options(ExtractionConfig, args),
+                                text_pairs=split.pairs)
     # inference logits: the temperature or the tuned thresholds applied, as the pipeline scores
     metrics = COMPUTE_METRICS[problem_type]((predict_logits(model, features), np.asarray(split.labels)))
     return {"split": args.split, "rows": len(split.texts), **metrics}
@@ -180,40 +196,64 @@ def cmd_finetune_intent_slot(args: argparse.Namespace) -> dict[str, Any]:
             "peak_memory_mb": report.peak_memory_mb}
 
 
-def _read_inputs(args: argparse.Namespace) -> list[str]:
-    texts = list(args.text or [])
+def _jsonl_row(path: Path, number: int, line: str, args: argparse.Namespace) -> dict[str, Any]:
+    example = f'{{"{args.text_column}": "a text"}}'
+    try:
+        row = json.loads(line)
+    except json.JSONDecodeError as error:
+        raise ValueError(f"{path}:{number} is not valid JSON ({error.msg}); write one object per line, e.g. "
+                         f"{example}.") from None
+    if not isinstance(row, dict):
+        raise ValueError(f"{path}:{number} is a JSON {type(row).__name__}, not an object; write one object per line, "
+                         f"e.g. {example}.")
+    if args.text_column not in row:
+        raise ValueError(f"{path}:{number} has no {args.text_column!r} field (fields: {sorted(row)}).")
+    return row
+
+
+def _read_inputs(args: argparse.Namespace, pairs: bool = False) -> tuple[list[str], list[str] | None]:
+    """The texts to classify (``--text``, then ``--input``), and for a head of pairs their second texts
+    (``--text-pair``, JSONL field ``--text-pair-column``)."""
+    texts, text_pairs = list(args.text or []), list(args.text_pair or [])
+    if text_pairs and not pairs:
+        raise ValueError("--text-pair is for heads trained on text pairs; this head classifies single texts.")
+    if pairs and len(text_pairs) != len(texts):
+        raise ValueError(f"this head classifies text pairs: give each --text a --text-pair (got {len(texts)} --text "
+                         f"and {len(text_pairs)} --text-pair).")
     if args.input:
         path = Path(args.input)
         if not path.is_file():
             raise FileNotFoundError(f"--input {path} does not exist.")
+        if pairs and path.suffix != ".jsonl":
+            raise ValueError(f"--input {path}: this head classifies text pairs, so give a .jsonl file with "
+                             f'{{"{args.text_column}": ..., "{args.text_pair_column}": ...}} per line.')
         # split on "\n" only (read_text already turned "\r\n" into it): JSON text may hold U+2028, U+0085, ...
         # unescaped (predict --output writes them so), which str.splitlines() would cut a row at
         for number, line in enumerate(path.read_text(encoding="utf-8").split("\n"), 1):
             if not line.strip():
                 continue
-            if path.suffix == ".jsonl":
-                try:
-                    row = json.loads(line)
-                except json.JSONDecodeError as error:
-                    raise ValueError(f"{path}:{number} is not valid JSON ({error.msg}); write one object per line, "
-                                     f'e.g. {{"{args.text_column}": "a text"}}.') from None
-                if not isinstance(row, dict):
-                    raise ValueError(f"{path}:{number} is a JSON {type(row).__name__}, not an object; write one "
-                                     f'object per line, e.g. {{"{args.text_column}": "a text"}}.')
-                if args.text_column not in row:
-                    raise ValueError(f"{path}:{number} has no {args.text_column!r} field (fields: {sorted(row)}).")
-                texts.append(row[args.text_column])
-            else:
+            if path.suffix != ".jsonl":
                 texts.append(line)
+                continue
+            row = _jsonl_row(path, number, line, args)
+            texts.append(row[args.text_column])
+            if pairs:
+                if not isinstance(row.get(args.text_pair_column), str):
+                    raise ValueError(f"{path}:{number} has no {args.text_pair_column!r} text (fields: {sorted(row)}); "
+                                     "this head classifies text pairs, so every row needs the second text.")
+                text_pairs.append(row[args.text_pair_column])
     if not texts:
         raise ValueError("nothing to classify: pass --text TEXT (repeatable) or --input FILE (.txt lines or .jsonl).")
-    return texts
+    return texts, text_pairs if pairs else None
 
 
 def cmd_predict(args: argparse.Namespace) -> list[dict[str, Any]]:
-    from transformers import pipeline
+    from transformers import AutoConfig, pipeline
 
-    texts = _read_inputs(args)
+    pairs = getattr(AutoConfig.from_pretrained(args.model[0]), "pair_encoding", None) is not None
+    texts, text_pairs = _read_inputs(args, pairs)
+    inputs = texts if text_pairs is None else [{"text": t, "text_pair": p} for t, p in zip(texts, text_pairs)]
+    echoed = [{"text": t} for t in texts] if text_pairs is None else inputs
     if len(args.model) > 1:  # several heads on the same backbones: one backbone pass for all of them
         from .multi_head import MultiHeadClassifier
 
@@ -221,15 +261,16 @@ def cmd_predict(args: argparse.Namespace) -> list[dict[str, Any]]:
         if args.device:
             for head in classifier.heads:
                 head.to(args.device)
-        results = [{"text": t, "predictions": p} for t, p in zip(texts, classifier(texts, batch_size=args.batch_size))]
+        predictions = classifier(texts, batch_size=args.batch_size, text_pairs=text_pairs)
+        results = [{**e, "predictions": p} for e, p in zip(echoed, predictions)]
     else:
         from .multi_head import prediction_of
 
         classifier = pipeline("text-classification", model=args.model[0], device=args.device)
         # every label's score (a multi-label head's labels are those reaching 0.5), else the top label's
         every_label = {"top_k": None} if classifier.model.config.problem_type == "multi_label_classification" else {}
-        outputs = classifier(texts, batch_size=args.batch_size, **every_label)
-        results = [{"text": t, **prediction_of(classifier.model.config, scores)} for t, scores in zip(texts, outputs)]
+        outputs = classifier(inputs, batch_size=args.batch_size, **every_label)
+        results = [{**e, **prediction_of(classifier.model.config, scores)} for e, scores in zip(echoed, outputs)]
     if args.output:
         Path(args.output).write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in results))
     return results
@@ -277,7 +318,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = command("extract", cmd_extract, "extract and cache pooled features of one split")
     p.add_argument("--model", default="small", help="a preset name (small, paper, ...) or a saved head (a folder of "
                    "that name wins over the preset)")
-    add_dataclass_options(p, DataArguments, only=("dataset", "text_column"))
+    add_dataclass_options(p, DataArguments, only=("dataset", "text_column", "text_pair_column"))
     p.add_argument("--split", default="train", help="split to extract")
     p.add_argument("--max-samples", type=int, help="only the first N rows")
     p.add_argument("--output", help="also save the features as a datasets folder here")
@@ -330,7 +371,7 @@ def build_parser() -> argparse.ArgumentParser:
                 "train one backbone for intent detection + slot filling (frozen, LoRA or full)")
     p.add_argument("--backbone", required=True, help="a preset backbone name (minilm, ...), a local folder or a Hub id")
     add_dataclass_options(p, IntentSlotDataArguments)
-    add_dataclass_options(p, OutputArguments, exclude=("resume",))
+    add_dataclass_options(p, OutputArguments)
     add_dataclass_options(p, IntentSlotArguments)
     push(p)
 
@@ -348,8 +389,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="a saved head folder or Hub id; repeat it for several heads on the same backbones, which then "
                         "share one backbone pass (each row gets every head's label and score)")
     p.add_argument("--text", action="append", help="a text to classify (repeatable)")
+    p.add_argument("--text-pair", action="append", help="a head of text pairs: the second text of the pair of the "
+                   "--text at the same position (repeatable)")
     p.add_argument("--input", help="a .txt file (one text per line) or .jsonl file (see --text-column)")
     p.add_argument("--text-column", default="text", help="JSONL field holding the text")
+    p.add_argument("--text-pair-column", default="text_pair", help="a head of text pairs: JSONL field holding the "
+                   "second text")
     p.add_argument("--output", help="write the JSONL rows here; always printed too")
     p.add_argument("--batch-size", type=int, default=16, help="pipeline batch size")
     p.add_argument("--device", default=None, help="e.g. cpu, cuda:0 (default: pipeline's choice)")

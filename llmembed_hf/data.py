@@ -23,15 +23,24 @@ JSON_SUFFIXES = (".jsonl.gz", ".jsonl", ".json.gz", ".json")
 SINGLE_LABEL, MULTI_LABEL, REGRESSION = PROBLEM_TYPES
 #: The one output of a regression head, named as transformers names it (``pipeline`` returns it as the label).
 REGRESSION_NAMES = ["LABEL_0"]
+#: The column of the second text of a pair, as transformers' pipelines name it; detected when present.
+TEXT_PAIR_COLUMN = "text_pair"
 
 
 @dataclass
 class LabelledTexts:
-    """One split as plain lists: the texts and their labels (class ids, multi-hot rows or scores: see the module)."""
+    """One split as plain lists: the texts and their labels (class ids, multi-hot rows or scores: see the module); for
+    text pairs, the second texts (``pairs``)."""
 
     texts: list[str]
     labels: list
+    pairs: list[str] | None = None
     problem_type: str = SINGLE_LABEL
+
+    def select(self, indices: Any) -> LabelledTexts:
+        """These rows, in this order."""
+        return LabelledTexts([self.texts[i] for i in indices], [self.labels[i] for i in indices],
+                             None if self.pairs is None else [self.pairs[i] for i in indices], self.problem_type)
 
 
 def _split_file(folder: Path, split: str) -> Path | None:
@@ -52,7 +61,9 @@ def load_split(source: str | os.PathLike | DatasetDict, split: str) -> Dataset:
         path = _split_file(folder, split)
         if path is not None:
             try:
-                return load_dataset("json", data_files={split: str(path)}, split=split)
+                # Not load_dataset("json", ...): it pings a Hub download counter first (up to 3 s without a network
+                # unless HF_HUB_OFFLINE=1), and a local file needs no network.
+                return Dataset.from_json(str(path), split=split)
             except StopIteration:  # datasets' json builder on a file with no rows
                 raise ValueError(f"split {split!r} is empty ({path} has no rows): nothing to train or evaluate on.")
         if (folder / "dataset_dict.json").is_file() or (folder / "state.json").is_file():
@@ -87,12 +98,14 @@ def label_names_from(source: str | os.PathLike | DatasetDict, dataset: Dataset, 
     return None
 
 
-def check_columns(dataset: Dataset, split: str, text_column: str, label_column: str | None) -> None:
-    for column in (text_column, label_column):
+def check_columns(dataset: Dataset, split: str, text_column: str, label_column: str | None,
+                  text_pair_column: str | None = None) -> None:
+    for column in (text_column, label_column, text_pair_column):
         if column is not None and column not in dataset.column_names:
             raise ValueError(
                 f"column {column!r} not found in split {split!r}; the columns present are {dataset.column_names}. "
-                "Choose them with --text-column / --label-column."
+                "Choose them with --text-column / --label-column"
+                + (" / --text-pair-column ('none' for single texts)." if column == text_pair_column else ".")
             )
     if len(dataset) == 0:
         raise ValueError(f"split {split!r} is empty: there is nothing to train or evaluate on.")
@@ -129,6 +142,25 @@ def detect_problem_type(values: list, split: str) -> str:
     if any(isinstance(v, float) and math.isfinite(v) and not v.is_integer() for v in values):
         return REGRESSION
     return SINGLE_LABEL
+def resolve_text_pair_column(dataset: Dataset, text_pair_column: str | None) -> str | None:
+    """The column of the pairs' second texts: ``"auto"`` is `TEXT_PAIR_COLUMN` when ``dataset`` has it (else no
+    pairs); None or ``"none"`` means single texts; any other name is used as given."""
+    if text_pair_column == "auto":
+        return TEXT_PAIR_COLUMN if TEXT_PAIR_COLUMN in dataset.column_names else None
+    return None if text_pair_column in (None, "none") else text_pair_column
+
+
+def check_text_pairs(values: list, split: str, column: str) -> list[str]:
+    """The pair column's values; a ValueError naming the first row whose second text is missing or not a string."""
+    for row, value in enumerate(values):
+        if not isinstance(value, str):
+            state = "is missing" if value is None else f"is {type(value).__name__} ({value!r:.50}), not a str"
+            raise ValueError(
+                f"split {split!r}, row {row} (counting from 0): the second text of the pair (column {column!r}) "
+                f"{state}. Every row of pair data needs both texts: fill it in or drop the row (or pass "
+                "--text-pair-column none to use the single texts)."
+            )
+    return values
 
 
 def encode_labels(values: list, names: list[str] | None, split: str) -> tuple[list[int], list[str]]:
@@ -260,15 +292,21 @@ def load_labelled(
     max_samples: int | None = None,
     seed: int = 42,
     problem_type: str | None = None,
+    text_pair_column: str | None = None,
 ) -> tuple[LabelledTexts, list[str]]:
     """Texts and labels of one split (a seeded random subset of ``max_samples`` if given) and the label names.
 
     ``problem_type``: how to read the label column (None: from its values, `detect_problem_type`); the labels'
-    problem type is in the result's ``problem_type``.
+    problem type is in the result's ``problem_type``. ``text_pair_column``: the pairs' second texts (``"auto"``:
+    `TEXT_PAIR_COLUMN` when the split has it; see `resolve_text_pair_column`), checked on every row of the split so an
+    error names the row in the file.
     """
     dataset = load_split(source, split)
     label_column = resolve_label_column(dataset, label_column)
-    check_columns(dataset, split, text_column, label_column)
+    text_pair_column = resolve_text_pair_column(dataset, text_pair_column)
+    check_columns(dataset, split, text_column, label_column, text_pair_column)
+    if text_pair_column is not None:
+        check_text_pairs(dataset[text_pair_column], split, text_pair_column)
     if max_samples is not None and max_samples < len(dataset):
         dataset = dataset.shuffle(seed=seed).select(range(max_samples))
     names = label_names or label_names_from(source, dataset, label_column)
@@ -277,7 +315,8 @@ def load_labelled(
     for i, text in enumerate(texts):
         if not isinstance(text, str):
             raise TypeError(f"split {split!r}, row {i}: the text is {type(text).__name__} ({text!r:.50}), not a str.")
-    return LabelledTexts(texts, labels, problem_type), names
+    pairs = list(dataset[text_pair_column]) if text_pair_column is not None else None
+    return LabelledTexts(texts, labels, pairs, problem_type), names
 
 
 def validation_cut(num_rows: int, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -292,9 +331,7 @@ def validation_cut(num_rows: int, fraction: float, seed: int) -> tuple[np.ndarra
 
 def carve_validation(train: LabelledTexts, fraction: float, seed: int) -> tuple[LabelledTexts, LabelledTexts]:
     """Split a seeded random ``fraction`` (see `validation_cut`) off ``train``."""
-    pick = lambda idx: LabelledTexts([train.texts[i] for i in idx], [train.labels[i] for i in idx],  # noqa: E731
-                                     train.problem_type)
-    return tuple(pick(indices) for indices in validation_cut(len(train.texts), fraction, seed))
+    return tuple(train.select(indices) for indices in validation_cut(len(train.texts), fraction, seed))
 
 
 @dataclass
@@ -307,6 +344,7 @@ class ClassificationSplits:
     names: list[str]
     validation_name: str  #: how the validation rows were chosen, for reports and cards
     label_column: str = "label"  #: the column the labels were read from (see `resolve_label_column`)
+    text_pair_column: str | None = None  #: the pairs' second texts (None: single texts)
 
     @property
     def problem_type(self) -> str:
@@ -324,11 +362,15 @@ def load_classification_splits(data: DataArguments, seed: int = 42) -> Classific
     source = data.dataset
     label_column = resolve_label_column(load_split(source, data.train_split), data.label_column)
     train, names = load_labelled(source, data.train_split, data.text_column, label_column,
-                                 max_samples=data.max_train_samples, seed=seed, problem_type=data.problem_type)
+                                 max_samples=data.max_train_samples, seed=seed, problem_type=data.problem_type,
+                                 text_pair_column=data.text_pair_column)
     problem_type = train.problem_type
+    # Detected on the training split: the other splits must then have the same column.
+    pair_column = None if train.pairs is None else (
+        TEXT_PAIR_COLUMN if data.text_pair_column == "auto" else data.text_pair_column)
     if data.validation_split is not None:
         validation, _ = load_labelled(source, data.validation_split, data.text_column, label_column, names,
-                                      problem_type=problem_type)
+                                      problem_type=problem_type, text_pair_column=pair_column)
         validation_name = f"split {data.validation_split!r}"
     else:
         train, validation = carve_validation(train, data.validation_fraction, seed)
@@ -336,8 +378,9 @@ def load_classification_splits(data: DataArguments, seed: int = 42) -> Classific
     evaluation = None
     if data.eval_split is not None:
         evaluation, _ = load_labelled(source, data.eval_split, data.text_column, label_column, names,
-                                      max_samples=data.max_eval_samples, seed=seed, problem_type=problem_type)
-    return ClassificationSplits(train, validation, evaluation, names, validation_name, label_column)
+                                      max_samples=data.max_eval_samples, seed=seed, problem_type=problem_type,
+                                      text_pair_column=pair_column)
+    return ClassificationSplits(train, validation, evaluation, names, validation_name, label_column, pair_column)
 
 
 def describe_source(source: str | os.PathLike | DatasetDict) -> str:

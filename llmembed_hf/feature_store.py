@@ -9,7 +9,8 @@ decides what to compute; this module owns the files. Layout under the store root
       <fingerprint>/                       one folder per backbone fingerprint (sha256 of its description, 32 hex)
         backbone.json                      the description: model_id, layers, pooling, weights sha256, tokenizer, ...
         last_used                          touched by every request (``cache_prune(older_than_days=...)`` reads it)
-        segments/seg-<id>.safetensors      immutable: ``vectors`` (n, width) + ``text_sha256`` uint8 (n, 32), with the
+        segments/seg-<id>.safetensors      immutable: ``vectors`` (n, width) + ``text_sha256`` uint8 (n, 32) (a text's
+                                           `text_sha256`, or a jointly encoded pair's `pair_sha256`), with the
                                            sha256 of both tensors' bytes in the safetensors metadata; written to a
                                            temporary name and renamed, so a reader sees a whole segment or none
         segments/seg-<id>.safetensors.corrupt   a segment that failed its checks, set aside (never read again)
@@ -70,6 +71,19 @@ def default_store_root() -> Path:
 def text_sha256(text: str) -> bytes:
     """The key of a text in the store: sha256 of its UTF-8 bytes (lone surrogates kept as they are)."""
     return hashlib.sha256(text.encode("utf-8", "surrogatepass")).digest()
+
+
+#: Starts the hashed bytes of a pair: 0xFF never occurs in UTF-8 (nor in lone surrogates' bytes), so what a pair key
+#: hashes is never what a text key hashes.
+_PAIR_PREFIX = b"\xffllmembed-pair\x00"
+
+
+def pair_sha256(text: str, text_pair: str) -> bytes:
+    """The key of a pair encoded jointly: sha256 of `_PAIR_PREFIX`, the first text's UTF-8 byte count (8 bytes, big
+    endian) and both texts' bytes. The length prefix makes it unambiguous (("ab", "c") and ("a", "bc") differ), the
+    prefix keeps it apart from every text key; a siamese pair needs no key of its own (each side is a text)."""
+    first, second = (t.encode("utf-8", "surrogatepass") for t in (text, text_pair))
+    return hashlib.sha256(_PAIR_PREFIX + len(first).to_bytes(8, "big") + first + second).digest()
 
 
 def fingerprint_of(description: dict[str, Any]) -> str:
@@ -476,5 +490,6 @@ __all__ = [
     "cache_prune",
     "default_store_root",
     "fingerprint_of",
+    "pair_sha256",
     "text_sha256",
 ]

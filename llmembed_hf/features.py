@@ -3,10 +3,10 @@
 Extraction is almost all of LLMEmbed's cost, so every vector is kept and reused (`llmembed_hf.feature_store`):
 
 * each backbone's pooled views are stored under a fingerprint of that backbone alone (model_id, revision, GGUF
-  file, weights sha256, layers, pooling, normalisation, max_length, prompt, compute dtype and quantisation, the
-  tokenizer's identity, the storage dtype) and keyed by the sha256 of each text. A request reads every vector that is
-  already there and computes only the missing (text, backbone) pairs: a superset or another subset of texts, another
-  preset sharing a backbone, a second head on the same texts;
+  file, weights sha256, layers, pooling, normalisation, max_length, prompt and whether it is pooled, compute dtype
+  and int8 quantisation as loaded, the tokenizer's identity, the storage dtype) and keyed by the sha256 of each text.
+  A request reads every vector that is already there and computes only the missing (text, backbone) pairs: a
+  superset or another subset of texts, another preset sharing a backbone, a second head on the same texts;
 * the missing texts of a backbone are tokenised once, sorted by that backbone's own token counts and cut into batches
   under a token budget (dynamic padding: a batch is padded to its own longest text, long documents get small batches
   so memory stays bounded). The budget is small on CPU, where batches beyond ~1k tokens fall out of cache and get
@@ -16,6 +16,11 @@ Extraction is almost all of LLMEmbed's cost, so every vector is kept and reused 
   done, so an interrupted run loses at most the segment in flight; a corrupted segment is detected and recomputed;
 * the requested rows are assembled in the original order into a `datasets.Dataset` (``pooled_features``, plus any
   columns the caller passes), in torch format.
+
+Text pairs (a head whose config has ``pair_encoding``): a ``joint`` backbone's vector of a pair is stored under the
+pair's own key (`feature_store.pair_sha256`, never equal to a text's key); a ``siamese`` backbone computes each side as
+a single text, so a sentence seen in another pair or alone is computed once, and the pair's features are
+`siamese_features` of the two stored vectors, the very function the model applies when serving.
 
 Several processes (``accelerate launch --num_processes N ...``) plan the same batches and share them out through the
 store's claims; each returns the whole result.
@@ -48,10 +53,15 @@ from tqdm.auto import tqdm
 from transformers.utils import logging
 
 from . import feature_store
-from .feature_store import BackboneStore, default_store_root, text_sha256
+from .feature_store import BackboneStore, default_store_root, pair_sha256, text_sha256
 from .file_utils import sha256_of_file
 from .modeling.configuration_llmembed import BackboneSpec
-from .modeling.modeling_llmembed import LLMEmbedForSequenceClassification
+from .modeling.modeling_llmembed import (
+    INT8_METHOD,
+    LLMEmbedForSequenceClassification,
+    backbone_quantization,
+    siamese_features,
+)
 from .modeling.tokenization_llmembed import _check_texts
 from .training_args import arg
 
@@ -160,10 +170,10 @@ def backbone_description(model: LLMEmbedForSequenceClassification, spec: Backbon
     # The weights actually loaded: they differ from the recorded ones when a mismatch was allowed.
     shared = getattr(model, "_shared", {}).get(spec.name)
     loaded_sha256 = shared.sha256 if shared is not None else None
-    quantization = getattr(getattr(backbone, "config", None), "quantization_config", None)
-    if hasattr(quantization, "to_dict"):
-        quantization = quantization.to_dict()
-    return {
+    # Read from the modules (what the spec's quantization made of them; the truth also for backbones attached by hand or
+    # loaded with an override). None keeps the fingerprints of float backbones as they were before quantisation existed.
+    quantization = backbone_quantization(backbone)
+    description = {
         "model_id": spec.model_id,
         "gguf_file": spec.gguf_file,
         "revision": spec.revision,
@@ -172,11 +182,14 @@ def backbone_description(model: LLMEmbedForSequenceClassification, spec: Backbon
         "pooling": spec.pooling,
         "normalize": bool(spec.normalize),
         "max_length": spec.max_length,
-        "prompt": getattr(spec, "prompt", None),
+        "prompt": spec.prompt,
         "compute_dtype": str(getattr(backbone, "dtype", None)),
-        "quantization": quantization,
+        "quantization": quantization and {"scheme": quantization, "method": INT8_METHOD},
         "tokenizer": tokenizer_identity(model.tokenizer.tokenizers[spec.name]),
     }
+    if spec.prompt is not None:  # without a prompt it changes nothing: left out, so older fingerprints still hold
+        description["pool_prompt"] = spec.pool_prompt
+    return description
 
 
 def backbone_stores(
@@ -186,12 +199,67 @@ def backbone_stores(
     if not model.backbones:
         model.load_backbones()
     root = Path(cache_folder) if cache_folder is not None else default_store_root()
-    columns = model.config.backbone_columns
-    return {
-        spec.name: BackboneStore(root, backbone_description(model, spec), columns[spec.name].stop
-                                 - columns[spec.name].start, dtype, name=spec.name)
+    return {  # one text's (or jointly encoded pair's) views: a siamese head's four parts are never stored
+        spec.name: BackboneStore(root, backbone_description(model, spec), spec.hidden_size * spec.num_views, dtype,
+                                 name=spec.name)
         for spec in model.config.backbone_specs
     }
+
+
+@dataclass
+class _Inputs:
+    """The distinct inputs some backbones compute for one request, in first-seen order: single texts (``pairs`` None)
+    or jointly encoded pairs; ``rows`` maps every requested input to its index in ``keys``. For a siamese backbone the
+    requested inputs are the first texts, then the second texts."""
+
+    keys: list[bytes]
+    texts: list[str]
+    pairs: list[str] | None
+    rows: np.ndarray
+
+
+def _distinct(keys: list[bytes], texts: list[str], pairs: list[str] | None = None) -> _Inputs:
+    first: dict[bytes, int] = {}
+    rows = np.fromiter((first.setdefault(key, len(first)) for key in keys), dtype=np.int64, count=len(keys))
+    if len(first) == len(keys):
+        return _Inputs(keys, texts, pairs, rows)
+    where = np.unique(rows, return_index=True)[1]
+    return _Inputs(list(first), [texts[i] for i in where], None if pairs is None else [pairs[i] for i in where], rows)
+
+
+def _check_request(model: LLMEmbedForSequenceClassification, texts: Sequence[str],
+                   text_pairs: Sequence[str] | None) -> tuple[list[str], list[str] | None]:
+    """``texts`` (and ``text_pairs``) checked against each other and against the head (pairs or single texts)."""
+    texts = _check_texts(list(texts))[0]
+    if model.config.pair_encoding is None:
+        if text_pairs is not None:
+            raise ValueError("text_pairs were given, but this head classifies single texts; build the head with "
+                             "pair_encoding (LLMEmbedConfig) to train on text pairs.")
+        return texts, None
+    if text_pairs is None:
+        raise ValueError("this head classifies text pairs (its config has pair_encoding): pass text_pairs, the second "
+                         "text of every pair.")
+    pairs = _check_texts(list(text_pairs), "text_pairs")[0]
+    if len(pairs) != len(texts):
+        raise ValueError(f"{len(texts)} texts but {len(pairs)} text_pairs: give one second text per text.")
+    return texts, pairs
+
+
+def _backbone_inputs(model: LLMEmbedForSequenceClassification, texts: list[str],
+                     pairs: list[str] | None) -> dict[str, _Inputs]:
+    """What each backbone computes for a request, by backbone name (backbones of one kind share one `_Inputs`)."""
+    kinds: dict[str, _Inputs] = {}
+    inputs = {}
+    for spec in model.config.backbone_specs:
+        kind = "joint" if model.config.pair_encoding_of(spec) == "joint" else "texts"
+        if kind not in kinds:
+            if kind == "joint":
+                kinds[kind] = _distinct([pair_sha256(a, b) for a, b in zip(texts, pairs)], texts, pairs)
+            else:
+                both = texts + (pairs or [])
+                kinds[kind] = _distinct([text_sha256(text) for text in both], both)
+        inputs[spec.name] = kinds[kind]
+    return inputs
 
 
 def missing_texts(
@@ -199,15 +267,17 @@ def missing_texts(
     texts: Sequence[str],
     config: ExtractionConfig | None = None,
     cache_folder: str | os.PathLike | None = None,
+    text_pairs: Sequence[str] | None = None,
 ) -> dict[str, int]:
-    """How many distinct texts of ``texts`` each backbone would compute now (0 everywhere: a full cache hit). Reads
+    """How many distinct inputs of ``texts`` (with ``text_pairs`` for a pair head: distinct sides for a siamese
+    backbone, distinct pairs for a joint one) each backbone would compute now (0 everywhere: a full cache hit). Reads
     only the store's index (no vector, no checksum of vectors)."""
     config = config or ExtractionConfig()
-    keys = set(map(text_sha256, _check_texts(list(texts))[0]))
+    inputs = _backbone_inputs(model, *_check_request(model, texts, text_pairs))
     counts = {}
     for name, store in backbone_stores(model, config.dtype, cache_folder).items():
         store.refresh()
-        counts[name] = sum(key not in store.index for key in keys)
+        counts[name] = sum(key not in store.index for key in inputs[name].keys)
     return counts
 
 
@@ -216,12 +286,10 @@ def missing_texts(
 # ----------------------------------------------------------------------------------------------------------------------
 
 
-def _tokenize(model: LLMEmbedForSequenceClassification, name: str, texts: list[str]) -> list[list[int]]:
-    """One backbone's token ids of ``texts``, as the composite tokenizer makes them (truncation, empty texts)."""
-    tokenizer = model.tokenizer
-    spec = next(spec for spec in tokenizer.specs if spec.name == name)
-    own = type(tokenizer)({name: tokenizer.tokenizers[name]}, [spec])
-    return own(texts, padding=False)[f"{name}_input_ids"]
+def _tokenize(model: LLMEmbedForSequenceClassification, name: str, texts: list[str],
+              pairs: list[str] | None = None) -> list[list[int]]:
+    """One backbone's token ids of ``texts`` (or of joint pairs), as the composite tokenizer makes them."""
+    return model.tokenizer.backbone_ids(name, texts, pairs)
 
 
 def extraction_plan(
@@ -255,12 +323,13 @@ class _BackboneJob:
     """One backbone's part of a request: read what is stored, then claim, compute and write the rest."""
 
     def __init__(self, model: LLMEmbedForSequenceClassification, spec: BackboneSpec, store: BackboneStore,
-                 keys: list[bytes], texts: list[str], out: np.ndarray, config: ExtractionConfig) -> None:
-        self.model, self.name, self.store, self.keys, self.texts, self.out = model, spec.name, store, keys, texts, out
+                 inputs: _Inputs, out: np.ndarray, config: ExtractionConfig) -> None:
+        self.model, self.name, self.store, self.out = model, spec.name, store, out
+        self.keys, self.texts, self.pairs = inputs.keys, inputs.texts, inputs.pairs
         self.config = config
         self.device = model.backbones[spec.name].device
         self.missing: dict[bytes, int] = {}
-        for row, key in enumerate(keys):
+        for row, key in enumerate(self.keys):
             self.missing.setdefault(key, row)
         self.queue: deque[np.ndarray] = deque()
         self.ids: dict[int, list[int]] = {}
@@ -282,7 +351,8 @@ class _BackboneJob:
         rows = np.array(sorted(row for key, row in self.missing.items() if key not in exclude), dtype=np.int64)
         new = [int(row) for row in rows if int(row) not in self.ids]
         if new:
-            self.ids.update(zip(new, _tokenize(self.model, self.name, [self.texts[row] for row in new])))
+            pairs = None if self.pairs is None else [self.pairs[row] for row in new]
+            self.ids.update(zip(new, _tokenize(self.model, self.name, [self.texts[row] for row in new], pairs)))
         lengths = np.zeros(len(self.keys), dtype=np.int64)
         lengths[rows] = [len(self.ids[int(row)]) for row in rows]
         budget = self.config.token_budget(self.device)
@@ -363,6 +433,8 @@ def extract_features(
     cache_folder: str | os.PathLike | None = None,
     config: ExtractionConfig | None = None,
     show_progress: bool = True,
+    text_pairs: Sequence[str] | None = None,
+    text_pair_column: str | None = None,
 ) -> Dataset:
     """Pooled features of ``texts`` as a `datasets.Dataset` with a ``pooled_features`` column (torch format).
 
@@ -376,28 +448,35 @@ def extract_features(
         extra_columns: columns to add to the result (e.g. ``{"labels": [...]}``), not part of any key.
         cache_folder: the feature store's root (default: ``<llmembed cache>/features``).
         config: batching, segment size and storage dtype (`ExtractionConfig`).
+        text_pairs: for a head of text pairs (``model.config.pair_encoding``), the second text of every pair (or
+            ``text_pair_column`` of the dataset); each backbone encodes the pairs as its pair encoding says.
     """
     from accelerate import PartialState
 
     config = config or ExtractionConfig()
     config.check()
     if isinstance(texts, Dataset):
-        if text_column not in texts.column_names:
-            raise ValueError(f"text column {text_column!r} not found; the dataset has columns {texts.column_names}.")
+        for column in filter(None, (text_column, text_pair_column)):
+            if column not in texts.column_names:
+                raise ValueError(f"text column {column!r} not found; the dataset has columns {texts.column_names}.")
+        if text_pair_column is not None:
+            text_pairs = texts[text_pair_column]
         texts = texts[text_column]
-    texts, _ = _check_texts(list(texts))
+    texts, pairs = _check_request(model, texts, text_pairs)
     state = PartialState()
     stores = backbone_stores(model, config.dtype, cache_folder)
-
-    hashes = [text_sha256(text) for text in texts]
-    first: dict[bytes, int] = {}
-    inverse = np.fromiter((first.setdefault(key, len(first)) for key in hashes), dtype=np.int64, count=len(hashes))
-    keys = list(first)
-    unique_texts = [texts[i] for i in np.unique(inverse, return_index=True)[1]] if len(keys) < len(texts) else texts
-    out = np.empty((len(keys), model.config.feature_size), dtype=feature_store.STORAGE_NUMPY_DTYPES[config.dtype])
+    dtype = feature_store.STORAGE_NUMPY_DTYPES[config.dtype]
+    inputs = _backbone_inputs(model, texts, pairs)
+    rows = np.empty((len(texts), model.config.feature_size), dtype=dtype)
     columns = model.config.backbone_columns
-    jobs = [_BackboneJob(model, spec, stores[spec.name], keys, unique_texts, out[:, columns[spec.name]], config)
-            for spec in model.config.backbone_specs]
+    jobs, in_place = [], {}
+    for spec in model.config.backbone_specs:
+        request = inputs[spec.name]
+        # Distinct inputs, one per row (no siamese parts): computed straight into the result's columns.
+        in_place[spec.name] = len(request.rows) == len(request.keys) == len(texts)
+        out = rows[:, columns[spec.name]] if in_place[spec.name] else np.empty(
+            (len(request.keys), spec.hidden_size * spec.num_views), dtype=dtype)
+        jobs.append(_BackboneJob(model, spec, stores[spec.name], request, out, config))
 
     for job in jobs:
         job.read_stored()
@@ -430,7 +509,16 @@ def extract_features(
                     f"{job.computed} computed.")
     state.wait_for_everyone()
 
-    rows = out if len(keys) == len(texts) else out[inverse]
+    for spec, job in zip(model.config.backbone_specs, jobs):
+        request = inputs[spec.name]
+        if in_place[spec.name]:
+            continue
+        if model.config.pair_encoding_of(spec) == "siamese":
+            u, v = (torch.from_numpy(job.out[request.rows[side]]).float()
+                    for side in (slice(0, len(texts)), slice(len(texts), None)))
+            rows[:, columns[spec.name]] = siamese_features(u, v).numpy()
+        else:
+            rows[:, columns[spec.name]] = job.out[request.rows]
     column = pa.FixedSizeListArray.from_arrays(pa.array(rows.reshape(-1)), rows.shape[1])
     features = Dataset(pa.Table.from_arrays([column], names=[FEATURES_COLUMN]))
     for name, values in (extra_columns or {}).items():

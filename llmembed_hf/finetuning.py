@@ -104,7 +104,7 @@ def count_parameters(model: torch.nn.Module) -> dict[str, int]:
 
 def tokenize_split(split: LabelledTexts, tokenizer: PreTrainedTokenizerBase, max_length: int) -> Dataset:
     """``input_ids``/``attention_mask``/``labels`` rows, truncated but not padded (the collator pads per batch)."""
-    encoded = tokenizer(split.texts, truncation=True, max_length=max_length)
+    encoded = tokenizer(split.texts, split.pairs, truncation=True, max_length=max_length)  # pairs: None or 2nd texts
     return Dataset.from_dict({"input_ids": encoded["input_ids"], "attention_mask": encoded["attention_mask"],
                               "labels": split.labels})
 
@@ -184,7 +184,8 @@ def finetune(
     model.eval()
 
     report = FinetuneReport(
-        dataset=describe_source(data.dataset), text_column=data.text_column, label_column=data.label_column,
+        dataset=describe_source(data.dataset), text_column=data.text_column,
+        text_pair_column=splits.text_pair_column, label_column=splits.label_column,
         train_split=data.train_split, eval_split=data.eval_split, validation=splits.validation_name, num_train=len(splits.train.texts),
         num_validation=len(splits.validation.texts),
         num_eval=len(splits.evaluation.texts) if splits.evaluation else 0,

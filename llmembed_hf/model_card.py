@@ -64,6 +64,7 @@ class RunReport:
     dataset: str = "none"
     text_column: str = ""
     label_column: str = ""
+    text_pair_column: str | None = None  #: the pairs' second texts (None: single texts)
     train_split: str = ""
     eval_split: str | None = None
     validation: str = "none"
@@ -475,10 +476,16 @@ def write_model_card(folder: str | os.PathLike, config: Any, report: RunReport, 
     metrics = METRICS_BY_PROBLEM_TYPE[problem_type]
     _add_results_metadata(meta, report, name, {"type": "text-classification", "name": "Text Classification"},
                           metrics)
+    pairs = getattr(config, "pair_encoding", None) is not None
+    text_columns = f"text column `{report.text_column}`" + (
+        f", paired with the column `{report.text_pair_column}`" if report.text_pair_column else "")
+    usage_inputs = ('{"text": "The cat sat on the mat.", "text_pair": "A cat was sitting on the mat."}' if pairs
+                    else '["a gorgeous, witty film", "tedious and flat"]')
     return _render(
         "model_card_template.md", folder, meta, [spec.model_id for spec in config.backbone_specs], title=name,
-        repo_id=repo_id, num_head_params=f"{num_params:,}", backbones_table=backbones,
-        problem_note=PROBLEM_NOTES[problem_type], **_training_fields(folder, config, report, metrics),
+        repo_id=repo_id, num_head_params=f"{num_params:,}", backbones_table=backbones, text_columns=text_columns,
+        usage_inputs=usage_inputs, problem_note=PROBLEM_NOTES[problem_type],
+        **_training_fields(folder, config, report, metrics),
     )
 
 

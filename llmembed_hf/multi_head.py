@@ -15,7 +15,8 @@ import torch
 from .modeling.modeling_llmembed import LLMEmbedForSequenceClassification
 
 #: Spec fields that must agree for heads to share a backbone pass (the views they pool and how they tokenise).
-_SHARED_FIELDS = ("name", "model_id", "revision", "gguf_file", "layers", "pooling", "normalize", "max_length")
+_SHARED_FIELDS = ("name", "model_id", "revision", "gguf_file", "layers", "pooling", "normalize", "max_length",
+                  "prompt", "pool_prompt", "quantization", "dtype")
 
 
 class MultiHeadClassifier:
@@ -42,6 +43,10 @@ class MultiHeadClassifier:
             if len(specs) != len(first):
                 raise ValueError(f"head {name!r} has {len(specs)} backbones, {self.names[0]!r} has {len(first)}: "
                                  "heads share a pass only over the same backbones.")
+            if head.config.pair_encoding != loaded[0].config.pair_encoding:
+                raise ValueError(f"head {name!r} has pair_encoding={head.config.pair_encoding!r}, {self.names[0]!r} "
+                                 f"has {loaded[0].config.pair_encoding!r}: heads share a pass only when they encode "
+                                 "their inputs alike.")
             for ours, theirs in zip(first, specs):
                 for field in _SHARED_FIELDS + ("weights_sha256",):
                     if getattr(ours, field) != getattr(theirs, field):
@@ -59,15 +64,20 @@ class MultiHeadClassifier:
                 head.load_backbones()
 
     @torch.inference_mode()
-    def __call__(self, texts: str | Sequence[str], batch_size: int = 32) -> Any:
-        """For every text, each head's `prediction_of` (single-label: its calibrated top class ``{"label", "score"}``;
-        multi-label: the labels that apply and every label's score; regression: the score), keyed by head name: one
-        such dict for a single text, a list of them for a list."""
+    def __call__(self, texts: str | Sequence[str], batch_size: int = 32,
+                 text_pairs: str | Sequence[str] | None = None) -> Any:
+        """For every text (with ``text_pairs``, for heads of pairs), each head's `prediction_of` (single-label: its
+        calibrated top class ``{"label", "score"}``; multi-label: the labels that apply and every label's score;
+        regression: the score), keyed by head name: one such dict for a single text, a list of them for a list."""
         single = isinstance(texts, str)
         texts = [texts] if single else list(texts)
+        if text_pairs is not None:
+            text_pairs = [text_pairs] if isinstance(text_pairs, str) else list(text_pairs)
         results: list[dict[str, dict[str, Any]]] = []
         for start in range(0, len(texts), batch_size):
-            batch = self.encoder.tokenizer(texts[start : start + batch_size], padding=True, return_tensors="pt")
+            pairs = None if text_pairs is None else text_pairs[start : start + batch_size]
+            batch = self.encoder.tokenizer(texts[start : start + batch_size], text_pair=pairs, padding=True,
+                                           return_tensors="pt")
             features = self.encoder.encode(**batch)
             outputs = {}
             for name, head in zip(self.names, self.heads):

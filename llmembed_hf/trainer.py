@@ -33,7 +33,7 @@ from .metrics import (
     sigmoid,
 )
 from .model_card import TrainingReport, environment, save_with_card
-from .modeling.configuration_llmembed import PRESETS, LLMEmbedConfig
+from .modeling.configuration_llmembed import DEFAULT_PAIR_ENCODING, PRESETS, LLMEmbedConfig
 from .modeling.modeling_llmembed import LLMEmbedForSequenceClassification
 from .training_args import (
     DataArguments,
@@ -86,8 +86,9 @@ def fit_head(
 
 def split_features(model: LLMEmbedForSequenceClassification, split: LabelledTexts,
                    extraction: ExtractionConfig) -> Dataset:
-    """The cached ``pooled_features`` of a split's texts, with its ``labels``."""
-    return extract_features(model, split.texts, extra_columns={"labels": split.labels}, config=extraction)
+    """The cached ``pooled_features`` of a split's texts (or text pairs), with its ``labels``."""
+    return extract_features(model, split.texts, extra_columns={"labels": split.labels}, config=extraction,
+                            text_pairs=split.pairs)
 
 
 def predict_logits(model: LLMEmbedForSequenceClassification, features: Dataset, batch_size: int = 1024) -> np.ndarray:
@@ -165,11 +166,14 @@ def data_for_model(data: DataArguments, model: LLMEmbedForSequenceClassification
 
 
 def head_config(preset: str | os.PathLike | LLMEmbedConfig, head: HeadArguments | None, names: list[str],
-                problem_type: str = "single_label_classification") -> LLMEmbedConfig:
+                problem_type: str = "single_label_classification", pairs: bool = False) -> LLMEmbedConfig:
     """The config of a head for labels ``names`` of ``problem_type`` (regression: one output) with ``head``'s
     overrides: ``preset`` is a preset's name, a config object, or a ``config.json`` (or the folder holding one)
     written by ``LLMEmbedConfig.save_pretrained``; what a trained head's config fitted to its data (temperature,
-    thresholds) is not carried over."""
+    thresholds) is not carried over.
+
+    ``pairs``: the data are text pairs; the head then gets a ``pair_encoding`` (the override's, else the preset's,
+    else `DEFAULT_PAIR_ENCODING`)."""
     overrides = head.overrides() if head is not None else {}
     id2label = dict(enumerate(names))
     labels = {"id2label": id2label, "label2id": {v: k for k, v in id2label.items()}, "problem_type": problem_type,
@@ -180,8 +184,30 @@ def head_config(preset: str | os.PathLike | LLMEmbedConfig, head: HeadArguments 
         config = LLMEmbedConfig.from_dict({**preset.to_dict(), **overrides, **labels})
     else:
         config = LLMEmbedConfig.from_preset(str(preset), **overrides, **labels)
+    if pairs and config.pair_encoding is None:
+        config.pair_encoding = dict(DEFAULT_PAIR_ENCODING)
+    check_pairs_match(config, pairs)
     config.validate()
     return config
+
+
+def check_pairs_match(config: LLMEmbedConfig, pairs: bool) -> None:
+    """A ValueError when a head of text pairs meets single texts, or the reverse."""
+    if pairs and config.pair_encoding is None:
+        raise ValueError("the data are text pairs but the model classifies single texts (its config has no "
+                         "pair_encoding); build it with LLMEmbedConfig(pair_encoding='default', ...), or pass "
+                         "--text-pair-column none to use the first texts only.")
+    if not pairs and config.pair_encoding is not None:
+        raise ValueError(f"the head classifies text pairs (pair_encoding={config.pair_encoding}) but the data have no "
+                         "pair column; name it with --text-pair-column (text_pair_column=), or drop pair_encoding.")
+
+
+def check_model_matches(config: LLMEmbedConfig, problem_type: str, pairs: bool) -> None:
+    """A ValueError when a given model's problem type (None: any) or its pair setting differs from the data's."""
+    if config.problem_type not in (None, problem_type):
+        raise ValueError(f"the model's problem_type {config.problem_type!r} differs from the data's "
+                         f"{problem_type!r}; build the model with problem_type={problem_type!r}.")
+    check_pairs_match(config, pairs)
 
 
 def train_head(
@@ -219,9 +245,10 @@ def train_head(
     data = data_for_model(data, model)
     splits = load_classification_splits(data, seed=training.seed)
     names, problem_type = splits.names, splits.problem_type
+    pairs = splits.text_pair_column is not None
 
     if model is None:
-        config = head_config(preset, head, names, problem_type)
+        config = head_config(preset, head, names, problem_type, pairs=pairs)
         set_seed(training.seed)  # the head's initial weights too, not only the training order, follow the seed
         model = LLMEmbedForSequenceClassification.from_backbones(config)
     elif [model.config.id2label[i] for i in range(model.config.num_labels)] != names:
@@ -229,9 +256,8 @@ def train_head(
             f"the model's labels {model.config.id2label} differ from the data's classes {dict(enumerate(names))}; "
             "build the model with id2label matching the data."
         )
-    elif model.config.problem_type not in (None, problem_type):
-        raise ValueError(f"the model's problem_type {model.config.problem_type!r} differs from the data's "
-                         f"{problem_type!r}; build the model with problem_type={problem_type!r}.")
+    else:
+        check_model_matches(model.config, problem_type, pairs)
     model.config.problem_type = problem_type
     loaded = time.perf_counter()
 
@@ -248,12 +274,14 @@ def train_head(
     report = TrainingReport(
         dataset=describe_source(data.dataset), preset=str(preset) if str(preset) in PRESETS else "custom",
         problem_type=problem_type,
-        text_column=data.text_column, label_column=splits.label_column, train_split=data.train_split,
+        text_column=data.text_column, text_pair_column=splits.text_pair_column, label_column=splits.label_column,
+        train_split=data.train_split,
         eval_split=data.eval_split, validation=splits.validation_name, num_train=len(splits.train.texts),
         num_validation=len(splits.validation.texts), num_eval=len(evaluation.texts) if evaluation else 0,
         hyperparameters={**asdict(training), "sigma": config.sigma, "projection_dim": config.projection_dim,
                          "dropout": config.dropout, "mlp_hidden_sizes": config.mlp_hidden_sizes,
-                         "concat_encoder_views": config.concat_encoder_views, "feature_dtype": extraction.dtype},
+                         "concat_encoder_views": config.concat_encoder_views, "feature_dtype": extraction.dtype,
+                         **({"pair_encoding": config.pair_encoding} if config.pair_encoding else {})},
         log_history=list(trainer.state.log_history),  # before the final evaluate() appends to it
         validation_metrics={k: v for k, v in trainer.evaluate().items() if k.startswith("eval_")},
         environment=environment(),
@@ -284,4 +312,5 @@ def train_head(
     return model, report
 
 
-__all__ = ["calibrate", "fit_head", "head_config", "predict_logits", "split_features", "train_head", "tune_thresholds"]
+__all__ = ["calibrate", "check_model_matches", "check_pairs_match", "fit_head", "head_config", "predict_logits",
+           "split_features", "train_head", "tune_thresholds"]

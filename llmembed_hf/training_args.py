@@ -83,6 +83,8 @@ class DataArguments:
     problem_type: str | None = arg(None, "single_label_classification, multi_label_classification or regression "
                                          "(default: read from the training labels: lists are multi-label, numbers "
                                          "that are not all whole are regression)", choices=list(PROBLEM_TYPES))
+    text_pair_column: str | None = arg("auto", "column holding the second text of each pair ('auto': 'text_pair' "
+                                               "when the training split has it; 'none': single texts)")
     train_split: str = arg("train", "training split")
     validation_split: str | None = arg(None, "split for choosing the best epoch (default: carve validation_fraction "
                                              "of the training subset)")
@@ -100,6 +102,8 @@ class DataArguments:
         if self.problem_type is not None and self.problem_type not in PROBLEM_TYPES:
             raise ValueError(f"problem_type={self.problem_type!r} is unknown; choose one of {PROBLEM_TYPES} (or "
                              "leave it unset to read it from the labels).")
+        if self.text_pair_column == "none":
+            self.text_pair_column = None
         check_fraction("validation_fraction", self.validation_fraction, closed_low=False)
         for name in ("max_train_samples", "max_eval_samples"):
             if getattr(self, name) is not None:
@@ -236,9 +240,10 @@ class BaseTrainingArguments:
         self, output_dir: str | os.PathLike, *, has_eval: bool, keep_best_checkpoint: bool = True,
         metric: str = "accuracy", **overrides: Any,
     ) -> TrainingArguments:
-        """`TrainingArguments` of this run. With ``keep_best_checkpoint`` (and evaluation data) every epoch is
-        checkpointed and the one with the best ``metric`` reloaded at the end; otherwise nothing is saved."""
-        checkpoints = has_eval and keep_best_checkpoint
+        """`TrainingArguments` of this run. Every epoch is checkpointed in ``output_dir`` (the latest is kept, so an
+        interrupted run can resume); with ``keep_best_checkpoint`` (and evaluation data) the checkpoint with the best
+        ``metric`` is kept too and reloaded at the end."""
+        keep_best = has_eval and keep_best_checkpoint
         return TrainingArguments(
             output_dir=str(output_dir),
             num_train_epochs=self.epochs,
@@ -248,10 +253,10 @@ class BaseTrainingArguments:
             per_device_train_batch_size=self.batch_size,
             per_device_eval_batch_size=self.eval_batch_size,
             eval_strategy="epoch" if has_eval else "no",
-            save_strategy="epoch" if checkpoints else "no",
+            save_strategy="epoch",
             logging_strategy="epoch",
-            load_best_model_at_end=checkpoints,
-            metric_for_best_model=metric if checkpoints else None,
+            load_best_model_at_end=keep_best,
+            metric_for_best_model=metric if keep_best else None,
             save_total_limit=1,
             seed=self.seed,
             data_seed=self.seed,
@@ -274,6 +279,10 @@ class HeadArguments:
     standardize_features: bool | None = arg(None, "standardise features with training statistics (default: the "
                                                   "preset's)")
     concat_encoder_views: bool | None = arg(None, "also feed the encoders' vectors to the MLP (default: the preset's)")
+    pair_encoding: str | None = arg(None, "text pairs only: how each backbone role encodes a pair, joint (one pass "
+                                          "over both texts) or siamese (each text alone, [u, v, |u-v|, u*v]); one "
+                                          "mode for all roles and/or role=mode items, e.g. 'siamese' or "
+                                          "'llm=joint,encoder=siamese' (default: the preset's, else that one)")
 
     def overrides(self) -> dict[str, Any]:
         """The fields that were set, as `LLMEmbedConfig` keyword arguments."""

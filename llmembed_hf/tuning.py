@@ -48,7 +48,7 @@ from .metrics import SELECTION_METRICS, TRAINING_METRICS, TUNING_METRICS, calibr
 from .model_card import environment
 from .modeling.configuration_llmembed import PRESETS, LLMEmbedConfig
 from .modeling.modeling_llmembed import LLMEmbedForSequenceClassification
-from .trainer import data_for_model, fit_head, head_config, predict_logits, split_features
+from .trainer import check_model_matches, data_for_model, fit_head, head_config, predict_logits, split_features
 from .training_args import DataArguments, HeadArguments, HeadTrainingArguments, command_line, data_arguments
 
 logger = logging.get_logger(__name__)
@@ -282,9 +282,12 @@ def tune_head(
     """
     if metric is not None and metric not in METRICS:
         raise ValueError(f"metric={metric!r} is unknown; choose one of {METRICS}.")
+    if data_fields.get("eval_split") is not None:
+        raise ValueError(f"eval_split={data_fields['eval_split']!r}: tuning never reads an evaluation split (choosing "
+                         "on it would overfit the test); drop it, and score the winner with `llmembed train`.")
     if not isinstance(data, DataArguments):
         data_fields.setdefault("validation_fraction", TUNING_VALIDATION_FRACTION)
-    data = data_arguments(data, **data_fields, eval_split=None)  # the test split is never read
+    data = data_arguments(data, **{**data_fields, "eval_split": None})  # the test split is never read
     _check_trials(trials)
     space = search_space if isinstance(search_space, SearchSpace) else SearchSpace.from_dict(search_space or {})
     space.validate()
@@ -295,18 +298,18 @@ def tune_head(
 
     splits = load_classification_splits(data_for_model(data, model), seed=seed)
     train, validation, names, problem_type = splits.train, splits.validation, splits.names, splits.problem_type
+    pairs = splits.text_pair_column is not None
     metric = metric or SELECTION_METRICS[problem_type]
     if metric not in TUNING_METRICS[problem_type]:
         raise ValueError(f"metric={metric!r} does not score {problem_type} labels; choose one of "
                          f"{TUNING_METRICS[problem_type]}.")
     if model is None:
-        model = LLMEmbedForSequenceClassification.from_backbones(head_config(preset, None, names, problem_type))
+        model = LLMEmbedForSequenceClassification.from_backbones(
+            head_config(preset, None, names, problem_type, pairs=pairs))
     elif model.config.num_labels != len(names):
         raise ValueError(f"the model has {model.config.num_labels} labels but the data has {len(names)} classes.")
-    elif model.config.problem_type not in (None, problem_type):
-        raise ValueError(f"the model's problem_type {model.config.problem_type!r} differs from the data's "
-                         f"{problem_type!r}; build the model with problem_type={problem_type!r}.")
     else:
+        check_model_matches(model.config, problem_type, pairs)
         model.config.problem_type = problem_type
     planned = plan_trials(model.config, space, trials, seed)
     loaded = time.perf_counter()

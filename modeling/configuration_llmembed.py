@@ -15,6 +15,21 @@ logger = logging.get_logger(__name__)
 
 POOLINGS = ("mean", "cls", "pooler", "last_token")
 ROLES = ("llm", "encoder")
+#: How a backbone turns a text pair into features: ``joint`` encodes the pair in one pass (its tokenizer's pair
+#: encoding, e.g. ``[CLS] a [SEP] b [SEP]``), ``siamese`` encodes each side alone and combines the two vectors.
+PAIR_ENCODINGS = ("joint", "siamese")
+#: The default for pair data, per role. Sentence encoders are trained siamese (their vectors are made to be compared,
+#: and [u, v, |u-v|, u*v] is the classification recipe of Sentence-BERT), and each side's vector is shared with every
+#: other pair and single text holding that sentence; an LLM read jointly lets the second text attend to the first, the
+#: one interaction a siamese pass cannot see, for one pass per pair.
+DEFAULT_PAIR_ENCODING = {"llm": "joint", "encoder": "siamese"}
+#: A siamese backbone's views, each of them: [u, v, |u - v|, u * v] (`modeling_llmembed.siamese_features`).
+SIAMESE_PARTS = 4
+#: ``BackboneSpec.quantization``: None (the weights as loaded), "int8" (dynamic int8 on every ``nn.Linear`` but the
+#: projection right after the activation, whose int8 error moves the vectors most), "int8-all" (every ``nn.Linear``).
+QUANTIZATIONS = (None, "int8", "int8-all")
+#: ``BackboneSpec.dtype``: the backbone's compute dtype; "auto" picks bfloat16 where the device runs it natively.
+DTYPES = ("float32", "bfloat16", "auto")
 _NAME_PATTERN = re.compile(r"^[a-z][a-z0-9_]*$")
 #: Fields older versions wrote into every spec and that no longer exist; accepted on load and dropped.
 #: ``padding_side`` never changed a feature (pooling is mask-aware); the composite tokenizer pads on the right.
@@ -27,6 +42,13 @@ class BackboneSpec:
 
     Every pooled layer is one *view* of width ``hidden_size``. ``layers`` index ``output_hidden_states`` of the
     full model (``-1`` is the last entry, which for most decoders is the output after the final norm).
+
+    ``prompt`` is prepended to every text of this backbone by the composite tokenizer (e.g. ``"query: "`` for e5);
+    its tokens count against ``max_length`` and are never truncated away (the text is). ``pool_prompt=False`` leaves
+    the prompt's positions out of the pooled mean (sentence-transformers includes them). ``quantization`` (one of
+    `QUANTIZATIONS`, CPU only) and ``dtype`` (one of `DTYPES`) say how the backbone computes; all four change the
+    pooled vectors, so they are part of the feature fingerprint, and a head is served with the quantisation it was
+    trained on.
     """
 
     name: str
@@ -40,6 +62,10 @@ class BackboneSpec:
     revision: str | None = None
     gguf_file: str | None = None
     weights_sha256: str | None = None
+    prompt: str | None = None
+    pool_prompt: bool = True
+    quantization: str | None = None
+    dtype: str = "float32"
 
     @classmethod
     def from_dict(cls, spec: dict[str, Any] | BackboneSpec) -> BackboneSpec:
@@ -120,6 +146,58 @@ class BackboneSpec:
                 )
         elif not isinstance(self.hidden_size, int) or self.hidden_size < 1:
             raise ValueError(f"{where}.hidden_size={self.hidden_size!r} must be a positive integer.")
+        if self.prompt is not None and (not isinstance(self.prompt, str) or not self.prompt):
+            raise ValueError(f"{where}.prompt={self.prompt!r} must be a non-empty string (e.g. 'query: ') or None "
+                             "(no prompt).")
+        if not isinstance(self.pool_prompt, bool):
+            raise ValueError(f"{where}.pool_prompt={self.pool_prompt!r} must be true or false (a JSON boolean).")
+        if not self.pool_prompt and self.pooling != "mean":
+            raise ValueError(f"{where}: pool_prompt=False leaves the prompt out of a mean, but pooling="
+                             f"{self.pooling!r} pools one position; set pool_prompt=True or pooling='mean'.")
+        if self.quantization not in QUANTIZATIONS:
+            raise ValueError(f"{where}.quantization={self.quantization!r} is unknown; choose one of {QUANTIZATIONS}.")
+        if self.dtype not in DTYPES:
+            raise ValueError(f"{where}.dtype={self.dtype!r} is unknown; choose one of {DTYPES}.")
+        if self.quantization is not None and self.dtype == "bfloat16":
+            raise ValueError(
+                f"{where}: quantization={self.quantization!r} computes its int8 layers on float32 activations, so it "
+                "cannot run in dtype='bfloat16'; set dtype='float32' (or 'auto', which then resolves to float32)."
+            )
+
+
+def normalize_pair_encoding(value: str | dict[str, str] | None) -> dict[str, str] | None:
+    """``pair_encoding`` as ``{role: "joint" | "siamese"}`` for every role, or None (a head of single texts).
+
+    Accepts a mode for every role (``"siamese"``), ``"default"`` (`DEFAULT_PAIR_ENCODING`), comma-separated items
+    where ``role=mode`` overrides a role (``"siamese,llm=joint"``, ``"encoder=siamese"``), or a dict by role; a role
+    left out keeps its default. Raises a ValueError naming the bad item and the choices.
+    """
+    if value is None:
+        return None
+    resolved = dict(DEFAULT_PAIR_ENCODING)
+    if isinstance(value, str):
+        items = [item.strip() for item in value.split(",") if item.strip()]
+        if not items:
+            raise ValueError(f"pair_encoding={value!r} is empty; choose {PAIR_ENCODINGS}, 'default', or role=mode "
+                             "items such as 'llm=joint,encoder=siamese'.")
+        overrides = {}
+        for item in items:
+            role, _, mode = item.rpartition("=")
+            if not role and mode == "default":
+                continue
+            for key in ([role.strip()] if role else ROLES):
+                overrides[key] = mode.strip()
+        value = overrides
+    if not isinstance(value, dict):
+        raise ValueError(f"pair_encoding={value!r} must be a str or a dict by role, e.g. {DEFAULT_PAIR_ENCODING}.")
+    for role, mode in value.items():
+        if role not in ROLES:
+            raise ValueError(f"pair_encoding: unknown role {role!r}; the roles are {ROLES} (e.g. "
+                             "'llm=joint,encoder=siamese').")
+        if mode not in PAIR_ENCODINGS:
+            raise ValueError(f"pair_encoding[{role!r}]={mode!r} is unknown; choose one of {PAIR_ENCODINGS}.")
+    resolved.update(value)
+    return resolved
 
 
 def _paper_backbones() -> list[dict[str, Any]]:
@@ -189,7 +267,8 @@ class LLMEmbedConfig(PretrainedConfig):
 
     Args:
         backbones (`list[dict]`): one [`BackboneSpec`] dict per frozen backbone (name, model_id, role, layers,
-            pooling, normalize, max_length, hidden_size, revision, gguf_file, weights_sha256).
+            pooling, normalize, max_length, hidden_size, revision, gguf_file, weights_sha256, prompt, pool_prompt,
+            quantization, dtype).
         projection_dim (`int`): width ``d`` every view is projected to before co-occurrence pooling. LLM views
             are always projected; encoder views are projected only when their width differs from ``d``.
         sigma (`float`): scale of the power normalisation ``2 * sigmoid(sigma * z) - 1``.
@@ -211,6 +290,13 @@ class LLMEmbedConfig(PretrainedConfig):
             threshold, so the sigmoid score reaches 0.5 exactly when the raw probability reaches the threshold: the
             stock ``pipeline("text-classification")`` output is unchanged in form, and a label applies when its
             score is >= 0.5. The training loss and `Trainer` evaluation see the raw logits.
+        pair_encoding (`dict[str, str]`, *optional*): set for a head that classifies text pairs (``text`` +
+            ``text_pair``), None for single texts. By backbone role, ``"joint"`` (the pair in one pass, through the
+            backbone's own pair encoding, truncated ``longest_first``) or ``"siamese"`` (each side alone; each of the
+            backbone's views becomes the four views ``[u, v, |u-v|, u*v]`` of the same width). Given as one mode
+            for all roles, ``"role=mode"`` items or a dict (see `normalize_pair_encoding`); stored as a full dict.
+            `DEFAULT_PAIR_ENCODING` (LLMs joint, encoders siamese) is what training on pair data picks when unset.
+            Independent of the problem type: pairs with single-label, multi-label or regression labels.
     """
 
     model_type = "llmembed"
@@ -226,6 +312,7 @@ class LLMEmbedConfig(PretrainedConfig):
         concat_encoder_views: bool = False,
         calibration_temperature: float = 1.0,
         decision_thresholds: list[float] | None = None,
+        pair_encoding: str | dict[str, str] | None = None,
         **kwargs: Any,
     ) -> None:
         self._check_labels(kwargs)
@@ -238,6 +325,7 @@ class LLMEmbedConfig(PretrainedConfig):
         self.concat_encoder_views = concat_encoder_views
         self.calibration_temperature = calibration_temperature
         self.decision_thresholds = list(decision_thresholds) if decision_thresholds is not None else None
+        self.pair_encoding = normalize_pair_encoding(pair_encoding)
         super().__init__(**kwargs)
         # A bare LLMEmbedConfig() is what transformers builds to diff defaults on save: only validate real ones.
         if backbones is not None:
@@ -301,6 +389,20 @@ class LLMEmbedConfig(PretrainedConfig):
         self._check_decision_thresholds()
         if not all(isinstance(h, int) and h > 0 for h in self.mlp_hidden_sizes):
             raise ValueError(f"mlp_hidden_sizes={self.mlp_hidden_sizes!r} must be positive integers, e.g. [512, 128].")
+        if self.pair_encoding is not None:
+            self.pair_encoding = normalize_pair_encoding(self.pair_encoding)  # also after an assignment
+            clashes = sorted(n for n in names if n.endswith("_pair") and n[: -len("_pair")] in names)
+            if clashes:
+                raise ValueError(f"backbones: {clashes} clash with the second-text inputs of a pair head "
+                                 "('<name>_pair_input_ids'); rename them.")
+
+    def pair_encoding_of(self, spec: BackboneSpec) -> str | None:
+        """How ``spec``'s backbone encodes a text pair (`PAIR_ENCODINGS`), None in a head of single texts."""
+        return None if self.pair_encoding is None else self.pair_encoding[spec.role]
+
+    def view_copies(self, spec: BackboneSpec) -> int:
+        """How many times each of ``spec``'s views enters the features: `SIAMESE_PARTS` for a siamese backbone."""
+        return SIAMESE_PARTS if self.pair_encoding_of(spec) == "siamese" else 1
 
     def _check_decision_thresholds(self) -> None:
         thresholds = self.decision_thresholds
@@ -325,15 +427,17 @@ class LLMEmbedConfig(PretrainedConfig):
 
     @property
     def view_widths(self) -> list[int]:
-        """Width of every pooled view, in the order they are stored in ``pooled_features``."""
-        return [spec.hidden_size for spec in self.backbone_specs for _ in spec.layers]
+        """Width of every pooled view, in the order they are stored in ``pooled_features``: per backbone its layers,
+        and for a siamese backbone its layers of u, then of v, of |u - v| and of u * v."""
+        return [spec.hidden_size for spec in self.backbone_specs for _ in range(self.view_copies(spec))
+                for _ in spec.layers]
 
     @property
     def backbone_columns(self) -> dict[str, slice]:
-        """Columns of each backbone's views (all its layers) in ``pooled_features``."""
+        """Columns of each backbone's views (all its layers; a siamese backbone's four parts) in ``pooled_features``."""
         columns, start = {}, 0
         for spec in self.backbone_specs:
-            width = spec.hidden_size * len(spec.layers)
+            width = spec.hidden_size * len(spec.layers) * self.view_copies(spec)
             columns[spec.name] = slice(start, start + width)
             start += width
         return columns

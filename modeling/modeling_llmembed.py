@@ -6,11 +6,15 @@ Read top to bottom: masked pooling of hidden states, the fusion head, then the `
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import hashlib
 import json
 import math
 import os
+import re
 import threading
+import warnings
 import weakref
 from typing import Any, Callable
 
@@ -22,7 +26,7 @@ from transformers import initialization as init  # init functions that respect w
 from transformers.modeling_outputs import SequenceClassifierOutput
 from transformers.utils import logging
 
-from .configuration_llmembed import BackboneSpec, LLMEmbedConfig
+from .configuration_llmembed import QUANTIZATIONS, BackboneSpec, LLMEmbedConfig
 
 logger = logging.get_logger(__name__)
 
@@ -111,6 +115,237 @@ def pool_backbone_outputs(
     if spec.normalize:
         views = [F.normalize(view, p=2, dim=-1) for view in views]
     return views
+
+
+def prompt_excluded_mask(attention_mask: torch.Tensor, input_ids: torch.Tensor, prompt_ids: list[int],
+                         spec: BackboneSpec) -> torch.Tensor:
+    """``attention_mask`` with the prompt's positions (the ``len(prompt_ids)`` leading ones, special tokens included)
+    set to 0: the pooling mask of a backbone with ``pool_prompt=False``. The backbone itself still attends to the
+    prompt. A row with no token after the prompt keeps its whole mask (its view would be undefined otherwise).
+
+    Every row must start with ``prompt_ids`` (rows are padded on the right): anything else was not tokenised with
+    this backbone's prompt, and is refused rather than pooled over the wrong positions.
+    """
+    count = len(prompt_ids)
+    if count == 0:
+        return attention_mask
+    prefix = torch.tensor(prompt_ids, dtype=input_ids.dtype, device=input_ids.device)
+    if input_ids.shape[1] < count or not bool((input_ids[:, :count] == prefix).all()):
+        raise ValueError(
+            f"backbones[{spec.name!r}]: with pool_prompt=False every row must start with the prompt's {count} tokens "
+            f"{prompt_ids} ({spec.prompt!r}), but these inputs do not; tokenise texts with the head's own tokenizer "
+            "(it prepends the prompt)."
+        )
+    masked = attention_mask.clone()
+    masked[:, :count] = 0
+    empty = masked.sum(dim=1) == 0
+    return torch.where(empty.unsqueeze(1), attention_mask, masked)
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Backbones: compute dtype and int8 quantisation, applied to whatever a loader returns (`prepare_backbone`)
+# ----------------------------------------------------------------------------------------------------------------------
+
+#: CPU flags of native bfloat16 matrix arithmetic (x86: AVX512-BF16, AMX-BF16); without them bf16 is emulated, slower.
+_CPU_BF16_FLAGS = ("avx512_bf16", "amx_bf16")
+
+
+@functools.lru_cache(maxsize=1)
+def _cpu_flags() -> frozenset[str]:
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as handle:
+            for line in handle:
+                if line.startswith("flags"):
+                    return frozenset(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return frozenset()
+
+
+def native_bf16_supported(device: str | torch.device | None = None) -> bool:
+    """Whether ``device`` (default: the CPU) computes bfloat16 natively, so that it runs faster than float32: a CPU
+    with AVX512-BF16 or AMX-BF16 (read from ``/proc/cpuinfo``; other systems count as without), or a CUDA device
+    that supports bf16. Anything else (MPS, meta, ...) counts as without."""
+    device = torch.device(device if device is not None else "cpu")
+    if device.type == "cpu":
+        return any(flag in _cpu_flags() for flag in _CPU_BF16_FLAGS)
+    if device.type == "cuda":
+        return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+    return False
+
+
+def _load_device(loader_kwargs: dict[str, Any]) -> torch.device:
+    """The device a loader puts a backbone on, from its ``device`` / ``device_map`` arguments (default: the CPU)."""
+    device, device_map = loader_kwargs.get("device"), loader_kwargs.get("device_map")
+    if device is not None:
+        return torch.device(device)
+    if device_map is not None and device_map != "cpu":
+        if isinstance(device_map, (str, torch.device)) and str(device_map) not in ("auto", "balanced", "sequential"):
+            return torch.device(device_map)
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device("cpu")
+
+
+def check_load_device(spec: BackboneSpec, loader_kwargs: dict[str, Any]) -> torch.device:
+    """The device ``loader_kwargs`` load ``spec`` on; refuses int8 on any but the CPU (its kernels are CPU-only)."""
+    device = _load_device(loader_kwargs)
+    if spec.quantization is not None and device.type != "cpu":
+        raise ValueError(
+            f"backbones[{spec.name!r}].quantization={spec.quantization!r} runs on the CPU only (dynamic int8 "
+            f"kernels), but device {str(device)!r} was asked for; load it on the CPU, or set quantization=None to run "
+            f"float weights on {device.type}."
+        )
+    return device
+
+
+def resolve_compute_dtype(spec: BackboneSpec, device: str | torch.device | None = None) -> torch.dtype:
+    """The torch dtype a backbone computes in on ``device``, from ``spec.dtype``; every choice that is not plain
+    float32 is logged (INFO), and bfloat16 asked for on a CPU without native support warns that it runs slower."""
+    device = torch.device(device if device is not None else "cpu")
+    where = f"backbones[{spec.name!r}]"
+    if spec.dtype == "float32":
+        return torch.float32
+    native = native_bf16_supported(device)
+    if spec.dtype == "bfloat16":
+        if device.type == "cpu" and not native:
+            logger.warning(f"{where}: dtype='bfloat16' on a CPU without native bf16 ({' or '.join(_CPU_BF16_FLAGS)} "
+                           "absent from /proc/cpuinfo): it is emulated and runs slower than float32; use dtype='auto' "
+                           "to pick per machine.")
+        return torch.bfloat16
+    if spec.dtype != "auto":
+        raise ValueError(f"{where}.dtype={spec.dtype!r} is unknown; choose 'float32', 'bfloat16' or 'auto'.")
+    if spec.quantization is not None:
+        logger.info(f"{where}: dtype='auto' -> float32 (quantization={spec.quantization!r} computes on float32).")
+        return torch.float32
+    chosen = torch.bfloat16 if native else torch.float32
+    logger.info(f"{where}: dtype='auto' -> {str(chosen).removeprefix('torch.')} ({device.type} "
+                f"{'has' if native else 'lacks'} native bfloat16).")
+    return chosen
+
+
+def _as_torch_dtype(dtype: Any) -> torch.dtype:
+    """A loader's ``dtype`` argument (a torch dtype or its name) as a torch dtype."""
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    if isinstance(dtype, str) and isinstance(getattr(torch, dtype, None), torch.dtype):
+        return getattr(torch, dtype)
+    raise ValueError(f"dtype={dtype!r} is not a torch dtype; pass e.g. torch.float16, or set the spec's dtype.")
+
+
+#: ``nn.Linear`` layers that quantization="int8" leaves in float: the projection right after the activation (BERT /
+#: MPNet FFN ``output.dense``, not ``attention.output.dense``; Gemma / Llama / Qwen ``mlp.down_proj``). Its input is
+#: the activation's output, whose outliers cost per-tensor int8 the most (issue 17, measured on real weights:
+#: MPNet's cosine to fp32 0.53 with them in int8, 0.95 without; EmbeddingGemma 0.95 -> 0.99).
+INT8_FLOAT_LAYERS = re.compile(r"(?:^|\.)(?:mlp\.down_proj|(?<!attention\.)output\.dense)$")
+#: How quantised backbones compute: part of the feature fingerprint, so another method makes other features.
+INT8_METHOD = "torch.ao.quantization.quantize_dynamic qint8 (per-tensor activations and weights)"
+_DEPRECATION_LOGGED = False
+
+
+def _dynamic_int8_linear() -> type:
+    from torch.ao.nn.quantized.dynamic import Linear
+
+    return Linear
+
+
+def _linear_layers(model: nn.Module) -> tuple[list[str], list[str]]:
+    """Names of ``model``'s float ``nn.Linear`` layers and of its dynamically quantised (int8) ones."""
+    quantized_type = _dynamic_int8_linear()
+    floats, quantized = [], []
+    for name, module in model.named_modules():
+        if isinstance(module, quantized_type):
+            quantized.append(name)
+        elif isinstance(module, nn.Linear):
+            floats.append(name)
+    return floats, quantized
+
+
+def backbone_quantization(model: nn.Module) -> str | None:
+    """How ``model``'s Linear layers compute, read from its modules: None (none is quantised), "int8" (all but the
+    `INT8_FLOAT_LAYERS`), "int8-all" (every one), or "int8 (custom: q of n Linear layers)" for another mix."""
+    floats, quantized = _linear_layers(model)
+    if not quantized:
+        return None
+    if not floats:
+        return "int8-all"
+    if all(INT8_FLOAT_LAYERS.search(name) for name in floats) and not any(
+            INT8_FLOAT_LAYERS.search(name) for name in quantized):
+        return "int8"
+    return f"int8 (custom: {len(quantized)} of {len(quantized) + len(floats)} Linear layers)"
+
+
+def quantize_backbone(model: nn.Module, spec: BackboneSpec) -> list[str]:
+    """Quantise ``model``'s Linear layers to dynamic int8 in place as ``spec.quantization`` says; returns the names
+    of the layers quantised (none for None).
+
+    ``torch.ao.quantization.quantize_dynamic`` is used although torch marks it deprecated in favour of torchao:
+    torchao 0.18's ``Int8DynamicActivationInt8WeightConfig`` kept MPNet's vectors closer to fp32 (cosine 0.997 vs
+    0.94) but ran no faster than fp32 on this CPU without ``torch.compile`` (70 ms per sentence, fp32 69 ms,
+    ``quantize_dynamic`` 39 ms; torch 2.13, 2 cores), and it is another dependency. Its deprecation warnings are
+    logged once per process (INFO) instead of warned at every load. ``quantize_dynamic`` scales activations per
+    tensor, i.e. per batch: an int8 vector depends a little on the texts batched with it (float vectors do not).
+
+    Refused (ValueError): a model that is not on the CPU (quantised kernels are CPU-only), "int8" on an architecture
+    with no `INT8_FLOAT_LAYERS` (it would equal "int8-all": say so), a model without any Linear layer (chosen over a
+    silent no-op: the head's config would claim int8 features that are not).
+    """
+    global _DEPRECATION_LOGGED
+    quantization = spec.quantization
+    where = f"backbones[{spec.name!r}]"
+    if quantization is None:
+        return []
+    if quantization not in QUANTIZATIONS:
+        raise ValueError(f"{where}.quantization={quantization!r} is unknown; choose one of {QUANTIZATIONS}.")
+    devices = {p.device.type for p in model.parameters()}
+    if devices - {"cpu"}:
+        raise ValueError(f"{where}.quantization={quantization!r} runs on the CPU only (dynamic int8 kernels), but "
+                         f"the backbone is on {sorted(devices)}; load it on the CPU, or set quantization=None.")
+    if any(p.dtype != torch.float32 for p in model.parameters() if p.is_floating_point()):
+        raise ValueError(f"{where}.quantization={quantization!r} needs float32 weights, the backbone has "
+                         f"{model.dtype}; set dtype='float32'.")
+    floats, already = _linear_layers(model)
+    if already:
+        raise ValueError(f"{where}: the backbone is already quantised ({len(already)} int8 Linear layers); a "
+                         "backbone loader must return a model of its own on every call (quantisation is in place).")
+    if not floats:
+        raise ValueError(
+            f"{where}.quantization={quantization!r}: {spec.model_id} has no nn.Linear layer to quantise "
+            f"({type(model).__name__}); set quantization=None."
+        )
+    names = floats if quantization == "int8-all" else [n for n in floats if not INT8_FLOAT_LAYERS.search(n)]
+    if len(names) == len(floats) and quantization == "int8":
+        raise ValueError(
+            f"{where}.quantization='int8' keeps the projection after the activation in float, but "
+            f"{type(model).__name__} has no layer named like {INT8_FLOAT_LAYERS.pattern!r}; use 'int8-all' to "
+            "quantise every Linear layer (measure its vectors against float32 first), or quantization=None."
+        )
+    quantize_dynamic = getattr(getattr(torch.ao, "quantization", None), "quantize_dynamic", None)
+    if quantize_dynamic is None:
+        raise ValueError(f"{where}.quantization={quantization!r} needs torch.ao.quantization.quantize_dynamic, which "
+                         f"torch {torch.__version__} no longer has; use torch <= 2.13 or set quantization=None.")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        quantize_dynamic(model, set(names), dtype=torch.qint8, inplace=True)
+    deprecations = [w for w in caught if issubclass(w.category, DeprecationWarning) or "deprecated" in str(w.message)]
+    for w in caught:
+        if w not in deprecations:
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+    if deprecations and not _DEPRECATION_LOGGED:
+        _DEPRECATION_LOGGED = True
+        logger.info(f"int8 backbones use torch.ao.quantization.quantize_dynamic, which torch {torch.__version__} "
+                    f"marks deprecated ({str(deprecations[0].message).strip().splitlines()[0]}); see "
+                    "quantize_backbone for why it is still the method.")
+    logger.info(f"{where}: quantised {len(names)} of {len(floats)} Linear layers to dynamic int8 ({quantization}).")
+    return names
+
+
+def prepare_backbone(model: PreTrainedModel, spec: BackboneSpec, dtype: torch.dtype) -> PreTrainedModel:
+    """Give a freshly loaded backbone its compute ``dtype`` and ``spec.quantization``, in place: the one place both
+    are applied, whatever loader loaded it (`shared_backbone` calls it)."""
+    if model.dtype != dtype:
+        model.to(dtype)
+    quantize_backbone(model, spec)
+    return model
 
 
 #: Weight files in the order transformers looks for them in a model folder or repo: the first one present is what loads.
@@ -210,6 +445,7 @@ def default_backbone_loader(spec: BackboneSpec, **kwargs: Any) -> tuple[PreTrain
     rule, the same as the package's), None when no weight file was found to hash. A Hub id loads the very commit
     whose files were hashed, so a branch that moves on in between cannot slip other weights in; pin ``revision=`` in
     the spec to load a known commit at all. Hashing reads the weight files once per process (about 1 GB/s).
+    ``dtype`` (a torch dtype, passed by `shared_backbone`) is the compute dtype.
     """
     load_kwargs: dict[str, Any] = {"gguf_file": spec.gguf_file} if spec.gguf_file else {}
     if os.path.isdir(spec.model_id):
@@ -260,6 +496,13 @@ def check_backbone_sha256(recorded: str | None, loaded: str | None, *, what: str
     logger.warning(message)
 
 
+def siamese_features(u: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """A siamese backbone's features of a pair from each side's concatenated views ``u`` and ``v``: ``[u, v, |u - v|,
+    u * v]`` (Sentence-BERT's classification features), i.e. each view becomes four views of the same width. The one
+    place this order is decided: training features (`llmembed_hf.extract_features`) and serving (`encode`) call it."""
+    return torch.cat([u, v, (u - v).abs(), u * v], dim=-1)
+
+
 # ----------------------------------------------------------------------------------------------------------------------
 # Fusion head
 # ----------------------------------------------------------------------------------------------------------------------
@@ -274,6 +517,9 @@ class LLMEmbedFusionHead(nn.Module):
     pooled layers (and, with ``concat_encoder_views``, each encoder's vector), then ``MLP -> num_labels`` raw
     logits. With the ``paper`` preset this is exactly the reference
     head (7 views of width 1024, 49 + 4096 = 4145 inputs to a 1024 -> 256 -> C MLP).
+
+    A siamese backbone of a pair head contributes each view four times (u, v, |u - v|, u * v; see
+    `siamese_features`): each copy is a view like any other, and an LLM's raw layers are averaged per part.
     """
 
     def __init__(self, config: LLMEmbedConfig) -> None:
@@ -291,16 +537,17 @@ class LLMEmbedFusionHead(nn.Module):
         self.llm_view_ranges: list[tuple[int, int]] = []
         view = 0
         for spec in config.backbone_specs:
-            if spec.role == "llm":
-                self.llm_view_ranges.append((view, spec.num_views))
-            for _ in spec.layers:
-                if spec.role == "llm" or spec.hidden_size != d:
-                    self.projections.append(
-                        nn.Sequential(nn.Linear(spec.hidden_size, d), nn.ReLU(), nn.Dropout(config.dropout))
-                    )
-                else:
-                    self.projections.append(nn.Identity())
-                view += 1
+            for _ in range(config.view_copies(spec)):
+                if spec.role == "llm":
+                    self.llm_view_ranges.append((view, spec.num_views))
+                for _ in spec.layers:
+                    if spec.role == "llm" or spec.hidden_size != d:
+                        self.projections.append(
+                            nn.Sequential(nn.Linear(spec.hidden_size, d), nn.ReLU(), nn.Dropout(config.dropout))
+                        )
+                    else:
+                        self.projections.append(nn.Identity())
+                    view += 1
         num_views = view
         llm_width = sum(self.view_widths[start] for start, _ in self.llm_view_ranges)
         # Views passed to the MLP as they are, beside the co-occurrence values (encoders' sentence vectors).
@@ -394,8 +641,8 @@ class _SharedBackbone:
         self.model, self.tokenizer, self.sha256 = model, tokenizer, sha256
 
 
-#: Loaded backbones by what decides their weights and blocks: several heads on the same backbones share one copy
-#: (one load, one set of weights in memory); the entry goes when the last head holding it does.
+#: Loaded backbones by what decides their weights, blocks, dtype and quantisation: several heads on the same backbones
+#: share one copy (one load, one set of weights in memory); the entry goes when the last head holding it does.
 _LOADED_BACKBONES: weakref.WeakValueDictionary = weakref.WeakValueDictionary()
 #: Serialises loading, so concurrent first calls (e.g. pipeline threads) load each backbone exactly once.
 _LOADING = threading.RLock()
@@ -403,14 +650,30 @@ _LOADING = threading.RLock()
 
 def shared_backbone(loader: Callable[..., tuple[PreTrainedModel, Any, str | None]], spec: BackboneSpec,
                     **loader_kwargs: Any) -> _SharedBackbone:
-    """``loader(spec, **loader_kwargs)``, or the copy another live head already loaded for the same weights, blocks
-    and loader arguments."""
+    """``loader(spec, **loader_kwargs)`` made ready by `prepare_backbone` (compute dtype, int8), or the copy another
+    live head already loaded for the same weights, blocks, dtype, quantisation and loader arguments.
+
+    The loader gets ``dtype=``: the spec's resolved compute dtype (`resolve_compute_dtype`), unless the caller passed
+    one (a torch dtype, e.g. ``torch.float16`` on a GPU). Quantisation is refused up front on any device but the CPU.
+    The loader must return a model of its own: dtype and quantisation are applied to it in place.
+    """
+    device = check_load_device(spec, loader_kwargs)
+    if loader_kwargs.get("dtype") is None:
+        dtype = resolve_compute_dtype(spec, device)
+    else:
+        dtype = _as_torch_dtype(loader_kwargs["dtype"])
+        if spec.quantization is not None and dtype != torch.float32:
+            raise ValueError(f"backbones[{spec.name!r}].quantization={spec.quantization!r} needs dtype float32, "
+                             f"{dtype} was passed.")
+    loader_kwargs = {**loader_kwargs, "dtype": dtype}
     key = (getattr(loader, "__qualname__", repr(loader)), spec.model_id, spec.revision, spec.gguf_file,
-           tuple(spec.layers), spec.pooling, repr(sorted(loader_kwargs.items())), _folder_stamp(spec.model_id))
+           tuple(spec.layers), spec.pooling, spec.quantization, repr(sorted(loader_kwargs.items())),
+           _folder_stamp(spec.model_id))
     with _LOADING:
         shared = _LOADED_BACKBONES.get(key)
         if shared is None or (spec.weights_sha256 and shared.sha256 and shared.sha256 != spec.weights_sha256):
-            shared = _SharedBackbone(*loader(spec, **loader_kwargs))
+            model, tokenizer, sha256 = loader(spec, **loader_kwargs)
+            shared = _SharedBackbone(prepare_backbone(model, spec, dtype), tokenizer, sha256)
             _LOADED_BACKBONES[key] = shared
         return shared
 
@@ -497,12 +760,17 @@ class LLMEmbedPreTrainedModel(PreTrainedModel):
             init.uniform_(module.bias, -bound, bound)
 
 
+#: `load_backbones`' default ``quantization``: each backbone as its spec says.
+_AS_CONFIGURED = object()
+
+
 class LLMEmbedForSequenceClassification(OneCommitPushMixin, LLMEmbedPreTrainedModel):
     """LLMEmbed classifier: frozen backbones (attached lazily, never saved) feeding a trained fusion head.
 
     ``forward`` takes either ``pooled_features`` (batch, ``config.feature_size``), as stored in a feature cache and
     sent by `Trainer`, or every backbone's tokenised text under prefixed keys (``<name>_input_ids``,
-    ``<name>_attention_mask``), as returned by the composite tokenizer and sent by `pipeline`.
+    ``<name>_attention_mask``; for a siamese backbone of a pair head also ``<name>_pair_input_ids`` and
+    ``<name>_pair_attention_mask``, the second text), as returned by the composite tokenizer and sent by `pipeline`.
     """
 
     #: ``forward``'s ``**backbone_inputs`` are tokenised text, not loss kwargs: `Trainer` must not send those.
@@ -528,26 +796,69 @@ class LLMEmbedForSequenceClassification(OneCommitPushMixin, LLMEmbedPreTrainedMo
         """The attached frozen backbones by name (empty until `load_backbones` or the first text input)."""
         return dict(self._backbones)
 
-    def load_backbones(self, allow_backbone_mismatch: bool | None = None, **loader_kwargs: Any) -> LLMEmbedForSequenceClassification:
+    def load_backbones(
+        self,
+        allow_backbone_mismatch: bool | None = None,
+        *,
+        quantization: Any = _AS_CONFIGURED,
+        allow_quantization_mismatch: bool = False,
+        **loader_kwargs: Any,
+    ) -> LLMEmbedForSequenceClassification:
         """Load every backbone of the config, freeze it and place it beside the head.
 
         The sha256 of the weights is checked against the one recorded in the config (the weights the head was
         trained on); a mismatch is an error unless ``allow_backbone_mismatch=True`` (or the environment variable
         ``LLMEMBED_ALLOW_BACKBONE_MISMATCH=1``). Missing ``hidden_size``/``weights_sha256`` are filled in.
+
+        Each backbone computes as its spec says (``dtype``, ``quantization``): a head trained on int8 features is
+        served by int8 backbones. ``quantization`` (None, "int8" or "int8-all") loads every backbone quantised
+        otherwise than the head was trained on; its vectors differ, so this is refused unless
+        ``allow_quantization_mismatch=True`` too, e.g. ``load_backbones(quantization="int8",
+        allow_quantization_mismatch=True)`` to serve an fp32-trained head faster on a CPU, knowingly. The config is
+        left as trained. ``loader_kwargs`` go to the loader (``device``, ``device_map``, ``dtype`` overriding the
+        specs' compute dtype).
         """
+        specs = self.config.backbone_specs
+        if quantization is _AS_CONFIGURED:
+            load_specs = specs
+        else:
+            load_specs = [dataclasses.replace(spec, quantization=quantization) for spec in specs]
+            for spec, load_spec in zip(specs, load_specs):
+                load_spec.validate(require_hidden_size=False)
+                if load_spec.quantization != spec.quantization and not allow_quantization_mismatch:
+                    self._quantization_mismatch(spec, load_spec.quantization, allow=False)  # before loading anything
+        for spec in load_specs:
+            check_load_device(spec, loader_kwargs)
         with _LOADING:
             shared = {spec.name: shared_backbone(type(self).backbone_loader, spec, **loader_kwargs)
-                      for spec in self.config.backbone_specs}
-            for spec in self.config.backbone_specs:
+                      for spec in load_specs}
+            for spec in specs:
                 self._check_backbone(spec, shared[spec.name].model, shared[spec.name].sha256, allow_backbone_mismatch)
             self._shared = shared
-            self.attach_backbones({name: s.model for name, s in shared.items()}, device=loader_kwargs.get("device"))
+            self.attach_backbones({name: s.model for name, s in shared.items()}, device=loader_kwargs.get("device"),
+                                  allow_quantization_mismatch=allow_quantization_mismatch)
             if self.tokenizer is None:
                 from .tokenization_llmembed import LLMEmbedTokenizer
 
                 self.tokenizer = LLMEmbedTokenizer({n: s.tokenizer for n, s in shared.items()},
-                                                   self.config.backbone_specs)
+                                                   self.config.backbone_specs, self.config.pair_encoding)
         return self
+
+    @staticmethod
+    def _quantization_mismatch(spec: BackboneSpec, loaded: str | None, allow: bool) -> None:
+        """Refuse (or with ``allow``, warn about) backbones quantised otherwise than the head's features were."""
+        def said(value: str | None) -> str:
+            return f"quantization={value!r}" + (" (float weights)" if value is None else "")
+
+        message = (
+            f"backbones[{spec.name!r}]: this head was trained on features of {said(spec.quantization)}, but the "
+            f"backbone is {said(loaded)}; its pooled vectors differ, so predictions would be silently off. Load the "
+            f"backbones as the config says (load_backbones()), or pass allow_quantization_mismatch=True to serve "
+            f"them knowingly."
+        )
+        if not allow:
+            raise ValueError(message)
+        logger.warning(message)
 
     def _check_backbone(
         self, spec: BackboneSpec, model: PreTrainedModel, sha256: str | None, allow: bool | None
@@ -574,15 +885,26 @@ class LLMEmbedForSequenceClassification(OneCommitPushMixin, LLMEmbedPreTrainedMo
             updates["weights_sha256"] = sha256
         self.config.update_backbone(spec.name, **updates)
 
-    def attach_backbones(self, models: dict[str, PreTrainedModel], device: str | torch.device | None = None) -> None:
+    def attach_backbones(self, models: dict[str, PreTrainedModel], device: str | torch.device | None = None,
+                         allow_quantization_mismatch: bool = False) -> None:
         """Attach already loaded backbones (frozen here: eval mode, no gradients) on the head's device.
 
         ``device``: the device the backbones were loaded on by request; the head moves there first, so attaching
-        never moves them back to where the head happened to be.
+        never moves them back to where the head happened to be. A backbone whose int8 Linear layers differ from its
+        spec's ``quantization`` is refused unless ``allow_quantization_mismatch=True`` (see `load_backbones`); an
+        int8 backbone is refused on any device but the CPU.
         """
         expected = [spec.name for spec in self.config.backbone_specs]
         if sorted(models) != sorted(expected):
             raise ValueError(f"attach_backbones: expected backbones {expected}, got {sorted(models)}.")
+        target = torch.device(device) if device is not None else self.device
+        for spec in self.config.backbone_specs:
+            loaded = backbone_quantization(models[spec.name])
+            if loaded != spec.quantization:
+                self._quantization_mismatch(spec, loaded, allow_quantization_mismatch)
+            if loaded is not None and target.type != "cpu" and not getattr(models[spec.name], "hf_device_map", None):
+                raise ValueError(f"backbones[{spec.name!r}] is quantised ({loaded}), which runs on the CPU only; keep "
+                                 f"the head on the CPU, not {str(target)!r}.")
         if device is not None:
             self.to(device)
         for name, model in models.items():
@@ -599,21 +921,35 @@ class LLMEmbedForSequenceClassification(OneCommitPushMixin, LLMEmbedPreTrainedMo
         return self
 
     def encode(self, **backbone_inputs: torch.Tensor) -> torch.Tensor:
-        """Pooled features (batch, ``config.feature_size``, float32) of tokenised text, backbones loaded lazily."""
+        """Pooled features (batch, ``config.feature_size``, float32) of tokenised text, backbones loaded lazily.
+
+        A siamese backbone of a pair head runs on both texts in one batch and gives `siamese_features` of the two."""
         specs = self.config.backbone_specs
-        expected = {f"{spec.name}_{key}" for spec in specs for key in ("input_ids", "attention_mask")}
+        parts = {spec.name: [spec.name] + ([f"{spec.name}_pair"] if self.config.pair_encoding_of(spec) == "siamese"
+                                           else []) for spec in specs}
+        expected = {f"{prefix}_{key}" for prefixes in parts.values() for prefix in prefixes
+                    for key in ("input_ids", "attention_mask")}
         unknown = sorted(set(backbone_inputs) - expected)
         missing = sorted(expected - set(backbone_inputs))
         if unknown or missing:
+            pairs = ("a head of text pairs: tokenise with text_pair" if self.config.pair_encoding is not None
+                     else "a head of single texts")
             raise TypeError(
                 f"LLMEmbedForSequenceClassification got unexpected inputs {unknown} and lacks {missing}. Pass "
-                f"`pooled_features`, or the composite tokenizer's output with keys {sorted(expected)}."
+                f"`pooled_features`, or the composite tokenizer's output with keys {sorted(expected)} ({pairs})."
             )
-        views = [
-            self.encode_backbone(spec.name, backbone_inputs[f"{spec.name}_input_ids"],
-                                 backbone_inputs[f"{spec.name}_attention_mask"])
-            for spec in specs
-        ]
+        views = []
+        for spec in specs:
+            ids = [backbone_inputs[f"{prefix}_input_ids"] for prefix in parts[spec.name]]
+            masks = [backbone_inputs[f"{prefix}_attention_mask"] for prefix in parts[spec.name]]
+            if len(ids) == 1:
+                views.append(self.encode_backbone(spec.name, ids[0], masks[0]))
+                continue
+            # Both texts of every pair in one batch, right-padded to the longer side (pooling is mask-aware).
+            width = max(t.shape[1] for t in ids)
+            pooled = self.encode_backbone(spec.name, torch.cat([F.pad(t, (0, width - t.shape[1])) for t in ids]),
+                                          torch.cat([F.pad(m, (0, width - m.shape[1])) for m in masks]))
+            views.append(siamese_features(*pooled.split(ids[0].shape[0])))
         return torch.cat([view.to(self.device) for view in views], dim=-1)
 
     def encode_backbone(self, name: str, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
@@ -632,9 +968,16 @@ class LLMEmbedForSequenceClassification(OneCommitPushMixin, LLMEmbedPreTrainedMo
         # inference_mode, not no_grad: the backbones are frozen and their outputs are never differentiated (the head
         # trains on the pooled features), so skipping autograd's version counters costs nothing and is a bit faster.
         with torch.inference_mode():
-            outputs = backbone(input_ids=input_ids.to(backbone.device), attention_mask=attention_mask,
-                               output_hidden_states=True)
-            views = pool_backbone_outputs(outputs, attention_mask, spec, full_hidden_state_count(backbone))
+            input_ids = input_ids.to(backbone.device)
+            outputs = backbone(input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=True)
+            pool_mask = attention_mask
+            if spec.prompt is not None and not spec.pool_prompt:
+                if self.tokenizer is None:
+                    raise ValueError(f"backbones[{name!r}] leaves its prompt out of pooling (pool_prompt=False), "
+                                     "which needs the head's tokenizer to know the prompt's tokens; set "
+                                     "model.tokenizer (load_backbones() does).")
+                pool_mask = prompt_excluded_mask(attention_mask, input_ids, self.tokenizer.prompt_ids(name), spec)
+            views = pool_backbone_outputs(outputs, pool_mask, spec, full_hidden_state_count(backbone))
         return torch.cat(views, dim=-1)
 
     # -- forward ---------------------------------------------------------------------------------------------------
@@ -704,6 +1047,8 @@ class LLMEmbedForSequenceClassification(OneCommitPushMixin, LLMEmbedPreTrainedMo
     def from_backbones(cls, config: LLMEmbedConfig, **loader_kwargs: Any) -> LLMEmbedForSequenceClassification:
         """Build a fresh head for ``config`` with its backbones loaded (widths missing in the specs are read)."""
         config.validate()
+        for spec in config.backbone_specs:
+            check_load_device(spec, loader_kwargs)  # before loading anything
         shared = {spec.name: shared_backbone(cls.backbone_loader, spec, **loader_kwargs)
                   for spec in config.backbone_specs}
         for spec in config.backbone_specs:
@@ -716,7 +1061,8 @@ class LLMEmbedForSequenceClassification(OneCommitPushMixin, LLMEmbedPreTrainedMo
         model.attach_backbones({name: s.model for name, s in shared.items()}, device=loader_kwargs.get("device"))
         from .tokenization_llmembed import LLMEmbedTokenizer
 
-        model.tokenizer = LLMEmbedTokenizer({n: s.tokenizer for n, s in shared.items()}, config.backbone_specs)
+        model.tokenizer = LLMEmbedTokenizer({n: s.tokenizer for n, s in shared.items()}, config.backbone_specs,
+                                            config.pair_encoding)
         return model
 
     @classmethod
@@ -760,6 +1106,13 @@ __all__ = [
     "first_token_pool",
     "last_token_pool",
     "pool_backbone_outputs",
+    "siamese_features",
+    "prompt_excluded_mask",
+    "native_bf16_supported",
+    "resolve_compute_dtype",
+    "quantize_backbone",
+    "backbone_quantization",
+    "prepare_backbone",
     "full_hidden_state_count",
     "check_backbone_sha256",
     "folder_weights_sha256",

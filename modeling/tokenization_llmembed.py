@@ -10,7 +10,7 @@ from typing import Any, Sequence
 from transformers import AutoTokenizer, BatchEncoding, PretrainedConfig
 from transformers.utils import logging
 
-from .configuration_llmembed import BackboneSpec
+from .configuration_llmembed import BackboneSpec, normalize_pair_encoding
 
 logger = logging.get_logger(__name__)
 
@@ -20,6 +20,10 @@ TOKENIZER_CONFIG_FILE = "tokenizer_config.json"
 #: ``max_length`` tokens as they are and spares tokenising the rest of a long document.
 CHARS_PER_TOKEN_BOUND = 64
 SUBFOLDER = "tokenizers"
+#: Texts appended to a prompt to find which of its tokens every text keeps (`LLMEmbedTokenizer.prompt_ids`): a
+#: prompt's last piece can merge with the text's first one (Gemma's ``"query: "`` ends in a lone ``▁`` that joins
+#: the next word), and such a piece belongs to the text.
+_PROMPT_PROBES = ("a", "The 1", "hello")
 
 
 def ensure_pad_token(tokenizer: Any) -> int:
@@ -57,24 +61,43 @@ def _check_unicode(item: str, where: str) -> None:
         ) from None
 
 
-def _check_texts(text: Any) -> tuple[list[str], bool]:
+def _check_texts(text: Any, what: str = "text") -> tuple[list[str], bool]:
     """Return ``(texts, is_batch)``; raise a TypeError naming the first item that is not a string, a ValueError for
-    an empty list or a text that is not valid Unicode."""
+    an empty list or a text that is not valid Unicode. ``what`` names the argument in messages (``text_pair``)."""
     if isinstance(text, str):
-        _check_unicode(text, "text")
+        _check_unicode(text, what)
         return [text], False
     if isinstance(text, (list, tuple)):
         for index, item in enumerate(text):
             if not isinstance(item, str):
                 raise TypeError(
-                    f"text[{index}] is {type(item).__name__} ({item!r:.50}); every text must be a str. "
+                    f"{what}[{index}] is {type(item).__name__} ({item!r:.50}); every text must be a str. "
                     "Convert or drop it before tokenising."
                 )
-            _check_unicode(item, f"text[{index}]")
+            _check_unicode(item, f"{what}[{index}]")
         if not text:
-            raise ValueError("text is an empty list; pass at least one string to tokenise.")
+            raise ValueError(f"{what} is an empty list; pass at least one string to tokenise.")
         return list(text), True
-    raise TypeError(f"text must be a str or a list of str, got {type(text).__name__} ({text!r:.50}).")
+    raise TypeError(f"{what} must be a str or a list of str, got {type(text).__name__} ({text!r:.50}).")
+
+
+def _check_pairs(texts: list[str], is_batch: bool, text_pair: Any,
+                 pair_encoding: dict[str, str] | None) -> list[str] | None:
+    """The second texts of pairs, checked like ``text`` and against it (one per text), or None for single texts;
+    a ValueError when a head of pairs gets single texts or a head of single texts gets pairs."""
+    if pair_encoding is None:
+        if text_pair is not None:
+            raise ValueError("text_pair was given, but this head classifies single texts (it was not trained on text "
+                             "pairs). Pass text only, or train a head on pair data (a text_pair column).")
+        return None
+    if text_pair is None:
+        raise ValueError('this head classifies text pairs: pass text_pair= too (with pipeline, inputs like {"text": '
+                         '..., "text_pair": ...}).')
+    pairs, pair_is_batch = _check_texts(text_pair, "text_pair")
+    if pair_is_batch != is_batch or len(pairs) != len(texts):
+        raise ValueError(f"text_pair must match text: one str for one str, or a list of the same length (got "
+                         f"{len(texts)} text(s) and {len(pairs)} text_pair(s)).")
+    return pairs
 
 
 class LLMEmbedTokenizer:
@@ -84,7 +107,13 @@ class LLMEmbedTokenizer:
     backbone's ``max_length`` and padded (right, with 0: every pooled position is masked, so the pad id never
     matters), which is exactly what `LLMEmbedForSequenceClassification.forward` and `pipeline` batching expect.
     A text that a backbone turns into no token at all (an empty string for a tokenizer without BOS) gets one
-    special token so every view is defined.
+    special token so every view is defined. A backbone's ``prompt`` is prepended to each of its texts (as
+    sentence-transformers does, one string) and the text is truncated on the right, so the prompt always stays.
+
+    The tokenizer of a pair head (``pair_encoding``, as in its config) takes ``text_pair`` too: a ``joint``
+    backbone gets its own tokenizer's pair encoding of (prompt + text, text_pair), truncated ``longest_first``; a
+    ``siamese`` backbone gets each side alone (each with the prompt), the second under ``<name>_pair_input_ids`` /
+    ``<name>_pair_attention_mask``.
     """
 
     model_input_names = ["input_ids", "attention_mask"]
@@ -93,8 +122,10 @@ class LLMEmbedTokenizer:
     pad_token_id = 0
     pad_token = None
 
-    def __init__(self, tokenizers: dict[str, Any], specs: Sequence[BackboneSpec | dict[str, Any]]) -> None:
+    def __init__(self, tokenizers: dict[str, Any], specs: Sequence[BackboneSpec | dict[str, Any]],
+                 pair_encoding: str | dict[str, str] | None = None) -> None:
         self.specs = [BackboneSpec.from_dict(s) for s in specs]
+        self.pair_encoding = normalize_pair_encoding(pair_encoding)
         names = [spec.name for spec in self.specs]
         if sorted(tokenizers) != sorted(names):
             raise ValueError(f"LLMEmbedTokenizer: tokenizers for {sorted(tokenizers)} given, backbones are {names}.")
@@ -102,6 +133,41 @@ class LLMEmbedTokenizer:
         for tokenizer in self.tokenizers.values():
             ensure_pad_token(tokenizer)  # so each backbone's own tokenizer batches too (`pad` here pads with 0)
         self.model_max_length = max(spec.max_length for spec in self.specs)
+        #: Per prompted backbone: (the ids every row starts with, the tokens the prompt takes alone with specials).
+        self._prompts: dict[str, tuple[list[int], int]] = {}
+        for spec in self.specs:
+            if spec.prompt is not None:
+                self._prompts[spec.name] = self._measure_prompt(spec)
+                self._check_prompt_room(spec, spec.max_length, "max_length")
+
+    def _measure_prompt(self, spec: BackboneSpec) -> tuple[list[int], int]:
+        tokenizer = self.tokenizers[spec.name]
+        if getattr(tokenizer, "truncation_side", "right") != "right":
+            logger.info(f"backbones[{spec.name!r}]: truncating on the right, so that its prompt is never cut.")
+            tokenizer.truncation_side = "right"
+        alone = tokenizer(spec.prompt)["input_ids"]
+        prefix = list(alone)
+        for probe in _PROMPT_PROBES:
+            joined = tokenizer(spec.prompt + probe)["input_ids"]
+            common = next((i for i, (a, b) in enumerate(zip(prefix, joined)) if a != b), min(len(prefix), len(joined)))
+            prefix = prefix[:common]
+        return prefix, len(alone)
+
+    def _check_prompt_room(self, spec: BackboneSpec, limit: int, what: str) -> None:
+        count = self._prompts[spec.name][1]
+        if count >= limit:
+            raise ValueError(
+                f"backbones[{spec.name!r}].prompt={spec.prompt!r} takes {count} tokens (special tokens included), "
+                f"which leaves no room for the text under {what}={limit}; shorten the prompt, or raise {what} to "
+                f"more than {count}."
+            )
+
+    def prompt_ids(self, name: str) -> list[int]:
+        """The token ids every row of backbone ``name`` starts with: the special tokens put before a text (BOS,
+        CLS) and the prompt's own tokens, less a last piece that merges with the text; ``[]`` without a prompt.
+        These are the positions ``pool_prompt=False`` leaves out of pooling (as sentence-transformers'
+        ``include_prompt=False`` does, which leaves out the leading special tokens too)."""
+        return list(self._prompts[name][0]) if name in self._prompts else []
 
     def __repr__(self) -> str:
         parts = ", ".join(f"{s.name}={type(self.tokenizers[s.name]).__name__}(max_length={s.max_length})" for s in self.specs)
@@ -114,38 +180,54 @@ class LLMEmbedTokenizer:
                 return token_id
         raise ValueError(f"backbone {name!r}: its tokenizer produced no token and has no special token to use.")
 
+    def backbone_ids(self, name: str, texts: list[str], text_pairs: list[str] | None = None,
+                     max_length: int | None = None) -> list[list[int]]:
+        """One backbone's token ids of checked ``texts`` (or of the pairs ``(texts[i], text_pairs[i])``, in that
+        backbone tokenizer's own pair encoding), truncated to its ``max_length`` (capped by ``max_length``)."""
+        spec = next(spec for spec in self.specs if spec.name == name)
+        tokenizer = self.tokenizers[name]
+        limit = min(spec.max_length, max_length) if max_length else spec.max_length
+        prompt = spec.prompt or ""
+        if prompt and limit < spec.max_length:
+            self._check_prompt_room(spec, limit, "the call's max_length")
+        # Only the first `limit` tokens of a text (of each side of a pair) can be kept: characters far past them never
+        # need tokenising.
+        cut = limit * CHARS_PER_TOKEN_BOUND
+        pairs = None if text_pairs is None else [t[:cut] for t in text_pairs]
+        ids = tokenizer([prompt + t[:cut] for t in texts], pairs, truncation="longest_first", max_length=limit,
+                        padding=False)["input_ids"]
+        return [row if row else [self._fallback_token(name)] for row in ids]
+
     def __call__(
         self,
         text: str | list[str],
-        text_pair: Any = None,
+        text_pair: str | list[str] | None = None,
         padding: bool | str = True,
         truncation: bool | str = True,
         max_length: int | None = None,
         return_tensors: str | None = None,
         **kwargs: Any,
     ) -> BatchEncoding:
-        """Tokenise ``text`` (a str or a list of str) for every backbone.
+        """Tokenise ``text`` (a str or a list of str), with ``text_pair`` (the same shape) for a pair head, for every
+        backbone.
 
         ``max_length`` caps every backbone's own limit; ``truncation`` is always applied (a backbone cannot see
         more than its limit). Unknown keyword arguments from callers such as `pipeline` are ignored.
         """
-        if text_pair is not None:
-            raise ValueError("LLMEmbedTokenizer does not support text pairs; join the texts into one string.")
         texts, is_batch = _check_texts(text)
+        pairs = _check_pairs(texts, is_batch, text_pair, self.pair_encoding)
         encoded: dict[str, Any] = {}
         for spec in self.specs:
-            tokenizer = self.tokenizers[spec.name]
-            limit = min(spec.max_length, max_length) if max_length else spec.max_length
-            # Only the first `limit` tokens are kept: characters far past them never need tokenising.
-            cut = limit * CHARS_PER_TOKEN_BOUND
-            ids = tokenizer([t[:cut] for t in texts], truncation=True, max_length=limit, padding=False)["input_ids"]
-            encoded[f"{spec.name}_input_ids"] = [row if row else [self._fallback_token(spec.name)] for row in ids]
+            mode = None if pairs is None else self.pair_encoding[spec.role]
+            joint = pairs if mode == "joint" else None
+            encoded[f"{spec.name}_input_ids"] = self.backbone_ids(spec.name, texts, joint, max_length)
+            if mode == "siamese":
+                encoded[f"{spec.name}_pair_input_ids"] = self.backbone_ids(spec.name, pairs, None, max_length)
         if return_tensors is not None or (padding and is_batch):
             encoded = self.pad(encoded, return_tensors=return_tensors)
             return encoded
-        for spec in self.specs:
-            ids = encoded[f"{spec.name}_input_ids"]
-            encoded[f"{spec.name}_attention_mask"] = [[1] * len(row) for row in ids]
+        for key in list(encoded):
+            encoded[key[: -len("_input_ids")] + "_attention_mask"] = [[1] * len(row) for row in encoded[key]]
         if not is_batch:
             encoded = {key: rows[0] for key, rows in encoded.items()}
         return BatchEncoding(encoded)
@@ -156,7 +238,8 @@ class LLMEmbedTokenizer:
         return_tensors: str | None = None,
         backbones: Sequence[str] | None = None,
     ) -> BatchEncoding:
-        """Right-pad ragged ``<name>_input_ids`` rows (e.g. a length-sorted batch) and build their masks.
+        """Right-pad ragged ``<name>_input_ids`` rows (e.g. a length-sorted batch), and a siamese backbone's
+        ``<name>_pair_input_ids``, and build their masks.
 
         ``backbones`` restricts this to some backbones' rows (default: all of them).
         """
@@ -166,11 +249,11 @@ class LLMEmbedTokenizer:
                 raise ValueError(f"pad: unknown backbones {unknown}; this tokenizer has {names}.")
             names = list(backbones)
         padded: dict[str, Any] = {}
-        for name in names:
-            ids = encoded[f"{name}_input_ids"]
+        for prefix in [p for name in names for p in (name, f"{name}_pair") if f"{p}_input_ids" in encoded]:
+            ids = encoded[f"{prefix}_input_ids"]
             width = max((len(row) for row in ids), default=0)
-            padded[f"{name}_input_ids"] = [list(row) + [self.pad_token_id] * (width - len(row)) for row in ids]
-            padded[f"{name}_attention_mask"] = [[1] * len(row) + [0] * (width - len(row)) for row in ids]
+            padded[f"{prefix}_input_ids"] = [list(row) + [self.pad_token_id] * (width - len(row)) for row in ids]
+            padded[f"{prefix}_attention_mask"] = [[1] * len(row) + [0] * (width - len(row)) for row in ids]
         return BatchEncoding(padded, tensor_type=return_tensors)
 
     # -- persistence -----------------------------------------------------------------------------------------------
@@ -184,6 +267,7 @@ class LLMEmbedTokenizer:
         config = {
             "tokenizer_class": type(self).__name__,
             "backbones": [spec.to_dict() for spec in self.specs],
+            **({"pair_encoding": self.pair_encoding} if self.pair_encoding is not None else {}),
             "auto_map": {"AutoTokenizer": ["tokenization_llmembed.LLMEmbedTokenizer", None]},
         }
         path = os.path.join(save_directory, TOKENIZER_CONFIG_FILE)
@@ -203,10 +287,11 @@ class LLMEmbedTokenizer:
         return AutoTokenizer.from_pretrained(spec.model_id, **kwargs)
 
     @classmethod
-    def from_backbone_specs(cls, specs: Sequence[BackboneSpec | dict[str, Any]]) -> LLMEmbedTokenizer:
+    def from_backbone_specs(cls, specs: Sequence[BackboneSpec | dict[str, Any]],
+                            pair_encoding: str | dict[str, str] | None = None) -> LLMEmbedTokenizer:
         """Build the composite tokenizer from each backbone's own tokenizer."""
         specs = [BackboneSpec.from_dict(s) for s in specs]
-        return cls({spec.name: cls.backbone_tokenizer_loader(spec) for spec in specs}, specs)
+        return cls({spec.name: cls.backbone_tokenizer_loader(spec) for spec in specs}, specs, pair_encoding)
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike, *args: Any, **kwargs: Any) -> LLMEmbedTokenizer:
@@ -231,10 +316,11 @@ class LLMEmbedTokenizer:
                 f"{pretrained_model_name_or_path} has no LLMEmbedTokenizer files ({TOKENIZER_CONFIG_FILE} with "
                 "'backbones'); falling back to the backbones' own tokenizers from its config.json."
             )
-            return cls.from_backbone_specs(LLMEmbedConfig.from_pretrained(pretrained_model_name_or_path,
-                                                                          **hub_kwargs).backbone_specs)
+            model_config = LLMEmbedConfig.from_pretrained(pretrained_model_name_or_path, **hub_kwargs)
+            return cls.from_backbone_specs(model_config.backbone_specs, model_config.pair_encoding)
         specs = [BackboneSpec.from_dict(b) for b in config["backbones"]]
-        _check_specs_agree(pretrained_model_name_or_path, specs, hub_kwargs)
+        pair_encoding = normalize_pair_encoding(config.get("pair_encoding"))
+        _check_specs_agree(pretrained_model_name_or_path, specs, pair_encoding, hub_kwargs)
         # config=PretrainedConfig(): the subfolders hold tokenizer files only; without it AutoTokenizer looks for
         # a config.json there, which offline (HF_HUB_OFFLINE=1) fails instead of being skipped.
         tokenizers = {
@@ -244,25 +330,34 @@ class LLMEmbedTokenizer:
             )
             for spec in specs
         }
-        return cls(tokenizers, specs)
+        return cls(tokenizers, specs, pair_encoding)
 
 
 #: Spec fields that decide how a backbone tokenises: the tokenizer's copy must equal the model config's.
-_TOKENIZATION_FIELDS = ("name", "model_id", "revision", "gguf_file", "max_length")
+_TOKENIZATION_FIELDS = ("name", "model_id", "revision", "gguf_file", "max_length", "prompt")
 
 
-def _check_specs_agree(source: str | os.PathLike, specs: list[BackboneSpec], hub_kwargs: dict[str, Any]) -> None:
-    """Refuse tokenizer files whose backbones disagree with the ``config.json`` beside them (an edited or mixed-up
-    repo would tokenise for one model and run another)."""
+def _check_specs_agree(source: str | os.PathLike, specs: list[BackboneSpec], pair_encoding: dict[str, str] | None,
+                       hub_kwargs: dict[str, Any]) -> None:
+    """Refuse tokenizer files whose backbones or pair encoding disagree with the ``config.json`` beside them (an
+    edited or mixed-up repo would tokenise for one model and run another)."""
     from transformers.utils import CONFIG_NAME, cached_file
 
     config_path = cached_file(source, CONFIG_NAME, _raise_exceptions_for_missing_entries=False, **hub_kwargs)
     if config_path is None:
         return
     with open(config_path, encoding="utf-8") as handle:
-        model_backbones = json.load(handle).get("backbones")
+        model_config = json.load(handle)
+    model_backbones = model_config.get("backbones")
     if model_backbones is None:  # not an LLMEmbed head's config
         return
+    model_pair_encoding = normalize_pair_encoding(model_config.get("pair_encoding"))
+    if pair_encoding != model_pair_encoding:
+        raise ValueError(
+            f"{source}: {TOKENIZER_CONFIG_FILE} disagrees with config.json on pair_encoding ({pair_encoding!r} vs "
+            f"{model_pair_encoding!r}); the tokenizer would prepare other inputs than the model reads. Save the head "
+            "again with save_pretrained, or fix the files so both say the same."
+        )
     model_specs = [BackboneSpec.from_dict(b) for b in model_backbones]
     ours = [{k: getattr(spec, k) for k in _TOKENIZATION_FIELDS} for spec in specs]
     theirs = [{k: getattr(spec, k) for k in _TOKENIZATION_FIELDS} for spec in model_specs]

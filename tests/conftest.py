@@ -30,6 +30,7 @@ from helpers import (
     install_fake_hub,
     keyword_rows,
     multi_label_keyword_rows,
+    pair_keyword_rows,
     pipeline_outputs,
     published_keyword_rows,
     regression_keyword_rows,
@@ -182,6 +183,17 @@ def keyword_data(tmp_path_factory) -> Path:
     folder = tmp_path_factory.mktemp("keyword_data")
     write_split(folder, "train", keyword_rows(60, seed=0))
     write_split(folder, "test", keyword_rows(20, seed=1), gz=True)
+    (folder / "labels.json").write_text(json.dumps(NAMES))
+    return folder
+
+
+@pytest.fixture(scope="session")
+def pair_data(tmp_path_factory) -> Path:
+    """Text pairs (``text``, ``text_pair``; helpers.NAMES decided by the second text): 60 train rows, 20 test rows and
+    a labels.json, as ../shared/datasets/mrpc has them."""
+    folder = tmp_path_factory.mktemp("pair_data")
+    write_split(folder, "train", pair_keyword_rows(60, seed=0))
+    write_split(folder, "test", pair_keyword_rows(20, seed=1))
     (folder / "labels.json").write_text(json.dumps(NAMES))
     return folder
 

@@ -61,6 +61,21 @@ def keyword_rows(n: int, seed: int) -> list[dict]:
     return rows
 
 
+def pair_keyword_rows(n: int, seed: int) -> list[dict]:
+    """Text pairs whose label is decided by the second text ("good" or "bad" in ``text_pair``); the first text is
+    filler words only, so a model that ignored the second text would be at chance."""
+    rng = random.Random(seed)
+    rows = []
+    for i in range(n):
+        label = i % 2
+        words = [rng.choice(FILLER) for _ in range(rng.randint(2, 6))]
+        words.insert(rng.randint(0, len(words)), "good" if label else "bad")
+        first = " ".join(rng.choice(FILLER) for _ in range(rng.randint(2, 6)))
+        rows.append({"text": first, "text_pair": " ".join(words), "label": label})
+    rng.shuffle(rows)
+    return rows
+
+
 def tiny_specs(backbones: dict[str, str]) -> list[dict]:
     """The backbones of conftest's ``tiny_config`` (for fixtures scoped wider than a test, which cannot use it)."""
     return [

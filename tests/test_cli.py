@@ -634,3 +634,76 @@ def test_cli_train_bad_labels_exit_2_naming_the_row(tiny_preset, tmp_path, capsy
         main(["train", "--dataset", str(tmp_path), "--output-dir", str(tmp_path / "head"),
               "--problem-type", "sideways"])
     assert "invalid choice: 'sideways'" in capsys.readouterr().err
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Text pairs: train, evaluate and predict
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+def test_cli_train_evaluate_and_predict_text_pairs(tiny_preset, pair_data, trained, tmp_path, capsys):
+    """The text_pair column is detected; the head gets the default pair encoding; predict takes --text/--text-pair
+    and JSONL rows with text_pair, evaluate reads the pairs, and both agree with the trained run."""
+    output = tmp_path / "pair-head"
+    assert main(["train", "--dataset", str(pair_data), "--preset", tiny_preset, "--output-dir", str(output),
+                 "--epochs", "2", "--batch-size", "16"]) == 0
+    result = parse_json_output(capsys.readouterr().out)
+    config = json.loads((output / "config.json").read_text())
+    assert config["pair_encoding"] == {"llm": "joint", "encoder": "siamese"}
+    assert json.loads((output / "tokenizer_config.json").read_text())["pair_encoding"] == config["pair_encoding"]
+    report = json.loads((output / "training_report.json").read_text())
+    assert report["text_pair_column"] == "text_pair" and report["num_eval"] == 20
+    card = (output / "README.md").read_text()
+    assert '"text_pair": ' in card and "paired with the column `text_pair`" in card
+
+    assert main(["evaluate", "--model", str(output), "--dataset", str(pair_data), "--split", "test"]) == 0
+    evaluated = parse_json_output(capsys.readouterr().out)
+    assert evaluated["rows"] == 20 and evaluated["accuracy"] == pytest.approx(result["test"]["accuracy"])
+
+    source = tmp_path / "pairs.jsonl"
+    source.write_text('{"text": "the cat", "text_pair": "a good film"}\n{"text": "a dog", "text_pair": "bad"}\n')
+    assert main(["predict", "--model", str(output), "--text", "a mat", "--text-pair", "very good",
+                 "--input", str(source), "--device", "cpu"]) == 0
+    rows = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith("{")]
+    pairs = [("a mat", "very good"), ("the cat", "a good film"), ("a dog", "bad")]
+    assert [(r["text"], r["text_pair"]) for r in rows] == pairs
+    expected = pipeline("text-classification", model=str(output), device="cpu")(
+        [{"text": a, "text_pair": b} for a, b in pairs])
+    assert [(r["label"], r["score"]) for r in rows] == [(e["label"], pytest.approx(e["score"])) for e in expected]
+
+    for argv, message in [
+        (["--text", "a mat"], "give each --text a --text-pair (got 1 --text and 0 --text-pair)"),
+        (["--input", str(tmp_path / "in.txt")], "this head classifies text pairs, so give a .jsonl file"),
+        (["--input", str(tmp_path / "missing.jsonl")], "missing.jsonl:2 has no 'text_pair' text"),
+    ]:
+        (tmp_path / "in.txt").write_text("a mat\n")
+        (tmp_path / "missing.jsonl").write_text('{"text": "a", "text_pair": "b"}\n{"text": "c"}\n')
+        assert main(["predict", "--model", str(output), *argv]) == 2
+        assert message in capsys.readouterr().err
+    shutil.copytree(output, tmp_path / "again")  # two heads of pairs share one backbone pass
+    assert main(["predict", "--model", str(output), "--model", str(tmp_path / "again"), "--text", "a mat",
+                 "--text-pair", "very good"]) == 0
+    [row] = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith("{")]
+    assert row["text_pair"] == "very good" and row["predictions"]["again"]["label"] == rows[0]["label"]
+    assert row["predictions"]["again"]["score"] == pytest.approx(rows[0]["score"], abs=1e-5)
+    assert main(["extract", "--model", str(output), "--dataset", str(pair_data), "--split", "test"]) == 0
+    assert parse_json_output(capsys.readouterr().out)["feature_size"] == 3 * 48 + 4 * 32
+    assert main(["predict", "--model", str(trained[0]), "--text", "a", "--text-pair", "b"]) == 2
+    assert "--text-pair is for heads trained on text pairs" in capsys.readouterr().err
+    assert main(["evaluate", "--model", str(trained[0]), "--dataset", str(pair_data), "--split", "test"]) == 0
+    capsys.readouterr()  # a head of single texts scores the first texts: the pair column is never read for it
+
+
+def test_cli_train_passes_the_pair_settings(monkeypatch):
+    seen = {}
+
+    def fake_train_head(data, output_dir, **kwargs):
+        seen.update(data=data, **kwargs)
+        raise ValueError("stop here")
+
+    monkeypatch.setattr("llmembed_hf.trainer.train_head", fake_train_head)
+    assert main(["train", "--dataset", "d", "--output-dir", "o", "--text-pair-column", "hypothesis",
+                 "--pair-encoding", "siamese,llm=joint"]) == 2
+    assert seen["data"].text_pair_column == "hypothesis" and seen["head"].pair_encoding == "siamese,llm=joint"
+    assert main(["train", "--dataset", "d", "--output-dir", "o", "--text-pair-column", "none"]) == 2
+    assert seen["data"].text_pair_column is None

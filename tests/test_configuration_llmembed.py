@@ -8,7 +8,8 @@ import json
 import pytest
 from transformers import AutoModelForSequenceClassification
 
-from llmembed_hf import BackboneSpec, LLMEmbedConfig
+from llmembed_hf import BackboneSpec, LLMEmbedConfig, LLMEmbedFusionHead
+from llmembed_hf.modeling.configuration_llmembed import DEFAULT_PAIR_ENCODING, normalize_pair_encoding
 
 
 @pytest.mark.parametrize(
@@ -34,10 +35,23 @@ from llmembed_hf import BackboneSpec, LLMEmbedConfig
          r"decision_thresholds\[1\]='0\.3'"),
         (dict(problem_type="single_label_classification", decision_thresholds=[0.5, 0.5]),
          r"decision_thresholds are set but problem_type='single_label_classification'.*multi_label_classification"),
+        (dict(enc={"prompt": ""}), r"backbones\['enc'\]\.prompt='' must be a non-empty string .* or None"),
+        (dict(enc={"prompt": ["query: "]}), r"backbones\['enc'\]\.prompt=\['query: '\] must be a non-empty string"),
+        (dict(enc={"prompt": "q: ", "pool_prompt": "no"}),
+         r"backbones\['enc'\]\.pool_prompt='no' must be true or false"),
+        (dict(enc={"prompt": "q: ", "pool_prompt": False}),
+         r"backbones\['enc'\]: pool_prompt=False leaves the prompt out of a mean, but pooling='cls'"),
+        (dict(enc={"quantization": "int4"}),
+         r"backbones\['enc'\]\.quantization='int4' is unknown; choose one of \(None, 'int8', 'int8-all'\)"),
+        (dict(enc={"dtype": "float16"}),
+         r"backbones\['enc'\]\.dtype='float16' is unknown; choose one of \('float32', 'bfloat16', 'auto'\)"),
+        (dict(enc={"quantization": "int8", "dtype": "bfloat16"}),
+         r"backbones\['enc'\]: quantization='int8' computes .* float32 activations.*set dtype='float32'"),
     ],
     ids=["no_backbones", "duplicate_name", "pooling", "empty_layers", "sigma_zero", "sigma_negative", "id2label",
          "pooler_layers", "bad_name", "unknown_field", "normalize_string", "thresholds_length", "threshold_one",
-         "threshold_string", "thresholds_single_label"],
+         "threshold_string", "thresholds_single_label", "empty_prompt", "prompt_not_str", "pool_prompt_string",
+         "pool_prompt_cls", "quantization", "dtype", "int8_bfloat16"],
 )
 def test_config_validation_errors(tiny_config, kwargs, match):
     with pytest.raises(ValueError, match=match):
@@ -80,3 +94,81 @@ def test_pulled_config_with_a_bad_field_names_it(saved_head, edit, message):
     with pytest.raises(ValueError, match=message) as error:
         AutoModelForSequenceClassification.from_pretrained(folder)
     assert str(error.value).startswith(f"{folder}/config.json: ")  # names where the bad config came from
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Text pairs
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("value, expected", [
+    (None, None),
+    ("joint", {"llm": "joint", "encoder": "joint"}),
+    ("siamese", {"llm": "siamese", "encoder": "siamese"}),
+    ("default", DEFAULT_PAIR_ENCODING),
+    ("encoder=joint", {"llm": "joint", "encoder": "joint"}),  # a role left out keeps its default
+    ("siamese,llm=joint", {"llm": "joint", "encoder": "siamese"}),  # one mode for all, then a role's override
+    ({"llm": "siamese"}, {"llm": "siamese", "encoder": "siamese"}),
+])
+def test_pair_encoding_forms(value, expected):
+    assert normalize_pair_encoding(value) == expected
+
+
+@pytest.mark.parametrize("value, message", [
+    ("cross", r"pair_encoding\['llm'\]='cross' is unknown; choose one of \('joint', 'siamese'\)"),
+    ("llm=joint,decoder=siamese", r"unknown role 'decoder'; the roles are \('llm', 'encoder'\)"),
+    ({"encoder": "concat"}, r"pair_encoding\['encoder'\]='concat' is unknown"),
+    (",", r"pair_encoding=',' is empty"),
+    (["joint"], r"must be a str or a dict by role"),
+])
+def test_a_bad_pair_encoding_is_refused(tiny_config, value, message):
+    with pytest.raises(ValueError, match=message):
+        tiny_config(pair_encoding=value)
+
+
+def test_siamese_backbones_give_four_views_per_view(tiny_config):
+    """llm (3 layers of 48) and enc (1 view of 32): a siamese backbone's views appear as u, v, |u-v| and u*v."""
+    single, joint = tiny_config(), tiny_config(pair_encoding="joint")
+    assert joint.view_widths == single.view_widths == [48, 48, 48, 32] and joint.feature_size == 176
+    mixed = tiny_config(pair_encoding="default")  # llm joint, encoder siamese
+    assert mixed.view_widths == [48, 48, 48] + [32] * 4 and mixed.feature_size == 144 + 128
+    assert mixed.backbone_columns == {"llm": slice(0, 144), "enc": slice(144, 272)}
+    siamese = tiny_config(pair_encoding="siamese")
+    assert siamese.view_widths == [48] * 12 + [32] * 4 and siamese.feature_size == 4 * 176
+    assert siamese.backbone_columns == {"llm": slice(0, 576), "enc": slice(576, 704)}
+    head = LLMEmbedFusionHead(siamese)
+    assert len(head.projections) == 16 and head.llm_view_ranges == [(0, 3), (3, 3), (6, 3), (9, 3)]
+
+
+def test_the_pair_setting_round_trips_through_save_and_load(tiny_config, tmp_path):
+    config = tiny_config(pair_encoding="siamese,llm=joint")
+    config.save_pretrained(tmp_path)
+    assert json.loads((tmp_path / "config.json").read_text())["pair_encoding"] == {"llm": "joint",
+                                                                                    "encoder": "siamese"}
+    loaded = LLMEmbedConfig.from_pretrained(tmp_path)
+    assert loaded.pair_encoding == config.pair_encoding and loaded.feature_size == config.feature_size
+    tiny_config().save_pretrained(tmp_path / "single")
+    path = tmp_path / "single" / "config.json"
+    values = json.loads(path.read_text())
+    assert values.pop("pair_encoding", None) is None
+    path.write_text(json.dumps(values))  # a config of an earlier version: single texts
+    assert LLMEmbedConfig.from_pretrained(tmp_path / "single").pair_encoding is None
+
+
+def test_a_backbone_name_that_clashes_with_pair_inputs_is_refused(tiny_config):
+    tiny_config(enc={"name": "llm_pair"})  # fine for single texts
+    with pytest.raises(ValueError, match=r"\['llm_pair'\] clash with the second-text inputs"):
+        tiny_config(enc={"name": "llm_pair"}, pair_encoding="siamese")
+
+
+def test_old_specs_get_the_defaults_of_prompt_quantization_and_dtype(tiny_backbones):
+    """Configs saved before these fields existed load as what they were: no prompt, float32, no quantisation."""
+    spec = BackboneSpec.from_dict(dict(name="enc", model_id=tiny_backbones["bert"], layers=[-1], hidden_size=32))
+    assert (spec.prompt, spec.pool_prompt, spec.quantization, spec.dtype) == (None, True, None, "float32")
+
+
+def test_view_fields_round_trip_through_the_config_file(tiny_config, tmp_path):
+    views = {"prompt": "query: ", "pool_prompt": False, "pooling": "mean", "quantization": "int8", "dtype": "auto"}
+    tiny_config(enc=views).save_pretrained(tmp_path)
+    loaded = LLMEmbedConfig.from_pretrained(tmp_path).backbone_specs[1]
+    assert {key: getattr(loaded, key) for key in views} == views

@@ -235,3 +235,58 @@ def test_a_non_numeric_score_in_a_jsonl_regression_column(tmp_path):
                                     {"text": "c", "label": 0.2}])
     with pytest.raises(ValueError, match=r"split 'train', row 1: the regression label 'high' is not a number"):
         load_labelled(tmp_path, "train")
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Text pairs
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+def test_a_text_pair_column_is_detected_and_kept_with_its_rows(pair_data):
+    from llmembed_hf.data import load_classification_splits
+    from llmembed_hf.training_args import DataArguments
+
+    rows = [json.loads(line) for line in (pair_data / "train.jsonl").read_text().splitlines()]
+    splits = load_classification_splits(DataArguments(str(pair_data), max_train_samples=30))
+    assert splits.text_pair_column == "text_pair"
+    for part in (splits.train, splits.validation, splits.evaluation):
+        assert part.pairs is not None and len(part.pairs) == len(part.texts) == len(part.labels)
+    by_text = {(r["text"], r["text_pair"]): r["label"] for r in rows}
+    # the carved validation and the subset keep each pair's sides and label together
+    for part in (splits.train, splits.validation):
+        assert all(by_text[(t, p)] == y for t, p, y in zip(part.texts, part.pairs, part.labels))
+    single = load_classification_splits(DataArguments(str(pair_data), text_pair_column="none"))
+    assert single.text_pair_column is None and single.train.pairs is None and single.evaluation.pairs is None
+    assert load_labelled(pair_data, "train")[0].pairs is None  # the function's default: single texts
+
+
+def test_a_text_pair_column_is_chosen_by_name(tmp_path):
+    from llmembed_hf.data import load_classification_splits
+    from llmembed_hf.training_args import DataArguments
+
+    rows = [{"premise": f"the cat {i}", "hypothesis": f"a dog {i}", "label": i % 2} for i in range(6)]
+    write_split(tmp_path, "train", rows)
+    write_split(tmp_path, "test", rows[:2])
+    splits = load_classification_splits(DataArguments(str(tmp_path), text_column="premise",
+                                                      text_pair_column="hypothesis"))
+    assert splits.text_pair_column == "hypothesis"
+    assert sorted(splits.train.pairs + splits.validation.pairs) == sorted(r["hypothesis"] for r in rows)
+    assert load_classification_splits(DataArguments(str(tmp_path), text_column="premise")).train.pairs is None
+    write_split(tmp_path, "test", [{"premise": "x", "label": 0}])  # the evaluation split lacks the chosen column
+    with pytest.raises(ValueError, match=r"column 'hypothesis' not found in split 'test'.*--text-pair-column"):
+        load_classification_splits(DataArguments(str(tmp_path), text_column="premise", text_pair_column="hypothesis"))
+
+
+@pytest.mark.parametrize("bad, state", [(None, "is missing"), (7, r"is int \(7\), not a str")])
+def test_a_pair_missing_or_not_a_string_names_the_first_such_row(tmp_path, bad, state):
+    rows = [{"text": "a", "text_pair": "b", "label": 0}, {"text": "c", "text_pair": "d", "label": 1},
+            {"text": "e", "label": 0}, {"text": "f", "text_pair": "g", "label": 1}, {"text": "h", "label": 0}]
+    if bad is not None:
+        rows[2]["text_pair"] = bad
+    write_split(tmp_path, "train", rows)
+    message = (rf"split 'train', row 2 \(counting from 0\): the second text of the pair \(column 'text_pair'\) "
+               rf"{state}\. Every row of pair data needs both texts: fill it in or drop the row")
+    with pytest.raises(ValueError, match=message):
+        load_labelled(tmp_path, "train", text_pair_column="auto")
+    with pytest.raises(ValueError, match=message):  # also when the seeded subset would not hold that row
+        load_labelled(tmp_path, "train", text_pair_column="auto", max_samples=1, seed=0)

@@ -306,3 +306,74 @@ def test_corrupt_segment_is_counted_by_cache_info(model, tmp_path):
     assert extract(model, tmp_path).shape == (len(TEXTS), 3 * 48 + 32)
     entry = next(b for b in cache_info(tmp_path)["backbones"] if b["name"] == "enc")
     assert entry["corrupt_segments"] == 1 and entry["vectors"] == len(TEXTS)
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Text pairs: joint pairs under their own keys, siamese sides as single texts
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+def test_joint_pair_keys_never_collide_with_text_keys():
+    from llmembed_hf.feature_store import _PAIR_PREFIX, pair_sha256
+
+    texts = ["", "a", "ab", "abc", "b", "bc", "c", "\ud800", "é", "x\x00y"]
+    pairs = [(a, b) for a in texts for b in texts]
+    keys = {pair_sha256(a, b) for a, b in pairs}
+    assert len(keys) == len(pairs)  # ("ab", "c"), ("a", "bc") and ("abc", "") differ: the split point counts
+    assert keys.isdisjoint(map(text_sha256, texts + [a + b for a, b in pairs]))
+    # Even a text spelling out a pair's hashed bytes cannot meet its key: 0xFF is not in any text's UTF-8 bytes.
+    spelled = (_PAIR_PREFIX + (1).to_bytes(8, "big") + b"ab").decode("latin-1")
+    assert text_sha256(spelled) != pair_sha256("a", "b")
+    assert all(0xFF not in t.encode("utf-8", "surrogatepass") for t in texts + [spelled])
+
+
+@pytest.fixture
+def pair_model(tiny_config):
+    def make(pair_encoding):
+        torch.manual_seed(0)
+        return LLMEmbedForSequenceClassification.from_backbones(tiny_config(pair_encoding=pair_encoding)).eval()
+
+    return make
+
+
+def extract_pairs(model, folder, texts, pairs, config=SMALL):
+    return extract_features(model, texts, cache_folder=folder, config=config, show_progress=False,
+                            text_pairs=pairs)[:][FEATURES_COLUMN]
+
+
+def test_siamese_pairs_reuse_single_text_vectors(pair_model, model, tmp_path, monkeypatch):
+    """A siamese backbone computes each distinct sentence once, whether it was seen alone, in another pair or on the
+    other side; a joint backbone computes each distinct pair once."""
+    store = tmp_path / "store"
+    extract(model, store, TEXTS[:6])  # single texts, by a head over the same backbones
+    mixed = pair_model("default")  # llm joint, enc siamese
+    firsts, seconds = TEXTS[:6] + TEXTS[4:8], TEXTS[6:10] + TEXTS[:6]
+    counts = count_forwards(mixed, monkeypatch)
+    features = extract_pairs(mixed, store, firsts, seconds)
+    assert counts == {"llm": 10, "enc": 4}  # 10 distinct pairs; sentences 6-9 are the only new ones
+    siamese = pair_model("siamese")
+    counts = count_forwards(siamese, monkeypatch)
+    swapped = extract_pairs(siamese, store, seconds, firsts)
+    assert counts == {"llm": 4, "enc": 0}  # the llm's single vectors of sentences 0-5 came from `model`
+    counts.clear()
+    again = extract_pairs(mixed, store, firsts, seconds)
+    assert sum(counts.values()) == 0 and torch.equal(again, features)
+    # The siamese columns are [u, v, |u-v|, u*v] of the stored single vectors.
+    single = extract(model, store, TEXTS[:10], ALONE)
+    u, v = single[[TEXTS.index(t) for t in firsts], 144:], single[[TEXTS.index(t) for t in seconds], 144:]
+    torch.testing.assert_close(features[:, 144:], torch.cat([u, v, (u - v).abs(), u * v], dim=-1), atol=0, rtol=0)
+    assert swapped.shape == (10, 4 * 176)
+    assert missing_texts(siamese, TEXTS[:10], text_pairs=TEXTS[10:], cache_folder=store) == {"llm": 10, "enc": 10}
+
+
+def test_joint_pair_features_equal_a_direct_forward_of_the_pair(pair_model, tmp_path):
+    joint = pair_model("joint")
+    firsts, seconds = TEXTS[:5], TEXTS[5:10]
+    features = extract_pairs(joint, tmp_path, firsts, seconds, ALONE)
+    with torch.inference_mode():
+        direct = torch.cat([joint.encode(**joint.tokenizer([a], text_pair=[b], return_tensors="pt"))
+                            for a, b in zip(firsts, seconds)])
+    torch.testing.assert_close(features, direct, atol=1e-6, rtol=0)
+    # The same texts as single texts are other inputs: a joint pair's vector never stands in for them.
+    with pytest.raises(ValueError, match="this head classifies text pairs"):
+        extract(joint, tmp_path, firsts)

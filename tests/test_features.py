@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from datasets import Dataset
 from safetensors.numpy import load_file, save_file
 
@@ -23,9 +24,11 @@ from llmembed_hf.features import (
     ACCELERATOR_TOKENS_PER_BATCH,
     CPU_TOKENS_PER_BATCH,
     FEATURES_COLUMN,
+    backbone_description,
     backbone_stores,
     extraction_plan,
 )
+from llmembed_hf.modeling.modeling_llmembed import INT8_METHOD
 
 #: Words of the tiny vocabularies (not "not": conftest gives it an id beyond the tiny models' vocab_size).
 _WORDS = "the a cat dog sat on mat movie film good bad very".split()
@@ -425,6 +428,53 @@ def test_fingerprint_is_stable_across_calls(model, tmp_path):
     model.tokenizer(TEXTS, max_length=7, return_tensors="pt")
     extract(model, tmp_path)
     assert {name: store.fingerprint for name, store in stores(model, tmp_path).items()} == before
+
+
+def test_prompt_and_pooling_of_the_prompt_change_only_that_backbones_fingerprint(model, tiny_config, tmp_path,
+                                                                                   monkeypatch):
+    first = values(extract(model, tmp_path))
+    prompted = LLMEmbedForSequenceClassification.from_backbones(tiny_config(enc={"prompt": "the film, "})).eval()
+    assert stores(prompted, tmp_path)["enc"].fingerprint != stores(model, tmp_path)["enc"].fingerprint
+    assert stores(prompted, tmp_path)["llm"].fingerprint == stores(model, tmp_path)["llm"].fingerprint
+    batches = spy_batches(prompted, monkeypatch)
+    features = values(extract(prompted, tmp_path))
+    assert computed(batches) == {"llm": 0, "enc": len(TEXTS)}
+    assert torch.equal(features[:, :-32], first[:, :-32]) and not torch.allclose(features[:, -32:], first[:, -32:])
+    unpooled = LLMEmbedForSequenceClassification.from_backbones(
+        tiny_config(enc={"prompt": "the film, ", "pooling": "mean", "pool_prompt": False})).eval()
+    pooled = LLMEmbedForSequenceClassification.from_backbones(
+        tiny_config(enc={"prompt": "the film, ", "pooling": "mean"})).eval()
+    assert stores(unpooled, tmp_path)["enc"].fingerprint != stores(pooled, tmp_path)["enc"].fingerprint
+
+
+def test_a_float_backbone_without_prompt_keeps_the_fingerprint_it_had_before_prompts_and_int8(model):
+    """Feature stores written before these options existed stay valid: the same keys, None for prompt and
+    quantisation, no pool_prompt (it changes nothing without a prompt)."""
+    description = backbone_description(model, model.config.backbone_specs[1])
+    assert sorted(description) == ["compute_dtype", "gguf_file", "layers", "max_length", "model_id", "normalize",
+                                   "pooling", "prompt", "quantization", "revision", "tokenizer", "weights_sha256"]
+    assert (description["prompt"], description["quantization"], description["compute_dtype"]) == (
+        None, None, "torch.float32")
+
+
+def test_quantisation_and_compute_dtype_as_loaded_are_in_the_fingerprint(model, tiny_config, tmp_path):
+    int8 = LLMEmbedForSequenceClassification.from_backbones(tiny_config(enc={"quantization": "int8"})).eval()
+    assert backbone_description(int8, int8.config.backbone_specs[1])["quantization"] == {
+        "scheme": "int8", "method": INT8_METHOD}
+    assert stores(int8, tmp_path)["enc"].fingerprint != stores(model, tmp_path)["enc"].fingerprint
+    assert stores(int8, tmp_path)["llm"].fingerprint == stores(model, tmp_path)["llm"].fingerprint
+    # Served with int8 knowingly: the fingerprint records what runs, not what the config was trained on.
+    served = LLMEmbedForSequenceClassification(model.config).load_backbones(quantization="int8",
+                                                                            allow_quantization_mismatch=True)
+    assert stores(served, tmp_path)["enc"].fingerprint == stores(int8, tmp_path)["enc"].fingerprint
+    bf16 = LLMEmbedForSequenceClassification.from_backbones(tiny_config(enc={"dtype": "bfloat16"})).eval()
+    assert backbone_description(bf16, bf16.config.backbone_specs[1])["compute_dtype"] == "torch.bfloat16"
+    assert stores(bf16, tmp_path)["enc"].fingerprint != stores(model, tmp_path)["enc"].fingerprint
+    # int8 scales activations per tensor, i.e. per batch: the store's batches give vectors close to, not equal to,
+    # those of one direct batch (float backbones agree to 1e-5).
+    features, direct = values(extract(int8, tmp_path)), direct_features(int8)
+    assert F.cosine_similarity(features[:, -32:], direct[:, -32:]).min() > 0.999
+    torch.testing.assert_close(features[:, :-32], direct[:, :-32], atol=1e-5, rtol=0)
 
 
 # ----------------------------------------------------------------------------------------------------------------------

@@ -314,3 +314,15 @@ def test_resumed_finetune_gives_the_same_adapter(tiny_backbones, finetune_data, 
     whole, resumed = adapter(tmp_path / "whole"), adapter(tmp_path / "resumed")
     assert whole.keys() == resumed.keys()
     assert all(torch.equal(whole[key], resumed[key]) for key in whole)
+
+
+def test_a_pair_split_is_tokenised_as_pairs(tiny_backbones):
+    """Fine-tuning reads detected pairs too: each row is the backbone tokenizer's own pair encoding."""
+    from llmembed_hf.data import LabelledTexts
+    from llmembed_hf.finetuning import tokenize_split
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_backbones["bert"])
+    split = LabelledTexts(["the cat", "a dog sat"], [0, 1], ["good film", "bad"])
+    rows = tokenize_split(split, tokenizer, 16)
+    assert rows["input_ids"] == tokenizer(split.texts, split.pairs, truncation=True, max_length=16)["input_ids"]
+    assert rows["input_ids"] != tokenize_split(LabelledTexts(split.texts, split.labels), tokenizer, 16)["input_ids"]

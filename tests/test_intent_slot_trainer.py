@@ -119,3 +119,42 @@ def test_finetune_keeps_a_training_row_whatever_the_fraction(tiny_backbones, tmp
     )
     assert (report.num_train, report.num_validation, report.num_eval) == (1, 5, 0)
     assert report.selection_metric == "slot_f1" and report.eval_metrics == {}
+
+
+def test_keep_best_writes_the_best_epoch_and_a_new_callback_reads_it_back(tmp_path):
+    """The best epoch survives a crash: written to the checkpoint folder at every new best, read back on resume."""
+    model, callback = TrainedWeights(), KeepBestCallback("exact_match", tmp_path)
+    for epoch, value in [(1.0, 0.5), (2.0, 0.8), (3.0, 0.6)]:
+        evaluate(callback, model, epoch, value)
+    resumed = KeepBestCallback("exact_match", tmp_path)
+    assert (resumed.best, resumed.best_epoch) == (0.8, 2.0)
+    assert resumed.state_dict["head.weight"].tolist() == [2.0, 2.0]
+    assert KeepBestCallback("slot_f1", tmp_path).best is None  # another selection metric: not this run's best
+    assert sorted(p.name for p in tmp_path.iterdir()) == [KeepBestCallback.BEST_FILE]  # no temporary file left
+
+
+@pytest.mark.parametrize("mode", ["frozen", "lora"])
+def test_resumed_intent_slot_run_ends_like_an_uninterrupted_one(tiny_backbones, tmp_path, monkeypatch, mode):
+    """Killed after its first epoch and resumed, a run ends with the same weights and best epoch as a whole run."""
+    import llmembed_hf.intent_slot.trainer as trainer_module
+    from helpers import interrupted_after
+    from llmembed_hf.training_args import OutputArguments
+
+    data = in_memory_data({"train": 12, "validation": 6, "test": 3})
+    args = IntentSlotArguments(mode=mode, epochs=3, batch_size=4, learning_rate=5e-3)
+    whole_model, whole = finetune_intent_slot(tiny_backbones["bert"], data, tmp_path / "whole", args)
+
+    output = OutputArguments(str(tmp_path / "resumed"), resume=True)
+    with monkeypatch.context() as patch:
+        patch.setattr(trainer_module, "Trainer", interrupted_after(trainer_module.Trainer, epoch=1))
+        with pytest.raises(KeyboardInterrupt):
+            finetune_intent_slot(tiny_backbones["bert"], data, output, args)
+    assert (output.checkpoint_dir / KeepBestCallback.BEST_FILE).is_file()
+    resumed_model, resumed = finetune_intent_slot(tiny_backbones["bert"], data, output, args)
+
+    assert resumed.best_epoch == whole.best_epoch and resumed.validation_metrics == pytest.approx(
+        whole.validation_metrics)
+    whole_state, resumed_state = whole_model.trained_state_dict(), resumed_model.trained_state_dict()
+    assert whole_state.keys() == resumed_state.keys()
+    assert all(torch.allclose(whole_state[k], resumed_state[k], atol=1e-6) for k in whole_state)
+    assert not output.checkpoint_dir.exists()  # removed once the result is published

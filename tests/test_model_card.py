@@ -148,3 +148,38 @@ def test_card_of_a_regression_head(trained_regression):
          "mse": report.eval_metrics["mse"]}, abs=1e-4)
     assert "![predicted vs gold](predicted_vs_gold.png)" in text and "function_to_apply" in text
     assert "reliability_diagram.png" not in text and "confusion_matrix.png" not in text
+
+
+def test_training_saving_and_the_card_never_touch_the_network(tiny_config, tiny_backbones, tmp_path, monkeypatch):
+    """Offline use never waits on the network: with HF_HUB_OFFLINE unset, a whole `train_head` run (features,
+    training, save_pretrained, the card and its plots) and a reload of its folder open no connection, look up no
+    host name."""
+    import socket
+
+    import datasets
+    import huggingface_hub
+
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.delenv("TRANSFORMERS_OFFLINE", raising=False)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", False)
+    attempts: list[Any] = []
+
+    def refuse(*args: Any, **kwargs: Any) -> None:
+        attempts.append(args)
+        raise OSError("this test has no network")
+
+    monkeypatch.setattr(socket.socket, "connect", refuse)
+    monkeypatch.setattr(socket, "getaddrinfo", refuse)
+    monkeypatch.setattr(socket, "create_connection", refuse)
+
+    data_dir = tmp_path / "data"
+    write_split(data_dir, "train", keyword_rows(24, seed=2))
+    write_split(data_dir, "test", keyword_rows(8, seed=3))
+    (data_dir / "labels.json").write_text(json.dumps(["neg", "pos"]))
+    model = LLMEmbedForSequenceClassification.from_backbones(tiny_config(num_labels=2, id2label=ID2LABEL))
+    out = tmp_path / "out"
+    train_head(data_dir, out, model=model, training=HeadTrainingArguments(epochs=1, batch_size=8))
+    AutoModelForSequenceClassification.from_pretrained(out)
+    assert (out / "README.md").is_file() and (out / "confusion_matrix.png").is_file()
+    assert attempts == []

@@ -1,12 +1,13 @@
 """The LLMEmbed head (`modeling_llmembed`): the paper preset's shape, the text and feature paths, pooling and padding,
-training and saving only the head, losses, Trainer, loading with other labels, and errors, on tiny random local
-backbones."""
+training and saving only the head, losses, Trainer, loading with other labels, errors, prompts left out of pooling,
+int8 backbones and the compute dtype, on tiny random local backbones."""
 
 from __future__ import annotations
 
 import json
 import logging
 import re
+from typing import Any
 
 import pytest
 import torch
@@ -14,13 +15,16 @@ import torch.nn.functional as F
 from torch import nn
 from transformers import AutoModelForSequenceClassification
 
-from llmembed_hf import LLMEmbedConfig, LLMEmbedForSequenceClassification, LLMEmbedTokenizer
+from llmembed_hf import BackboneSpec, LLMEmbedConfig, LLMEmbedForSequenceClassification, LLMEmbedTokenizer
 from llmembed_hf.modeling.modeling_llmembed import (
     ALLOW_MISMATCH_ENV,
+    backbone_quantization,
     check_backbone_sha256,
     first_token_pool,
     last_token_pool,
     mean_pool,
+    native_bf16_supported,
+    quantize_backbone,
 )
 
 TEXTS = ["the cat sat on the mat", "a very good movie!", "bad film"]
@@ -519,3 +523,349 @@ def test_pipeline_output_has_the_form_of_a_stock_models(text_model, stock_pipeli
         for row, result in zip(logits, ours(TEXTS, top_k=None)):
             scores = {entry["label"]: entry["score"] for entry in result}
             assert [scores[MULTI_LABELS[i]] for i in range(3)] == pytest.approx(row.sigmoid().tolist(), abs=1e-5)
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Text pairs: the same features in training (feature store) and serving (pipeline), transformers' output format
+# ----------------------------------------------------------------------------------------------------------------------
+
+PAIRS = [("the cat sat on the mat", "a dog sat on a mat"), ("a very good movie!", "bad film"),
+         ("bad film", "a very good movie!"), ("the film", "the film")]
+
+
+@pytest.mark.parametrize("pair_encoding", ["siamese", "default", "joint"])
+def test_pair_features_of_training_and_serving_give_the_same_logits(text_model, tmp_path, pair_encoding):
+    """A head fitted on store features, saved, and served by pipeline(folder) on {"text", "text_pair"} inputs scores
+    every pair as the training features do: the feature order ([u, v, |u-v|, u*v] per siamese view) is one."""
+    from transformers import pipeline
+
+    from llmembed_hf import HeadTrainingArguments, extract_features, fit_head
+
+    model = text_model(pair_encoding=pair_encoding, num_labels=2, id2label={0: "no", 1: "yes"})
+    firsts, seconds = [a for a, _ in PAIRS], [b for _, b in PAIRS]
+    features = extract_features(model, firsts * 4, text_pairs=seconds * 4, extra_columns={"labels": [0, 1, 1, 0] * 4},
+                                cache_folder=tmp_path / "store", show_progress=False)
+    fit_head(model, features, None, tmp_path / "fit", HeadTrainingArguments(epochs=2, batch_size=4,
+                                                                            learning_rate=1e-2))
+    model.save_pretrained(tmp_path / "head")
+    model.eval()
+    with torch.inference_mode():
+        trained = model(pooled_features=features[:4]["pooled_features"]).logits.softmax(-1)
+    classifier = pipeline("text-classification", model=str(tmp_path / "head"), device="cpu")
+    served = classifier([{"text": a, "text_pair": b} for a, b in PAIRS], top_k=None, batch_size=3)
+    for row, scores in zip(trained, served):
+        assert {s["label"]: s["score"] for s in scores} == pytest.approx({"no": float(row[0]), "yes": float(row[1])},
+                                                                          abs=1e-5)
+    assert not torch.allclose(trained[1], trained[2])  # (a, b) and (b, a) are different inputs
+
+
+def test_a_pair_pipeline_returns_the_stock_format(text_model, tiny_backbones):
+    """pipeline("text-classification") on {"text", "text_pair"} returns what it returns for a stock
+    AutoModelForSequenceClassification: a dict for one pair, a list of dicts for a list, every label with top_k=None."""
+    from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification, pipeline
+
+    id2label = {0: "no", 1: "yes"}
+    ours = text_model(pair_encoding="default", num_labels=2, id2label=id2label)
+    torch.manual_seed(0)
+    stock = BertForSequenceClassification(BertConfig.from_pretrained(tiny_backbones["bert"], num_labels=2,
+                                                                     id2label=id2label)).eval()
+    pipes = [pipeline("text-classification", model=ours, tokenizer=ours.tokenizer, device="cpu"),
+             pipeline("text-classification", model=stock, tokenizer=AutoTokenizer.from_pretrained(
+                 tiny_backbones["bert"]), device="cpu")]
+
+    def form(value):
+        if isinstance(value, dict):
+            return {key: (type(item).__name__ if key != "label" else item in id2label.values())
+                    for key, item in value.items()}
+        return [form(item) for item in value]
+
+    one = {"text": PAIRS[0][0], "text_pair": PAIRS[0][1]}
+    many = [{"text": a, "text_pair": b} for a, b in PAIRS]
+    for inputs, kwargs in ((one, {}), (many, {}), (one, {"top_k": None}), (many, {"top_k": None}),
+                           (many, {"top_k": 1, "batch_size": 2})):
+        ours_out, stock_out = (pipe(inputs, **kwargs) for pipe in pipes)
+        assert form(ours_out) == form(stock_out), (inputs, kwargs)
+    assert isinstance(pipes[0](one), dict) and len(pipes[0](many, top_k=None)[0]) == 2
+
+
+def test_forward_names_the_pair_inputs_a_siamese_backbone_lacks(text_model):
+    model = text_model(pair_encoding="siamese")
+    inputs = dict(model.tokenizer(["a cat"], text_pair=["a dog"], return_tensors="pt"))
+    del inputs["enc_pair_input_ids"]
+    with pytest.raises(TypeError, match=r"lacks \['enc_pair_input_ids'\].*a head of text pairs"):
+        model(**inputs)
+
+
+# Per-backbone prompts: pooled with or without the prompt's positions
+# ----------------------------------------------------------------------------------------------------------------------
+
+#: A prompt in the tiny vocabularies (see test_tokenization_llmembed.py): 3 tokens after [CLS] / <s>.
+PROMPT = "the film, "
+
+
+def hand_pooled(model, name: str, texts: list[str], skip: int) -> torch.Tensor:
+    """The last hidden state of ``name`` averaged over real tokens, its first ``skip`` positions left out."""
+    encoded = model.tokenizer(texts, return_tensors="pt")
+    ids, mask = encoded[f"{name}_input_ids"], encoded[f"{name}_attention_mask"]
+    with torch.inference_mode():
+        hidden = model.backbones[name](input_ids=ids, attention_mask=mask, output_hidden_states=True).hidden_states[-1]
+    kept = mask.clone()
+    kept[:, :skip] = 0
+    return (hidden * kept.unsqueeze(-1)).sum(1) / kept.sum(1, keepdim=True)
+
+
+@pytest.mark.parametrize("name, special", [("enc", "[CLS]"), ("llm", "<s>")])
+def test_pool_prompt_false_leaves_the_prompt_and_leading_special_token_out(text_model, name, special):
+    spec = {"prompt": PROMPT, "pooling": "mean", "pool_prompt": False}
+    model = text_model(**{name: spec})
+    tokenizer = model.tokenizer.tokenizers[name]
+    assert model.tokenizer.prompt_ids(name) == tokenizer.convert_tokens_to_ids([special, "the", "film", ","])
+    columns = model.config.backbone_columns[name]
+    features = model.encode(**model.tokenizer(TEXTS + [LONG_TEXT], return_tensors="pt"))[:, columns]
+    width = model.config.backbone_specs[0 if name == "llm" else 1].hidden_size
+    expected = hand_pooled(model, name, TEXTS + [LONG_TEXT], skip=4)  # [CLS]/<s> + 3 prompt tokens
+    torch.testing.assert_close(features[:, -width:], expected, atol=1e-5, rtol=0)
+    pooled_with_prompt = text_model(**{name: dict(spec, pool_prompt=True)})
+    with_prompt = pooled_with_prompt.encode(**pooled_with_prompt.tokenizer(TEXTS, return_tensors="pt"))[:, columns]
+    torch.testing.assert_close(with_prompt[:, -width:], hand_pooled(model, name, TEXTS, skip=0), atol=1e-5, rtol=0)
+    assert not torch.allclose(with_prompt[:, -width:], features[: len(TEXTS), -width:])
+
+
+def test_pool_prompt_false_refuses_inputs_without_the_prompt(text_model):
+    model = text_model(enc={"prompt": PROMPT, "pooling": "mean", "pool_prompt": False})
+    plain = text_model().tokenizer(TEXTS, return_tensors="pt")
+    with pytest.raises(ValueError, match=r"backbones\['enc'\]: with pool_prompt=False every row must start with the "
+                                         r"prompt's 4 tokens"):
+        model.encode(**plain)
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# int8 backbones and the compute dtype
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def wide_backbones(tiny_backbones, tmp_path_factory) -> dict[str, str]:
+    """Seeded random BERT and Gemma-3 backbones 128 wide (FFN 512), with initial weights large enough (std 0.2) that
+    their blocks move the vectors far from the embeddings, so int8 closeness means something; the tiny tokenizers."""
+    from transformers import AutoTokenizer, BertConfig, BertModel, Gemma3TextConfig, Gemma3TextModel
+
+    root = tmp_path_factory.mktemp("wide_backbones")
+    folders = {}
+    for kind, source in (("bert", "bert"), ("gemma", "llama")):
+        tokenizer = AutoTokenizer.from_pretrained(tiny_backbones[source])
+        torch.manual_seed(0)
+        if kind == "bert":
+            model = BertModel(BertConfig(vocab_size=len(tokenizer), hidden_size=128, num_hidden_layers=2,
+                                         num_attention_heads=4, intermediate_size=512, max_position_embeddings=64,
+                                         pad_token_id=tokenizer.pad_token_id, initializer_range=0.2))
+        else:
+            model = Gemma3TextModel(Gemma3TextConfig(
+                vocab_size=len(tokenizer), hidden_size=128, num_hidden_layers=2, num_attention_heads=4,
+                num_key_value_heads=2, head_dim=32, intermediate_size=512, max_position_embeddings=64,
+                initializer_range=0.2, bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+                pad_token_id=tokenizer.eos_token_id))
+        folders[kind] = str(root / kind)
+        model.save_pretrained(folders[kind])
+        tokenizer.save_pretrained(folders[kind])
+    return folders
+
+
+def wide_head(folder: str, **spec: Any) -> LLMEmbedForSequenceClassification:
+    """A head over one wide backbone (mean of the last layer), its spec updated with ``spec``."""
+    torch.manual_seed(0)
+    backbone = dict(name="wide", model_id=folder, layers=[-1], pooling="mean", max_length=32, hidden_size=128) | spec
+    config = LLMEmbedConfig(backbones=[backbone], projection_dim=16, mlp_hidden_sizes=[16], num_labels=2)
+    return LLMEmbedForSequenceClassification.from_backbones(config).eval()
+
+
+#: The Linear layers quantization="int8" leaves in float in each wide backbone (the projection after the activation).
+FLOAT_IN_INT8 = {"bert": ["encoder.layer.0.output.dense", "encoder.layer.1.output.dense"],
+                 "gemma": ["layers.0.mlp.down_proj", "layers.1.mlp.down_proj"]}
+
+
+@pytest.mark.parametrize("kind", ["bert", "gemma"])
+def test_int8_keeps_pooled_vectors_within_cosine_0_99_of_float32(wide_backbones, kind):
+    fp32, int8 = wide_head(wide_backbones[kind]), wide_head(wide_backbones[kind], quantization="int8")
+    batch = fp32.tokenizer(TEXTS + [LONG_TEXT], return_tensors="pt")
+    reference, quantised = fp32.encode(**batch), int8.encode(**batch)
+    assert quantised.dtype == torch.float32
+    assert F.cosine_similarity(quantised, reference).min() > 0.99
+    assert not torch.allclose(quantised, reference, atol=1e-3)  # int8 really computed them
+    # Meaningful: the blocks (whose Linear layers are int8) move the vectors far from the embeddings they start from.
+    ids, mask = batch["wide_input_ids"], batch["wide_attention_mask"]
+    with torch.inference_mode():
+        outputs = fp32.backbones["wide"](input_ids=ids, attention_mask=mask, output_hidden_states=True)
+    embeddings = outputs.hidden_states[0]
+    assert F.cosine_similarity(mean_pool(embeddings, mask), reference).max() < 0.9
+
+
+@pytest.mark.parametrize("kind", ["bert", "gemma"])
+@pytest.mark.parametrize("quantization", ["int8", "int8-all"])
+def test_a_quantised_backbone_holds_int8_linear_layers_except_the_skipped_ones(wide_backbones, kind, quantization):
+    from torch.ao.nn.quantized.dynamic import Linear as DynamicInt8Linear
+
+    fp32, int8 = wide_head(wide_backbones[kind]), wide_head(wide_backbones[kind], quantization=quantization)
+    linears = [name for name, module in fp32.backbones["wide"].named_modules() if isinstance(module, nn.Linear)]
+    modules = dict(int8.backbones["wide"].named_modules())
+    kept = FLOAT_IN_INT8[kind] if quantization == "int8" else []
+    assert [name for name in linears if type(modules[name]) is nn.Linear] == kept
+    assert all(isinstance(modules[name], DynamicInt8Linear) for name in linears if name not in kept)
+    assert backbone_quantization(int8.backbones["wide"]) == quantization
+    assert backbone_quantization(fp32.backbones["wide"]) is None
+
+
+def test_the_registry_keeps_float32_and_int8_copies_apart(wide_backbones):
+    fp32, int8 = wide_head(wide_backbones["bert"]), wide_head(wide_backbones["bert"], quantization="int8")
+    assert fp32.backbones["wide"] is not int8.backbones["wide"]
+    assert wide_head(wide_backbones["bert"], quantization="int8").backbones["wide"] is int8.backbones["wide"]
+    assert wide_head(wide_backbones["bert"], quantization="int8-all").backbones["wide"] is not int8.backbones["wide"]
+    assert wide_head(wide_backbones["bert"]).backbones["wide"] is fp32.backbones["wide"]
+
+
+@pytest.mark.parametrize("trained, served", [(None, "int8"), ("int8", None), ("int8", "int8-all")])
+def test_backbones_quantised_otherwise_than_the_head_was_trained_on_are_refused(wide_backbones, trained, served,
+                                                                                caplog):
+    head = wide_head(wide_backbones["bert"], quantization=trained)
+    other = wide_head(wide_backbones["bert"], quantization=served).backbones
+    with pytest.raises(ValueError) as raised:
+        head.attach_backbones(other)
+    message = str(raised.value)
+    assert f"trained on features of quantization={trained!r}" in message
+    assert f"the backbone is quantization={served!r}" in message and "allow_quantization_mismatch=True" in message
+    with caplog.at_level(logging.WARNING):
+        head.attach_backbones(other, allow_quantization_mismatch=True)
+    assert head.backbones["wide"] is other["wide"]
+    assert any(f"quantization={served!r}" in r.getMessage() for r in caplog.records if r.levelno == logging.WARNING)
+
+
+def test_serving_a_float32_head_with_int8_backbones_needs_the_flag(wide_backbones, monkeypatch):
+    trained = wide_head(wide_backbones["bert"])
+    loads = []
+    loader = LLMEmbedForSequenceClassification.backbone_loader
+    monkeypatch.setattr(LLMEmbedForSequenceClassification, "backbone_loader",
+                        staticmethod(lambda spec, **kwargs: loads.append(spec.quantization) or loader(spec, **kwargs)))
+    head = LLMEmbedForSequenceClassification(trained.config)
+    with pytest.raises(ValueError, match=r"trained on features of quantization=None \(float weights\), but the "
+                                         r"backbone is quantization='int8'"):
+        head.load_backbones(quantization="int8")
+    assert loads == [] and head.backbones == {}  # refused before loading anything
+    head.load_backbones(quantization="int8", allow_quantization_mismatch=True)
+    assert backbone_quantization(head.backbones["wide"]) == "int8"
+    assert head.config.backbone_specs[0].quantization is None  # the config still says what it was trained on
+    with pytest.raises(ValueError, match=r"quantization='int4' is unknown; choose one of \(None, 'int8', 'int8-all'\)"):
+        head.load_backbones(quantization="int4", allow_quantization_mismatch=True)
+
+
+@pytest.mark.parametrize("device", ["meta", "cuda"])
+def test_int8_on_another_device_than_the_cpu_is_refused(tiny_config, device, monkeypatch):
+    def no_loading(*args, **kwargs):
+        raise AssertionError("nothing may load")
+
+    monkeypatch.setattr(LLMEmbedForSequenceClassification, "backbone_loader", staticmethod(no_loading))
+    with pytest.raises(ValueError, match=rf"backbones\['enc'\]\.quantization='int8' runs on the CPU only .* device "
+                                         rf"'{device}' was asked for"):
+        LLMEmbedForSequenceClassification.from_backbones(tiny_config(enc={"quantization": "int8"}), device=device)
+
+
+def test_int8_backbones_are_not_moved_off_the_cpu(tiny_config):
+    model = LLMEmbedForSequenceClassification.from_backbones(tiny_config(enc={"quantization": "int8"}))
+    with pytest.raises(ValueError, match=r"backbones\['enc'\] is quantised \(int8\), which runs on the CPU only"):
+        model.attach_backbones(model.backbones, device="cuda")
+    assert model.device.type == "cpu"
+
+
+def test_what_int8_cannot_quantise_is_refused():
+    spec = BackboneSpec(name="odd", model_id="odd/model", quantization="int8")
+    with pytest.raises(ValueError, match=r"backbones\['odd'\]\.quantization='int8': odd/model has no nn.Linear layer"):
+        quantize_backbone(nn.Sequential(nn.Embedding(10, 4)), spec)
+    # An architecture without a recognised post-activation projection: "int8" would quantise everything, so say so.
+    mlp = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 4))
+    with pytest.raises(ValueError, match=r"has no layer named like .* use 'int8-all'"):
+        quantize_backbone(mlp, spec)
+    assert quantize_backbone(mlp, BackboneSpec(name="odd", model_id="odd/model", quantization="int8-all")) == ["0", "2"]
+    assert backbone_quantization(mlp) == "int8-all"
+
+
+def test_the_deprecation_of_quantize_dynamic_is_logged_once_not_warned(monkeypatch, caplog, recwarn):
+    from llmembed_hf.modeling import modeling_llmembed
+
+    monkeypatch.setattr(modeling_llmembed, "_DEPRECATION_LOGGED", False)
+    spec = BackboneSpec(name="mlp", model_id="mlp", quantization="int8-all")
+    with caplog.at_level(logging.INFO):
+        for _ in range(2):
+            quantize_backbone(nn.Sequential(nn.Linear(4, 4)), spec)
+    assert not [w for w in recwarn if "deprecated" in str(w.message)]
+    assert len([r for r in caplog.records if "quantize_dynamic, which torch" in r.getMessage()]) == 1
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_dtype_auto_follows_native_bf16_support(tiny_config, monkeypatch, caplog, native):
+    from llmembed_hf.modeling import modeling_llmembed
+
+    monkeypatch.setattr(modeling_llmembed, "native_bf16_supported", lambda device=None: native)
+    with caplog.at_level(logging.INFO):
+        model = LLMEmbedForSequenceClassification.from_backbones(tiny_config(enc={"dtype": "auto"}))
+    expected = torch.bfloat16 if native else torch.float32
+    assert model.backbones["enc"].dtype == expected and model.backbones["llm"].dtype == torch.float32
+    assert any(f"dtype='auto' -> {str(expected)[6:]}" in r.getMessage() for r in caplog.records)
+    features = model.encode(**model.tokenizer(TEXTS, return_tensors="pt"))
+    assert features.dtype == torch.float32  # pooled outputs are float32 whatever the compute dtype
+
+
+def test_dtype_auto_stays_float32_with_int8(tiny_config, monkeypatch):
+    from llmembed_hf.modeling import modeling_llmembed
+
+    monkeypatch.setattr(modeling_llmembed, "native_bf16_supported", lambda device=None: True)
+    model = LLMEmbedForSequenceClassification.from_backbones(tiny_config(enc={"dtype": "auto", "quantization": "int8"}))
+    assert model.backbones["enc"].dtype == torch.float32 and backbone_quantization(model.backbones["enc"]) == "int8"
+
+
+def test_native_bf16_detection_reads_the_cpu_flags(monkeypatch):
+    from llmembed_hf.modeling import modeling_llmembed
+
+    for flags, expected in (({"avx512_bf16"}, True), ({"amx_bf16", "avx2"}, True), ({"avx512f", "avx2"}, False)):
+        monkeypatch.setattr(modeling_llmembed, "_cpu_flags", lambda flags=flags: frozenset(flags))
+        assert native_bf16_supported("cpu") is expected and native_bf16_supported() is expected
+    assert native_bf16_supported("meta") is False
+
+
+def test_explicit_bfloat16_on_a_cpu_without_native_support_warns(tiny_config, monkeypatch, caplog):
+    from llmembed_hf.modeling import modeling_llmembed
+
+    monkeypatch.setattr(modeling_llmembed, "_cpu_flags", lambda: frozenset({"avx2"}))
+    with caplog.at_level(logging.WARNING):
+        model = LLMEmbedForSequenceClassification.from_backbones(tiny_config(enc={"dtype": "bfloat16"}))
+    assert model.backbones["enc"].dtype == torch.bfloat16
+    assert any("dtype='bfloat16' on a CPU without native bf16" in r.getMessage() and "runs slower" in r.getMessage()
+               for r in caplog.records if r.levelno == logging.WARNING)
+
+
+def test_prompt_quantization_and_dtype_round_trip_through_save_and_load(tiny_config, tmp_path):
+    views = {"enc": {"prompt": PROMPT, "pooling": "mean", "pool_prompt": False, "quantization": "int8"},
+             "llm": {"prompt": PROMPT, "dtype": "bfloat16"}}
+    torch.manual_seed(0)
+    model = LLMEmbedForSequenceClassification.from_backbones(tiny_config(**views)).eval()
+    model.save_pretrained(tmp_path)
+    loaded = AutoModelForSequenceClassification.from_pretrained(tmp_path).eval()
+    specs = {spec.name: spec for spec in loaded.config.backbone_specs}
+    for name, values in views.items():
+        assert {key: getattr(specs[name], key) for key in values} == values
+    tokenizer = LLMEmbedTokenizer.from_pretrained(tmp_path)
+    batch = tokenizer(TEXTS, return_tensors="pt")
+    features = loaded.encode(**batch)  # loads its backbones as the config says
+    assert backbone_quantization(loaded.backbones["enc"]) == "int8" and loaded.backbones["llm"].dtype == torch.bfloat16
+    assert torch.equal(features, model.encode(**model.tokenizer(TEXTS, return_tensors="pt")))
+
+
+@pytest.mark.parametrize("loader", ["resolver", "remote_code"])
+def test_both_loaders_get_dtype_and_int8_from_the_spec(tiny_config, monkeypatch, loader):
+    """The package's resolver and the remote-code loader go through one place (`shared_backbone`)."""
+    from llmembed_hf.modeling.modeling_llmembed import default_backbone_loader
+
+    if loader == "remote_code":
+        monkeypatch.setattr(LLMEmbedForSequenceClassification, "backbone_loader",
+                            staticmethod(default_backbone_loader))
+    model = LLMEmbedForSequenceClassification.from_backbones(
+        tiny_config(enc={"quantization": "int8"}, llm={"dtype": "bfloat16"}))
+    assert backbone_quantization(model.backbones["enc"]) == "int8" and model.backbones["llm"].dtype == torch.bfloat16

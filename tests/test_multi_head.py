@@ -74,11 +74,16 @@ def test_one_pass_for_every_head_equals_each_head_alone(tiny_config, monkeypatch
         assert [score for _, score in got] == pytest.approx([score for _, score in expected], abs=1e-6)
 
 
-def test_heads_over_other_backbones_are_refused_with_the_differing_field(tiny_config):
+@pytest.mark.parametrize("enc, message", [
+    ({"max_length": 16}, r"max_length=16 differs from head 'a': 32"),
+    ({"prompt": "the film, "}, r"prompt='the film, ' differs from head 'a': None"),
+    ({"quantization": "int8"}, r"quantization='int8' differs from head 'a': None"),
+])
+def test_heads_over_other_backbones_are_refused_with_the_differing_field(tiny_config, enc, message):
     torch.manual_seed(0)
     first = LLMEmbedForSequenceClassification.from_backbones(tiny_config())
-    other = LLMEmbedForSequenceClassification.from_backbones(tiny_config(enc={"max_length": 16}))
-    with pytest.raises(ValueError, match=r"head 'b': backbones\['enc'\]\.max_length=16 differs from head 'a': 32"):
+    other = LLMEmbedForSequenceClassification.from_backbones(tiny_config(enc=enc))
+    with pytest.raises(ValueError, match=r"head 'b': backbones\['enc'\]\." + message):
         MultiHeadClassifier([first, other], names=["a", "b"])
 
 

@@ -4,6 +4,7 @@ Hub-style folder it saves, on tiny random backbones."""
 from __future__ import annotations
 
 import json
+import random
 from pathlib import Path
 
 import numpy as np
@@ -11,7 +12,16 @@ import pytest
 import torch
 from datasets import Dataset
 
-from helpers import NAMES, TRAINED_EPOCHS, interrupted_after
+from helpers import (
+    FILLER,
+    MULTI_LABEL_NAMES,
+    NAMES,
+    TRAINED_EPOCHS,
+    interrupted_after,
+    multi_label_keyword_rows,
+    regression_keyword_rows,
+    write_split,
+)
 from llmembed_hf import HeadTrainingArguments, LLMEmbedForSequenceClassification, fit_head, train_head
 from llmembed_hf.data import load_labelled
 from llmembed_hf.features import FEATURES_COLUMN
@@ -177,6 +187,34 @@ def test_train_head_rejects_a_model_with_other_labels(tiny_config, keyword_data,
     model = LLMEmbedForSequenceClassification.from_backbones(tiny_config(num_labels=3))
     with pytest.raises(ValueError, match=r"labels \{0: 'LABEL_0', 1: 'LABEL_1', 2: 'LABEL_2'\} differ from the data's classes \{0: 'negative', 1: 'positive'\}"):
         train_head(keyword_data, tmp_path / "out", model=model)
+
+
+def test_train_head_on_pairs_learns_from_the_second_text(tiny_preset, pair_data, tmp_path):
+    """The label of pair_data depends on the second text only: a head that reads the pairs scores well above chance
+    (siamese here, set through HeadArguments: each side's vector is a single text's, which the tiny random backbones
+    separate as they do single keyword texts; joint features are checked for equality with a direct forward in
+    test_feature_store.py)."""
+    from llmembed_hf import HeadArguments
+
+    model, report = train_head(pair_data, tmp_path / "out", preset=tiny_preset,
+                               head=HeadArguments(pair_encoding="siamese"),
+                               training=HeadTrainingArguments(epochs=TRAINED_EPOCHS, batch_size=16,
+                                                              learning_rate=3e-3))
+    assert model.config.pair_encoding == {"llm": "siamese", "encoder": "siamese"}
+    assert report.text_pair_column == "text_pair" and report.hyperparameters["pair_encoding"]
+    assert report.eval_metrics["accuracy"] >= 0.8
+
+
+def test_train_head_refuses_a_head_and_data_of_different_kinds(tiny_config, pair_data, keyword_data, tmp_path):
+    names = dict(enumerate(NAMES))
+    single = LLMEmbedForSequenceClassification.from_backbones(tiny_config(id2label=names))
+    with pytest.raises(ValueError, match=r"the data are text pairs but the model classifies single texts"):
+        train_head(pair_data, tmp_path / "a", model=single)
+    paired = LLMEmbedForSequenceClassification.from_backbones(tiny_config(id2label=names, pair_encoding="joint"))
+    with pytest.raises(ValueError, match=r"the head classifies text pairs .* but the data have no pair column"):
+        train_head(keyword_data, tmp_path / "b", model=paired)
+    with pytest.raises(ValueError, match=r"the data have no pair column"):
+        train_head(pair_data, tmp_path / "c", model=paired, text_pair_column="none")
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -364,3 +402,77 @@ def test_train_head_rejects_a_model_of_another_problem_type(tiny_config, multi_l
                     problem_type="single_label_classification"))
     with pytest.raises(ValueError, match=r"row \d+: the label \[.*\] is a list.*'multi_label_classification'"):
         train_head(multi_label_data, tmp_path / "out", model=model)
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Problem types with text pairs
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+def second_text_rows(rows: list[dict], seed: int) -> list[dict]:
+    """``rows`` as pairs whose second text is the row's text and whose first is filler words: the labels then depend
+    on the second text only, so a head scoring well above chance reads the pairs."""
+    rng = random.Random(seed)
+    return [{"text": " ".join(rng.choice(FILLER) for _ in range(rng.randint(2, 5))), "text_pair": row["text"],
+             **{k: v for k, v in row.items() if k != "text"}} for row in rows]
+
+
+def test_train_head_regression_on_text_pairs_end_to_end(tiny_preset, tmp_path):
+    """STS-B's layout (text, text_pair, a float label): detected as regression on pairs; trained, scored with
+    Pearson/Spearman, saved with its pair encoding, and served by the pipeline from {"text", "text_pair"} inputs with
+    the scores the run reported."""
+    from transformers import pipeline
+
+    from llmembed_hf import HeadArguments
+    from llmembed_hf.metrics import regression_scores
+
+    data = tmp_path / "stsb"
+    write_split(data, "train", second_text_rows(regression_keyword_rows(80, seed=0), seed=0))
+    write_split(data, "test", second_text_rows(regression_keyword_rows(24, seed=1), seed=1))
+    output = tmp_path / "out"
+    model, report = train_head(data, output, preset=tiny_preset, head=HeadArguments(pair_encoding="siamese"),
+                               training=HeadTrainingArguments(epochs=TRAINED_EPOCHS, batch_size=16,
+                                                              learning_rate=3e-3))
+    config = json.loads((output / "config.json").read_text())
+    assert config["problem_type"] == report.problem_type == "regression" and config["id2label"] == {"0": "LABEL_0"}
+    assert config["pair_encoding"] == {"llm": "siamese", "encoder": "siamese"}
+    assert report.text_pair_column == "text_pair" and report.label_column == "label"
+    assert set(report.eval_metrics) == {"pearson", "spearman", "mse"}
+    assert report.eval_metrics["spearman"] >= 0.7  # the count of "good" in the second text decides the score
+
+    test = load_labelled(data, "test", text_pair_column="auto")[0]
+    assert test.problem_type == "regression" and test.pairs is not None
+    results = pipeline("text-classification", model=str(output), device="cpu")(
+        [{"text": a, "text_pair": b} for a, b in zip(test.texts, test.pairs)])
+    predicted = [r["score"] for r in results]
+    assert predicted == pytest.approx(report.scatter["predicted"], abs=1e-5)
+    assert regression_scores(predicted, test.labels) == pytest.approx(report.eval_metrics, abs=1e-5)
+    card = (output / "README.md").read_text()
+    assert "paired with the column `text_pair`" in card and "spearmanr" in card and "function_to_apply" in card
+
+
+def test_train_head_multi_label_on_text_pairs(tiny_preset, tmp_path):
+    """A `labels` list per pair: multi-label on pairs, thresholds tuned, the pipeline deciding as the scores say."""
+    from transformers import pipeline
+
+    from llmembed_hf import HeadArguments
+    from llmembed_hf.metrics import multi_label_scores
+
+    data = tmp_path / "pairs"
+    write_split(data, "train", second_text_rows(multi_label_keyword_rows(160, seed=0), seed=0))
+    write_split(data, "test", second_text_rows(multi_label_keyword_rows(24, seed=1), seed=1))
+    (data / "labels.json").write_text(json.dumps(MULTI_LABEL_NAMES))
+    output = tmp_path / "out"
+    model, report = train_head(data, output, preset=tiny_preset, head=HeadArguments(pair_encoding="siamese"),
+                               training=HeadTrainingArguments(epochs=TRAINED_EPOCHS, batch_size=16,
+                                                              learning_rate=3e-3))
+    assert model.config.problem_type == "multi_label_classification" and model.config.pair_encoding is not None
+    assert len(model.config.decision_thresholds) == len(MULTI_LABEL_NAMES)
+    assert report.eval_metrics["micro_f1"] >= 0.8
+
+    test = load_labelled(data, "test", text_pair_column="auto")[0]
+    results = pipeline("text-classification", model=str(output), device="cpu")(
+        [{"text": a, "text_pair": b} for a, b in zip(test.texts, test.pairs)], top_k=None)
+    decided = np.array([[next(e["score"] for e in r if e["label"] == name) >= 0.5 for name in MULTI_LABEL_NAMES]
+                        for r in results])
+    assert multi_label_scores(decided, np.array(test.labels)) == pytest.approx(report.eval_metrics)

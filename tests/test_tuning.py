@@ -109,6 +109,8 @@ def test_tune_head_rejects_bad_input_before_extracting(keyword_dict, tmp_path):
         tune_head(keyword_dict, tmp_path, search_space={"sigma": []}, model=object())
     with pytest.raises(ValueError, match="metric='loss' is unknown"):
         tune_head(keyword_dict, tmp_path, metric="loss", model=object())
+    with pytest.raises(ValueError, match="eval_split='test': tuning never reads an evaluation split"):
+        tune_head(keyword_dict, tmp_path, eval_split="test", model=object())
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -205,3 +207,13 @@ def test_tune_head_is_reproducible(tiny_model, keyword_dict, tmp_path):
             for name in ("a", "b")]
     strip = lambda trials: [{k: v for k, v in t.items() if k != "train_s"} for t in trials]  # noqa: E731
     assert strip(runs[0].trials) == strip(runs[1].trials)
+
+
+def test_tune_head_on_text_pairs(tiny_backbones, pair_data, tmp_path):
+    """A pair dataset is tuned like single texts (the pair column detected, the preset given the default pair
+    encoding, as `llmembed train` does), and the train command needs no pair option."""
+    report = tune_head(pair_data, tmp_path / "tune", preset=LLMEmbedConfig(**head_kwargs(tiny_backbones)), trials=2,
+                       search_space=SMALL_SPACE)
+    assert len(report.trials) == 2 and report.num_train + report.num_validation == 60
+    assert all(0.0 <= trial["accuracy"] <= 1.0 for trial in report.trials)
+    assert "--text-pair-column" not in report.train_command and "--pair-encoding" not in report.train_command

@@ -16,11 +16,14 @@ from typing import Any
 import numpy as np
 import torch
 from datasets import DatasetDict
+from safetensors import safe_open
+from safetensors.torch import save_file
 from transformers import Trainer, TrainerCallback, set_seed
 from transformers.utils import logging
 
 from ..backbones import locate_backbone
 from ..data import describe_source, validation_cut
+from ..file_utils import atomic_save
 from ..metrics import load_metric
 from ..model_card import IntentSlotReport, environment, save_with_card
 from ..modeling.modeling_llmembed_intent_slot import LLMEmbedForIntentAndSlotFilling
@@ -77,30 +80,43 @@ def selection_metric(intent_loss_weight: float, slot_loss_weight: float) -> str:
 
 
 class KeepBestCallback(TrainerCallback):
-    """Keep the trained weights of the best evaluation in memory and restore them when training ends.
+    """Keep the trained weights of the best evaluation and restore them when training ends.
 
-    Trainer's ``load_best_model_at_end`` needs a checkpoint on disk per epoch and reloads it non-strictly, warning
-    about every backbone weight a frozen/LoRA checkpoint leaves out; this copies only `trained_state_dict`.
+    Trainer's ``load_best_model_at_end`` reloads a whole checkpoint non-strictly, warning about every backbone weight
+    a frozen/LoRA checkpoint leaves out; this copies only `trained_state_dict`. With a ``folder`` (the run's
+    checkpoint folder) the best weights are also written there (`BEST_FILE`, atomically) at every new best, and read
+    back when the callback is built, so a run resumed from its last epoch checkpoint still knows its best epoch.
     """
 
-    def __init__(self, metric: str) -> None:
+    BEST_FILE = "best-epoch.safetensors"
+
+    def __init__(self, metric: str, folder: str | os.PathLike | None = None) -> None:
         self.metric = f"eval_{metric}"
         self.best: float | None = None
         self.best_epoch: float | None = None
         self.state_dict: dict[str, torch.Tensor] | None = None
+        self.path = Path(folder) / self.BEST_FILE if folder is not None else None
+        if self.path is not None and self.path.is_file():
+            with safe_open(self.path, "pt") as handle:
+                meta = handle.metadata()
+                if meta.get("metric") == self.metric:
+                    self.state_dict = {key: handle.get_tensor(key) for key in handle.keys()}
+                    self.best, self.best_epoch = float(meta["best"]), float(meta["epoch"])
 
     def on_evaluate(self, args, state, control, metrics=None, model=None, **kwargs) -> None:
         value = (metrics or {}).get(self.metric)
         if value is not None and model is not None and (self.best is None or value > self.best):
             self.best, self.best_epoch = value, state.epoch
             self.state_dict = {k: v.detach().to("cpu", copy=True) for k, v in model.trained_state_dict().items()}
+            if self.path is not None:
+                meta = {"metric": self.metric, "best": repr(float(value)), "epoch": repr(float(state.epoch))}
+                tensors = {k: v.contiguous() for k, v in self.state_dict.items()}
+                atomic_save(self.path, lambda tmp: save_file(tensors, tmp, metadata=meta))
 
     def on_train_end(self, args, state, control, model=None, **kwargs) -> None:
         if self.state_dict is not None and model is not None:
             logger.info(f"Restoring the best epoch ({self.best_epoch}: {self.metric}={self.best:.4f}).")
             model.load_trained_state_dict(self.state_dict, source="best epoch")
-
-
 
 
 def _peak_memory_mb() -> float:
@@ -133,9 +149,6 @@ def finetune_intent_slot(
     args = args or IntentSlotArguments()
     data = data_arguments(data, IntentSlotDataArguments, **data_fields)
     output = output_arguments(output_dir)
-    if output.resume:
-        raise ValueError("resume is not supported by the intent + slot line yet (its best epoch is kept in memory); "
-                         "rerun without --resume.")
     output.check()
     started = time.perf_counter()
     set_seed(args.seed)
@@ -170,7 +183,8 @@ def finetune_intent_slot(
     loaded = time.perf_counter()
 
     metric = selection_metric(args.intent_loss_weight, args.slot_loss_weight)
-    keep_best = KeepBestCallback(metric)
+    resume_from_checkpoint = output.resume_from_checkpoint()  # a fresh run clears the folder first
+    keep_best = KeepBestCallback(metric, output.checkpoint_dir)
     trainer = Trainer(
         model=model,
         args=args.to_training_arguments(output.checkpoint_dir, has_eval=True, keep_best_checkpoint=False,
@@ -181,7 +195,7 @@ def finetune_intent_slot(
         compute_metrics=intent_slot_metrics_fn(intent_names, slot_names),
         callbacks=[keep_best],
     )
-    trainer.train()
+    trainer.train(resume_from_checkpoint=resume_from_checkpoint)
     trained = time.perf_counter()
     log_history = list(trainer.state.log_history)
     speed = ("eval_runtime", "eval_samples_per_second", "eval_steps_per_second")
