@@ -24,6 +24,7 @@ from transformers.hf_argparser import string_to_bool
 from .features import ExtractionConfig
 from .intent_slot.training_args import IntentSlotArguments, IntentSlotDataArguments
 from .training_args import DataArguments, FinetuneArguments, HeadArguments, HeadTrainingArguments, OutputArguments
+from .tuning import METRICS as TUNING_METRIC_NAMES
 from .tuning import TUNING_VALIDATION_FRACTION, SearchSpace
 
 PRESET_HELP = "a backbone preset's name (small, paper, ...), or an LLMEmbedConfig's config.json (or its folder)"
@@ -145,19 +146,24 @@ def cmd_tune(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> dict[str, Any]:
+    import numpy as np
+
     from .data import load_labelled
     from .features import extract_features
-    from .metrics import compute_classification_metrics
+    from .metrics import COMPUTE_METRICS, problem_type_of
     from .trainer import check_pairs_match, predict_logits
 
     model = _load_model(args.model)
     names = [model.config.id2label[i] for i in range(model.config.num_labels)]
+    problem_type = problem_type_of(model.config)
     split, _ = load_labelled(args.dataset, args.split, args.text_column, args.label_column, names,
-                             max_samples=args.max_samples, text_pair_column=_pair_column(model, args))
+                             max_samples=args.max_samples, problem_type=problem_type,
+                             text_pair_column=_pair_column(model, args))
     check_pairs_match(model.config, split.pairs is not None)
     features = extract_features(model, split.texts, config=from_options(ExtractionConfig, args),
                                 text_pairs=split.pairs)
-    metrics = compute_classification_metrics((predict_logits(model, features), split.labels))
+    # inference logits: the temperature or the tuned thresholds applied, as the pipeline scores
+    metrics = COMPUTE_METRICS[problem_type]((predict_logits(model, features), np.asarray(split.labels)))
     return {"split": args.split, "rows": len(split.texts), **metrics}
 
 
@@ -258,8 +264,13 @@ def cmd_predict(args: argparse.Namespace) -> list[dict[str, Any]]:
         predictions = classifier(texts, batch_size=args.batch_size, text_pairs=text_pairs)
         results = [{**e, "predictions": p} for e, p in zip(echoed, predictions)]
     else:
+        from .multi_head import prediction_of
+
         classifier = pipeline("text-classification", model=args.model[0], device=args.device)
-        results = [{**e, **r} for e, r in zip(echoed, classifier(inputs, batch_size=args.batch_size))]
+        # every label's score (a multi-label head's labels are those reaching 0.5), else the top label's
+        every_label = {"top_k": None} if classifier.model.config.problem_type == "multi_label_classification" else {}
+        outputs = classifier(inputs, batch_size=args.batch_size, **every_label)
+        results = [{**e, **prediction_of(classifier.model.config, scores)} for e, scores in zip(echoed, outputs)]
     if args.output:
         Path(args.output).write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in results))
     return results
@@ -335,8 +346,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--preset", default="small", help=PRESET_HELP)
     output_dir(p, "tuning_results.json and tuning_results.md")
     p.add_argument("--trials", type=int, default=20, help="number of heads to train and compare")
-    p.add_argument("--metric", default="accuracy", choices=["accuracy", "macro_f1"],
-                   help="validation score that picks the best trial")
+    p.add_argument("--metric", default=None, choices=list(TUNING_METRIC_NAMES),
+                   help="validation score that picks the best trial (default: accuracy; multi-label: macro_f1; "
+                        "regression: spearman)")
     add_dataclass_options(p, HeadTrainingArguments, only=("weight_decay", "seed"))
     add_dataclass_options(p, SearchSpace, candidates=True)
     add_dataclass_options(p, ExtractionConfig)
@@ -363,14 +375,16 @@ def build_parser() -> argparse.ArgumentParser:
     add_dataclass_options(p, IntentSlotArguments)
     push(p)
 
-    p = command("evaluate", cmd_evaluate, "accuracy and macro-F1 of a saved head on a labelled split")
+    p = command("evaluate", cmd_evaluate, "score a saved head on a labelled split (accuracy and macro-F1; multi-label: "
+                "micro/macro/example-based F1 and subset accuracy; regression: Pearson, Spearman, MSE)")
     p.add_argument("--model", required=True, help="a saved head folder or Hub id")
     add_dataclass_options(p, DataArguments, only=ONE_SPLIT_FIELDS)
     p.add_argument("--split", default="test", help="split to score")
     p.add_argument("--max-samples", type=int, help="seeded random subset of N rows")
     add_dataclass_options(p, ExtractionConfig)
 
-    p = command("predict", cmd_predict, "classify texts with pipeline('text-classification'); JSONL out")
+    p = command("predict", cmd_predict, "classify texts with pipeline('text-classification'); JSONL out: text, label "
+                "and score; multi-label: the labels that apply and every label's score; regression: the score")
     p.add_argument("--model", required=True, action="append",
                    help="a saved head folder or Hub id; repeat it for several heads on the same backbones, which then "
                         "share one backbone pass (each row gets every head's label and score)")
@@ -381,7 +395,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--text-column", default="text", help="JSONL field holding the text")
     p.add_argument("--text-pair-column", default="text_pair", help="a head of text pairs: JSONL field holding the "
                    "second text")
-    p.add_argument("--output", help="write JSONL (text, label, score) here; always printed too")
+    p.add_argument("--output", help="write the JSONL rows here; always printed too")
     p.add_argument("--batch-size", type=int, default=16, help="pipeline batch size")
     p.add_argument("--device", default=None, help="e.g. cpu, cuda:0 (default: pipeline's choice)")
     p = command("cache", cmd_cache, "the feature store: size per backbone (info), or remove backbones' vectors "

@@ -146,6 +146,10 @@ def finetune(
     output.check()
     started = time.perf_counter()
     splits = load_classification_splits(data, seed=args.seed)
+    if splits.problem_type != "single_label_classification":
+        raise ValueError(f"the labels of column {splits.label_column!r} are {splits.problem_type}, but fine-tuning "
+                         "trains single-label classifiers only; train a fusion head on them with `llmembed train` "
+                         "(train_head) instead.")
     id2label = dict(enumerate(splits.names))
 
     spec, weights = locate_backbone(backbone)
@@ -181,7 +185,7 @@ def finetune(
 
     report = FinetuneReport(
         dataset=describe_source(data.dataset), text_column=data.text_column,
-        text_pair_column=splits.text_pair_column, label_column=data.label_column,
+        text_pair_column=splits.text_pair_column, label_column=splits.label_column,
         train_split=data.train_split, eval_split=data.eval_split, validation=splits.validation_name, num_train=len(splits.train.texts),
         num_validation=len(splits.validation.texts),
         num_eval=len(splits.evaluation.texts) if splits.evaluation else 0,

@@ -18,6 +18,7 @@ from string import Template
 from types import SimpleNamespace
 from typing import Any
 
+import numpy as np
 import torch
 import yaml
 from transformers.utils import logging
@@ -99,8 +100,14 @@ class TrainingReport(RunReport):
     """A fusion head's run (`train_head`): the backbone preset it was trained on, besides the common fields."""
 
     preset: str = "custom"
-    #: The temperature fitted on validation data, ECE/NLL before and after per split, and reliability bins.
+    problem_type: str = "single_label_classification"
+    #: Single-label: the temperature fitted on validation data, ECE/NLL before and after per split, reliability bins.
     calibration: dict[str, Any] = field(default_factory=dict)
+    #: Multi-label: each label's decision threshold tuned on validation data, the scores at 0.5 and at them per
+    #: split, and each label's F1 (and number of true rows) on the evaluation split (else validation).
+    thresholds: dict[str, Any] = field(default_factory=dict)
+    #: Regression: gold and predicted scores of the evaluation split (else validation), for the card's plot.
+    scatter: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -137,6 +144,16 @@ class IntentSlotReport(RunReport):
 
 #: (metric key, model-index type, display name, model-index args) of each line's results.
 CLASSIFICATION_METRICS = [("accuracy", "accuracy", "Accuracy", None), ("macro_f1", "f1", "Macro F1", {"average": "macro"})]
+MULTI_LABEL_METRICS = [("macro_f1", "f1", "Macro F1", {"average": "macro"}),
+                       ("micro_f1", "f1", "Micro F1", {"average": "micro"}),
+                       ("samples_f1", "f1", "Example-based F1", {"average": "samples"}),
+                       ("subset_accuracy", "accuracy", "Subset accuracy", {"subset": True})]
+REGRESSION_METRICS = [("spearman", "spearmanr", "Spearman correlation", None),
+                      ("pearson", "pearsonr", "Pearson correlation", None),
+                      ("mse", "mse", "MSE", None)]
+#: The results of a fusion head (or fine-tuned classifier) by problem type.
+METRICS_BY_PROBLEM_TYPE = {"single_label_classification": CLASSIFICATION_METRICS,
+                           "multi_label_classification": MULTI_LABEL_METRICS, "regression": REGRESSION_METRICS}
 INTENT_SLOT_METRICS = [("intent_accuracy", "accuracy", "Intent accuracy", None),
                        ("slot_f1", "f1", "Slot span micro-F1", None),
                        ("exact_match", "exact_match", "Frame accuracy", None)]
@@ -294,6 +311,74 @@ def _calibration(folder: Path, report: RunReport) -> tuple[str, list[str]]:
     return text, ["![reliability diagram](reliability_diagram.png)"]
 
 
+def _thresholds(folder: Path, report: RunReport) -> tuple[str, list[str]]:
+    """The decision-threshold paragraph (scores at 0.5 and at the tuned thresholds, each label's threshold and F1)
+    and its per-label F1 plot, drawn like the reliability diagram."""
+    tuned = getattr(report, "thresholds", None)
+    if not tuned:
+        return "", []
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = [[name] + [f"{m[f'{key}_{when}']:.4f}" for key in ("macro_f1", "micro_f1") for when in ("before", "after")]
+            for name, m in tuned["splits"].items()]
+    names, shown = list(tuned["thresholds"]), tuned["per_label_split"]
+    def f1(when: str, index: int) -> str:
+        value = tuned["per_label_f1"][when][index]
+        return "n/a" if value is None else f"{value:.3f}"
+
+    labels = [[name, f"{threshold:.3f}", tuned["support"][i], f1("before", i), f1("after", i)]
+              for i, (name, threshold) in enumerate(tuned["thresholds"].items())]
+    text = ("A label applies when its score is at least 0.5: each label's decision threshold was tuned on the "
+            "validation split after training (maximising its F1) and is folded into the scores.\n\n"
+            + markdown_table(["split", "macro-F1 at 0.5", "macro-F1 tuned", "micro-F1 at 0.5", "micro-F1 tuned"], rows)
+            + f"\n\nPer label on `{shown}` (true rows, F1 at 0.5 and at the tuned threshold):\n\n"
+            + markdown_table(["label", "threshold", "true rows", "F1 at 0.5", "F1 tuned"], labels))
+    fig, ax = plt.subplots(figsize=(min(max(6, 1 + 0.4 * len(names)), 14), 4))
+    positions = np.arange(len(names))
+    for offset, when, title in ((-0.2, "before", "threshold 0.5"), (0.2, "after", "tuned thresholds")):
+        values = [np.nan if v is None else v for v in tuned["per_label_f1"][when]]
+        ax.bar(positions + offset, values, width=0.4, label=title)
+    ax.set_xticks(positions, names, rotation=90 if len(names) > 4 else 0)
+    ax.set_ylim(0, 1.15)
+    ax.set_yticks(np.linspace(0, 1, 6))
+    ax.set_ylabel("F1")
+    ax.set_title(f"Per-label F1 ({shown})")
+    ax.legend(loc="upper center", ncol=2)
+    fig.tight_layout()
+    fig.savefig(folder / "per_label_f1.png", dpi=100)
+    plt.close(fig)
+    return text, ["![per-label F1](per_label_f1.png)"]
+
+
+def _scatter(folder: Path, report: RunReport) -> list[str]:
+    """A regression head's predicted-vs-gold plot (with the y = x line)."""
+    scatter = getattr(report, "scatter", None)
+    if not scatter or not scatter["gold"]:
+        return []
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    gold, predicted = scatter["gold"], scatter["predicted"]
+    low, high = min(gold + predicted), max(gold + predicted)
+    fig, ax = plt.subplots(figsize=(5, 5))
+    ax.plot([low, high], [low, high], color="grey", linestyle="--", label="predicted = gold")
+    ax.scatter(gold, predicted, s=6, alpha=0.4)
+    ax.set_xlabel("gold score")
+    ax.set_ylabel("predicted score")
+    sample = f", {len(gold):,} of {scatter['num_rows']:,} rows" if len(gold) < scatter["num_rows"] else ""
+    ax.set_title(f"Predicted vs gold ({scatter['split']}{sample})")
+    ax.legend(loc="upper left")
+    fig.tight_layout()
+    fig.savefig(folder / "predicted_vs_gold.png", dpi=100)
+    plt.close(fig)
+    return ["![predicted vs gold](predicted_vs_gold.png)"]
+
+
 def markdown_table(header: list[str], rows: list[list[Any]]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     return "\n".join(lines + ["| " + " | ".join(str(c) for c in row) + " |" for row in rows])
@@ -312,6 +397,7 @@ def _results_table(report: RunReport, metrics: list[tuple]) -> str:
 def _training_fields(folder: Path, labels: Any, report: RunReport, metrics: list[tuple]) -> dict[str, Any]:
     """The card fields every trained model shares: data, hyper-parameters, timings, results, plots, environment."""
     calibration, calibration_plots = _calibration(folder, report)
+    thresholds, threshold_plots = _thresholds(folder, report)
     return dict(
         dataset=_dataset_name(report),
         text_column=report.text_column,
@@ -324,8 +410,9 @@ def _training_fields(folder: Path, labels: Any, report: RunReport, metrics: list
         eval_split=report.eval_split,
         hyperparameters=", ".join(f"{k}={v}" for k, v in report.hyperparameters.items()),
         timings=", ".join(f"{k} {v:.0f}" for k, v in report.timings.items()) or "not recorded",
-        results_table="\n\n".join(filter(None, [_results_table(report, metrics), calibration])),
-        plots="\n\n".join(_plots(folder, labels, report, metric=metrics[0][0]) + calibration_plots),
+        results_table="\n\n".join(filter(None, [_results_table(report, metrics), calibration, thresholds])),
+        plots="\n\n".join(_plots(folder, labels, report, metric=metrics[0][0]) + calibration_plots + threshold_plots
+                           + _scatter(folder, report)),
         environment=", ".join(f"{k} {v}" for k, v in report.environment.items()),
         warning=UNTRAINED_WARNING if report.num_train == 0 else "",
     )
@@ -385,18 +472,37 @@ def write_model_card(folder: str | os.PathLike, config: Any, report: RunReport, 
     base_models = [hub_base_model(spec.model_id) for spec in config.backbone_specs]
     if any(base_models):
         meta["base_model"] = [model_id for model_id in base_models if model_id]
+    problem_type = config.problem_type or getattr(report, "problem_type", None) or "single_label_classification"
+    metrics = METRICS_BY_PROBLEM_TYPE[problem_type]
     _add_results_metadata(meta, report, name, {"type": "text-classification", "name": "Text Classification"},
-                          CLASSIFICATION_METRICS)
+                          metrics)
     pairs = getattr(config, "pair_encoding", None) is not None
     text_columns = f"text column `{report.text_column}`" + (
         f", paired with the column `{report.text_pair_column}`" if report.text_pair_column else "")
     usage_inputs = ('{"text": "The cat sat on the mat.", "text_pair": "A cat was sitting on the mat."}' if pairs
                     else '["a gorgeous, witty film", "tedious and flat"]')
     return _render(
-        "model_card_template.md", folder, meta, [spec.model_id for spec in config.backbone_specs], title=name, repo_id=repo_id, num_head_params=f"{num_params:,}",
-        backbones_table=backbones, text_columns=text_columns, usage_inputs=usage_inputs,
-        **_training_fields(folder, config, report, CLASSIFICATION_METRICS),
+        "model_card_template.md", folder, meta, [spec.model_id for spec in config.backbone_specs], title=name,
+        repo_id=repo_id, num_head_params=f"{num_params:,}", backbones_table=backbones, text_columns=text_columns,
+        usage_inputs=usage_inputs, problem_note=PROBLEM_NOTES[problem_type],
+        **_training_fields(folder, config, report, metrics),
     )
+
+
+#: What the card's usage section adds per problem type: how the pipeline's output reads.
+PROBLEM_NOTES = {
+    "single_label_classification": "",
+    "multi_label_classification": (
+        "Multi-label: `clf(texts, top_k=None)` gives every label with its sigmoid score, and the labels that apply "
+        "are those scoring at least 0.5 (each label's decision threshold, tuned on validation data, is folded into "
+        "its score; `config.decision_thresholds` lists them). A plain `clf(texts)` gives the top label only, as for "
+        "any multi-label model in `transformers`."
+    ),
+    "regression": (
+        "Regression: `clf(texts)` gives `{\"label\": \"LABEL_0\", \"score\": ...}` whose score is the predicted value "
+        "(the raw output, `function_to_apply=\"none\"`)."
+    ),
+}
 
 
 def write_finetune_card(folder: str | os.PathLike, report: FinetuneReport, repo_id: str | None = None) -> Path:

@@ -66,8 +66,9 @@ class MultiHeadClassifier:
     @torch.inference_mode()
     def __call__(self, texts: str | Sequence[str], batch_size: int = 32,
                  text_pairs: str | Sequence[str] | None = None) -> Any:
-        """For every text (with ``text_pairs``, for heads of pairs), each head's ``{"label", "score"}`` (its
-        calibrated top class), keyed by head name: one such dict for a single text, a list of them for a list."""
+        """For every text (with ``text_pairs``, for heads of pairs), each head's `prediction_of` (single-label: its
+        calibrated top class ``{"label", "score"}``; multi-label: the labels that apply and every label's score;
+        regression: the score), keyed by head name: one such dict for a single text, a list of them for a list."""
         single = isinstance(texts, str)
         texts = [texts] if single else list(texts)
         if text_pairs is not None:
@@ -78,17 +79,39 @@ class MultiHeadClassifier:
             batch = self.encoder.tokenizer(texts[start : start + batch_size], text_pair=pairs, padding=True,
                                            return_tensors="pt")
             features = self.encoder.encode(**batch)
-            scores = {}
+            outputs = {}
             for name, head in zip(self.names, self.heads):
                 head.eval()
-                scores[name] = head(pooled_features=features.to(head.device)).logits.float().softmax(-1)
-            for row in range(features.shape[0]):
-                results.append({
-                    name: {"label": head.config.id2label[int(scores[name][row].argmax())],
-                           "score": float(scores[name][row].max())}
-                    for name, head in zip(self.names, self.heads)
-                })
+                outputs[name] = pipeline_scores(head.config, head(pooled_features=features.to(head.device)).logits)
+            results += [{name: prediction_of(head.config, outputs[name][row])
+                         for name, head in zip(self.names, self.heads)} for row in range(features.shape[0])]
         return results[0] if single else results
 
 
-__all__ = ["MultiHeadClassifier"]
+def pipeline_scores(config: Any, logits: torch.Tensor) -> list[Any]:
+    """What ``pipeline("text-classification")`` returns per row of a head's inference ``logits`` (its default
+    function by problem type): the top label's ``{"label", "score"}`` (softmax; regression: the raw output), and
+    for multi-label every label's sigmoid score, best first (as with ``top_k=None``)."""
+    logits = logits.float().cpu()
+    if config.problem_type == "multi_label_classification":
+        return [sorted(({"label": config.id2label[i], "score": float(s)} for i, s in enumerate(row)),
+                       key=lambda entry: entry["score"], reverse=True) for row in logits.sigmoid()]
+    if config.problem_type == "regression":
+        scores = logits
+    else:
+        scores = logits.sigmoid() if config.num_labels == 1 else logits.softmax(-1)
+    return [{"label": config.id2label[int(row.argmax())], "score": float(row.max())} for row in scores]
+
+
+def prediction_of(config: Any, output: Any) -> dict[str, Any]:
+    """One text's prediction as ``llmembed predict`` writes it, from the pipeline's output for it: ``{"label",
+    "score"}``; multi-label (every label's scores, from ``top_k=None``): ``{"labels": [those scoring >= 0.5, the
+    decision rule once the tuned thresholds are folded in], "scores": [...]}``; regression: ``{"score"}``."""
+    if config.problem_type == "multi_label_classification":
+        return {"labels": [entry["label"] for entry in output if entry["score"] >= 0.5], "scores": output}
+    if config.problem_type == "regression":
+        return {"score": output["score"]}
+    return dict(output)
+
+
+__all__ = ["MultiHeadClassifier", "pipeline_scores", "prediction_of"]

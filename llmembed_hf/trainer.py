@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import time
 import warnings
@@ -18,11 +19,18 @@ from transformers.utils import logging
 from .data import LabelledTexts, describe_source, load_classification_splits
 from .features import ExtractionConfig, extract_features
 from .metrics import (
+    COMPUTE_METRICS,
+    SELECTION_METRICS,
+    TRAINING_METRICS,
     calibration_metrics,
-    compute_classification_metrics,
+    compute_multi_label_metrics,
     confusion_matrix,
     fit_temperature,
+    fit_thresholds,
+    per_label_f1,
+    problem_type_of,
     reliability_bins,
+    sigmoid,
 )
 from .model_card import TrainingReport, environment, save_with_card
 from .modeling.configuration_llmembed import DEFAULT_PAIR_ENCODING, PRESETS, LLMEmbedConfig
@@ -49,24 +57,27 @@ def fit_head(
 ) -> Trainer:
     """Train ``model``'s head with `Trainer` on ``pooled_features``/``labels`` datasets; keeps the best epoch.
 
-    Evaluates every epoch on ``eval_features`` (accuracy, macro-F1) and reloads the checkpoint with the best
-    accuracy at the end; ``output_dir`` holds the checkpoints, ``resume_from_checkpoint`` is `Trainer.train`'s.
-    Returns the trainer (its ``state.log_history`` holds the curves).
+    Evaluates every epoch on ``eval_features`` with `metrics.TRAINING_METRICS` of the config's problem type
+    (accuracy and macro-F1; multi-label F1s at thresholds tuned on those rows, unless ``args.tune_thresholds`` is
+    off; Pearson, Spearman and MSE) and reloads the checkpoint with the best `metrics.SELECTION_METRICS` score
+    (accuracy, macro-F1, Spearman) at the end; ``output_dir`` holds the checkpoints, ``resume_from_checkpoint`` is
+    `Trainer.train`'s. Returns the trainer (its ``state.log_history`` holds the curves).
     """
     args = args or HeadTrainingArguments()
     set_seed(args.seed)
     if model.config.standardize_features:
         model.head.set_feature_statistics(train_features[:]["pooled_features"])
     has_eval = eval_features is not None
+    problem_type = problem_type_of(model.config)
     callbacks = []
     if has_eval and args.early_stopping_patience:
         callbacks.append(EarlyStoppingCallback(early_stopping_patience=args.early_stopping_patience))
     trainer = Trainer(
         model=model,
-        args=args.to_training_arguments(output_dir, has_eval=has_eval),
+        args=args.to_training_arguments(output_dir, has_eval=has_eval, metric=SELECTION_METRICS[problem_type]),
         train_dataset=train_features,
         eval_dataset=eval_features,
-        compute_metrics=compute_classification_metrics,
+        compute_metrics=(TRAINING_METRICS if args.tune_thresholds else COMPUTE_METRICS)[problem_type],
         callbacks=callbacks,
     )
     trainer.train(resume_from_checkpoint=resume_from_checkpoint)
@@ -108,16 +119,65 @@ def calibrate(model: LLMEmbedForSequenceClassification, scored: dict[str, tuple[
     return {"temperature": temperature, "splits": splits, "reliability_split": shown, "reliability": bins}
 
 
-def head_config(preset: str | os.PathLike | LLMEmbedConfig, head: HeadArguments | None,
-                names: list[str], pairs: bool = False) -> LLMEmbedConfig:
-    """The config of a head for classes ``names`` with ``head``'s overrides: ``preset`` is a preset's name, a config
-    object, or a ``config.json`` (or the folder holding one) written by ``LLMEmbedConfig.save_pretrained``.
+def tune_thresholds(model: LLMEmbedForSequenceClassification, scored: dict[str, tuple[np.ndarray, list]]) -> dict:
+    """Tune each label's decision threshold on the raw ``scored["validation"]`` logits (`fit_thresholds`: its F1
+    maximised), store them in the config (the pipeline's scores then reach 0.5 exactly at them), and measure the
+    multi-label scores at 0.5 and at the tuned thresholds on every scored split, with each label's F1 on the last
+    one (the evaluation split when there is one) for the card's plot."""
+    logits, labels = scored["validation"]
+    thresholds = fit_thresholds(sigmoid(logits), np.asarray(labels))
+    model.config.decision_thresholds = thresholds
+    model.config.validate()
+    splits = {name: {f"{key}_{when}": value for when, cut in (("before", None), ("after", thresholds))
+                     for key, value in compute_multi_label_metrics((split_logits, split_labels), cut).items()}
+              for name, (split_logits, split_labels) in scored.items()}
+    shown, (last_logits, last_labels) = list(scored.items())[-1]
+    names = [model.config.id2label[i] for i in range(model.config.num_labels)]
+    probabilities = sigmoid(last_logits)
+    per_label = {when: [None if np.isnan(f1) else float(f1) for f1 in per_label_f1(probabilities >= cut, last_labels)]
+                 for when, cut in (("before", 0.5), ("after", np.asarray(thresholds)))}
+    logger.info("Decision thresholds: " + ", ".join(
+        f"{name} macro-F1 {m['macro_f1_before']:.4f} -> {m['macro_f1_after']:.4f}" for name, m in splits.items()))
+    return {"thresholds": dict(zip(names, thresholds)), "splits": splits, "per_label_split": shown,
+            "per_label_f1": per_label, "support": np.asarray(last_labels).sum(0).astype(int).tolist()}
+
+
+#: At most this many (gold, predicted) points of a regression head go into the report for the card's scatter plot.
+SCATTER_POINTS = 2000
+
+
+def scatter_points(predictions: np.ndarray, gold: list[float], split: str, seed: int) -> dict[str, Any]:
+    """Gold and predicted scores of a split (a seeded sample of `SCATTER_POINTS` of them if more) for the card."""
+    rows = np.arange(len(gold))
+    if len(rows) > SCATTER_POINTS:
+        rows = np.sort(np.random.default_rng(seed).choice(rows, SCATTER_POINTS, replace=False))
+    return {"split": split, "num_rows": len(gold), "gold": [float(gold[i]) for i in rows],
+            "predicted": [float(predictions[i]) for i in rows]}
+
+
+def data_for_model(data: DataArguments, model: LLMEmbedForSequenceClassification | None) -> DataArguments:
+    """``data``, reading its labels as the given model's problem type when the model has one (``num_labels=1``:
+    regression) and ``data.problem_type`` names none."""
+    if model is None or data.problem_type is not None:
+        return data
+    if model.config.problem_type is None and model.config.num_labels != 1:
+        return data
+    return dataclasses.replace(data, problem_type=problem_type_of(model.config))
+
+
+def head_config(preset: str | os.PathLike | LLMEmbedConfig, head: HeadArguments | None, names: list[str],
+                problem_type: str = "single_label_classification", pairs: bool = False) -> LLMEmbedConfig:
+    """The config of a head for labels ``names`` of ``problem_type`` (regression: one output) with ``head``'s
+    overrides: ``preset`` is a preset's name, a config object, or a ``config.json`` (or the folder holding one)
+    written by ``LLMEmbedConfig.save_pretrained``; what a trained head's config fitted to its data (temperature,
+    thresholds) is not carried over.
 
     ``pairs``: the data are text pairs; the head then gets a ``pair_encoding`` (the override's, else the preset's,
     else `DEFAULT_PAIR_ENCODING`)."""
     overrides = head.overrides() if head is not None else {}
     id2label = dict(enumerate(names))
-    labels = {"id2label": id2label, "label2id": {v: k for k, v in id2label.items()}}
+    labels = {"id2label": id2label, "label2id": {v: k for k, v in id2label.items()}, "problem_type": problem_type,
+              "calibration_temperature": 1.0, "decision_thresholds": None}
     if not isinstance(preset, LLMEmbedConfig) and str(preset) not in PRESETS and Path(preset).exists():
         preset = LLMEmbedConfig.from_pretrained(preset)
     if isinstance(preset, LLMEmbedConfig):
@@ -140,6 +200,14 @@ def check_pairs_match(config: LLMEmbedConfig, pairs: bool) -> None:
     if not pairs and config.pair_encoding is not None:
         raise ValueError(f"the head classifies text pairs (pair_encoding={config.pair_encoding}) but the data have no "
                          "pair column; name it with --text-pair-column (text_pair_column=), or drop pair_encoding.")
+
+
+def check_model_matches(config: LLMEmbedConfig, problem_type: str, pairs: bool) -> None:
+    """A ValueError when a given model's problem type (None: any) or its pair setting differs from the data's."""
+    if config.problem_type not in (None, problem_type):
+        raise ValueError(f"the model's problem_type {config.problem_type!r} differs from the data's "
+                         f"{problem_type!r}; build the model with problem_type={problem_type!r}.")
+    check_pairs_match(config, pairs)
 
 
 def train_head(
@@ -174,12 +242,13 @@ def train_head(
     training = training or HeadTrainingArguments()
     extraction = extraction or ExtractionConfig()
     started = time.perf_counter()
+    data = data_for_model(data, model)
     splits = load_classification_splits(data, seed=training.seed)
-    names = splits.names
-
+    names, problem_type = splits.names, splits.problem_type
     pairs = splits.text_pair_column is not None
+
     if model is None:
-        config = head_config(preset, head, names, pairs)
+        config = head_config(preset, head, names, problem_type, pairs=pairs)
         set_seed(training.seed)  # the head's initial weights too, not only the training order, follow the seed
         model = LLMEmbedForSequenceClassification.from_backbones(config)
     elif [model.config.id2label[i] for i in range(model.config.num_labels)] != names:
@@ -188,7 +257,8 @@ def train_head(
             "build the model with id2label matching the data."
         )
     else:
-        check_pairs_match(model.config, pairs)
+        check_model_matches(model.config, problem_type, pairs)
+    model.config.problem_type = problem_type
     loaded = time.perf_counter()
 
     train_features = split_features(model, splits.train, extraction)
@@ -203,7 +273,8 @@ def train_head(
     config = model.config
     report = TrainingReport(
         dataset=describe_source(data.dataset), preset=str(preset) if str(preset) in PRESETS else "custom",
-        text_column=data.text_column, text_pair_column=splits.text_pair_column, label_column=data.label_column,
+        problem_type=problem_type,
+        text_column=data.text_column, text_pair_column=splits.text_pair_column, label_column=splits.label_column,
         train_split=data.train_split,
         eval_split=data.eval_split, validation=splits.validation_name, num_train=len(splits.train.texts),
         num_validation=len(splits.validation.texts), num_eval=len(evaluation.texts) if evaluation else 0,
@@ -215,15 +286,23 @@ def train_head(
         validation_metrics={k: v for k, v in trainer.evaluate().items() if k.startswith("eval_")},
         environment=environment(),
     )
-    model.config.calibration_temperature = 1.0  # raw logits from here on, until `calibrate` fits the temperature
+    # Raw logits from here on, until `calibrate` fits the temperature or `tune_thresholds` the thresholds.
+    model.config.calibration_temperature, model.config.decision_thresholds = 1.0, None
     scored = {"validation": (predict_logits(model, validation_features), splits.validation.labels)}
     if eval_features is not None:
-        logits = predict_logits(model, eval_features)
-        scored[data.eval_split] = (logits, evaluation.labels)
-        report.eval_metrics = compute_classification_metrics((logits, np.asarray(evaluation.labels)))
-        report.confusion_matrix = confusion_matrix(evaluation.labels, logits.argmax(-1), len(names))
-    if training.calibrate:
+        scored[data.eval_split] = (predict_logits(model, eval_features), evaluation.labels)
+    if problem_type == "single_label_classification" and training.calibrate:  # argmax unchanged: scored after
         report.calibration = calibrate(model, scored)
+    if problem_type == "multi_label_classification" and training.tune_thresholds:
+        report.thresholds = tune_thresholds(model, scored)
+    if eval_features is not None:  # scored as the pipeline scores: with the temperature or the thresholds
+        logits = predict_logits(model, eval_features)
+        report.eval_metrics = COMPUTE_METRICS[problem_type]((logits, np.asarray(evaluation.labels)))
+        if problem_type == "single_label_classification":
+            report.confusion_matrix = confusion_matrix(evaluation.labels, logits.argmax(-1), len(names))
+    if problem_type == "regression":  # the evaluation split when there is one
+        shown, (logits, labels) = list(scored.items())[-1]
+        report.scatter = scatter_points(logits[:, 0], labels, shown, training.seed)
     report.timings = {"load_backbones_s": loaded - started, "extract_s": extracted - loaded,
                       "train_s": trained - extracted, "total_s": time.perf_counter() - started}
     folder = output.publish(lambda staging: save_with_card(model, staging, report, Path(output.output_dir).name))
@@ -233,5 +312,5 @@ def train_head(
     return model, report
 
 
-__all__ = ["calibrate", "check_pairs_match", "fit_head", "head_config", "predict_logits", "split_features",
-           "train_head"]
+__all__ = ["calibrate", "check_model_matches", "check_pairs_match", "fit_head", "head_config", "predict_logits",
+           "split_features", "train_head", "tune_thresholds"]

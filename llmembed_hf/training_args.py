@@ -33,6 +33,8 @@ logger = logging.get_logger(__name__)
 
 #: The file every llmembed training run writes into its output folder (how an earlier run's folder is recognised).
 REPORT_FILE = "training_report.json"
+#: transformers' problem types (``PretrainedConfig.problem_type``), the kinds of label column the data may hold.
+PROBLEM_TYPES = ("single_label_classification", "multi_label_classification", "regression")
 
 
 def arg(default: Any = dataclasses.MISSING, help: str = "", **metadata: Any) -> Any:  # noqa: A002
@@ -75,7 +77,12 @@ class DataArguments:
         required=True,
     )
     text_column: str = arg("text", "column holding the text")
-    label_column: str = arg("label", "column holding the label")
+    label_column: str = arg("label", "column holding the label (a class id or name), the labels (a list of them: "
+                                     "multi-label) or the score (regression); a data set without 'label' but with a "
+                                     "'labels' column uses that one")
+    problem_type: str | None = arg(None, "single_label_classification, multi_label_classification or regression "
+                                         "(default: read from the training labels: lists are multi-label, numbers "
+                                         "that are not all whole are regression)", choices=list(PROBLEM_TYPES))
     text_pair_column: str | None = arg("auto", "column holding the second text of each pair ('auto': 'text_pair' "
                                                "when the training split has it; 'none': single texts)")
     train_split: str = arg("train", "training split")
@@ -92,6 +99,9 @@ class DataArguments:
             self.dataset = os.fspath(self.dataset)
         if self.eval_split == "none":
             self.eval_split = None
+        if self.problem_type is not None and self.problem_type not in PROBLEM_TYPES:
+            raise ValueError(f"problem_type={self.problem_type!r} is unknown; choose one of {PROBLEM_TYPES} (or "
+                             "leave it unset to read it from the labels).")
         if self.text_pair_column == "none":
             self.text_pair_column = None
         check_fraction("validation_fraction", self.validation_fraction, closed_low=False)
@@ -288,9 +298,11 @@ class HeadTrainingArguments(BaseTrainingArguments):
     learning_rate: float = default_of(BaseTrainingArguments, "learning_rate", 1e-3)
     batch_size: int = default_of(BaseTrainingArguments, "batch_size", 128)
     early_stopping_patience: int | None = arg(None, "stop after this many epochs without a better validation "
-                                                    "accuracy")
-    calibrate: bool = arg(True, "fit a temperature on the validation split after training, so the scores are "
-                                "calibrated probabilities (the predicted labels do not change)")
+                                                    "score (accuracy; multi-label: macro-F1; regression: Spearman)")
+    calibrate: bool = arg(True, "single-label: fit a temperature on the validation split after training, so the "
+                                "scores are calibrated probabilities (the predicted labels do not change)")
+    tune_thresholds: bool = arg(True, "multi-label: tune each label's decision threshold on the validation split "
+                                      "after training, maximising its F1 (false: 0.5 for every label)")
 
 
 @dataclass
@@ -377,6 +389,7 @@ def command_line(program: str, *arguments: Any, **options: Any) -> str:
 
 
 __all__ = [
+    "PROBLEM_TYPES",
     "BackboneTrainingArguments",
     "BaseTrainingArguments",
     "DataArguments",

@@ -15,9 +15,10 @@ seconds on cached features, so a plain seeded search is just as good and has no 
 * features are extracted once (cached, like `train_head`): the trials are scored on ``validation_split`` when the
   dataset has one (MASSIVE does), else on a part carved from the training subset (``validation_fraction``,
   seeded); the test split is never loaded;
-* every trial trains a fresh head with `fit_head` (which keeps the epoch with the best validation accuracy, as
-  `train_head` does) and is scored on the validation part; the best trial is the highest ``metric``, ties going to
-  the other metric, then to the earlier trial.
+* every trial trains a fresh head with `fit_head` (which keeps the epoch with the best validation score, as
+  `train_head` does) and is scored on the validation part; the best trial is the highest ``metric`` (by default the
+  problem type's: accuracy, multi-label macro-F1 at thresholds tuned on the validation part as `train_head` tunes
+  them, regression Spearman), ties going to the problem type's other metrics in order, then to the earlier trial.
 
 Same seed, same data, same machine: same trials, same heads, same scores (`fit_head` seeds everything).
 """
@@ -43,16 +44,17 @@ from transformers.utils import logging
 
 from .data import describe_source, load_classification_splits
 from .features import ExtractionConfig
-from .metrics import calibration_metrics, compute_classification_metrics
+from .metrics import SELECTION_METRICS, TRAINING_METRICS, TUNING_METRICS, calibration_metrics, problem_type_of
 from .model_card import environment
 from .modeling.configuration_llmembed import PRESETS, LLMEmbedConfig
 from .modeling.modeling_llmembed import LLMEmbedForSequenceClassification
-from .trainer import check_pairs_match, fit_head, head_config, predict_logits, split_features
+from .trainer import check_model_matches, data_for_model, fit_head, head_config, predict_logits, split_features
 from .training_args import DataArguments, HeadArguments, HeadTrainingArguments, command_line, data_arguments
 
 logger = logging.get_logger(__name__)
 
-METRICS = ("accuracy", "macro_f1")
+#: Every score `tune_head` can optimise (`metrics.TUNING_METRICS` says which ones each problem type has).
+METRICS = tuple(dict.fromkeys(metric for metrics in TUNING_METRICS.values() for metric in metrics))
 #: Share of the training subset that scores the trials when the data has no validation split: more than training's
 #: 10%, since here it ranks many heads rather than picking one head's epoch.
 TUNING_VALIDATION_FRACTION = 0.2
@@ -169,6 +171,7 @@ class TuningReport:
     search_space: dict[str, list[Any]]
     trials: list[dict[str, Any]]
     best: dict[str, Any]
+    problem_type: str = "single_label_classification"
     timings: dict[str, float] = field(default_factory=dict)
     environment: dict[str, str] = field(default_factory=dict)
     #: The `llmembed train` command line that trains the best trial's head on the same data.
@@ -176,24 +179,31 @@ class TuningReport:
 
     def to_markdown(self) -> str:
         keys = [f.name for f in fields(SearchSpace)]
+        scores = [*TUNING_METRICS[self.problem_type], *(["ece"] if "ece" in self.best else [])]
+        notes = {
+            "single_label_classification": " ECE: expected calibration error of the head's scores (10 bins) before "
+                                           "`llmembed train` fits its temperature.",
+            "multi_label_classification": " The F1 scores are at per-label thresholds tuned on the validation texts, "
+                                          "as `llmembed train` tunes them.",
+            "regression": "",
+        }
         lines = [
             f"# Head tuning: {self.dataset} ({self.preset} preset)",
             "",
             f"{len(self.trials)} trials, seed {self.seed}; {self.num_train} training texts, scored on "
             f"{self.num_validation} validation texts ({self.validation}); chosen by validation {self.metric}. "
-            "Trial 0 is the preset's defaults when they lie in the search space. ECE: expected calibration error of "
-            "the head's scores (10 bins) before `llmembed train` fits its temperature.",
+            "Trial 0 is the preset's defaults when they lie in the search space." + notes[self.problem_type],
             "",
-            "| trial | " + " | ".join(keys) + " | best epoch | val accuracy | val macro-F1 | val ECE | train s |",
-            "|" + "---|" * (len(keys) + 6),
+            "| trial | " + " | ".join(keys) + " | best epoch | " + " | ".join(f"val {m}" for m in scores)
+            + " | train s |",
+            "|" + "---|" * (len(keys) + len(scores) + 3),
         ]
         for trial in self.trials:
             mark = " **best**" if trial["trial"] == self.best["trial"] else ""
             values = " | ".join(str(trial["params"][k]) for k in keys)
-            lines.append(
-                f"| {trial['trial']}{mark} | {values} | {trial['best_epoch']} | {trial['accuracy']:.4f} | "
-                f"{trial['macro_f1']:.4f} | {trial.get('ece', float('nan')):.4f} | {trial['train_s']:.1f} |"
-            )
+            measured = " | ".join(f"{trial.get(m, float('nan')):.4f}" for m in scores)
+            lines.append(f"| {trial['trial']}{mark} | {values} | {trial['best_epoch']} | {measured} | "
+                         f"{trial['train_s']:.1f} |")
         if self.train_command:
             lines += ["", "Train the best head:", "", "```bash", self.train_command, "```"]
         return "\n".join(lines) + "\n"
@@ -205,12 +215,12 @@ class TuningReport:
         (folder / "tuning_results.md").write_text(self.to_markdown())
 
 
-def _best_epoch(log_history: list[dict[str, Any]]) -> float | None:
-    """The epoch whose evaluation had the best accuracy (the checkpoint `fit_head` keeps; first one on ties)."""
-    evaluations = [entry for entry in log_history if "eval_accuracy" in entry]
+def _best_epoch(log_history: list[dict[str, Any]], metric: str = "accuracy") -> float | None:
+    """The epoch whose evaluation had the best ``metric`` (the checkpoint `fit_head` keeps; first one on ties)."""
+    evaluations = [entry for entry in log_history if f"eval_{metric}" in entry]
     if not evaluations:
         return None
-    return max(evaluations, key=lambda entry: entry["eval_accuracy"])["epoch"]
+    return max(evaluations, key=lambda entry: entry[f"eval_{metric}"])["epoch"]
 
 
 def run_trial(
@@ -218,12 +228,13 @@ def run_trial(
     params: dict[str, Any],
     train_features: Dataset,
     validation_features: Dataset,
-    validation_labels: list[int],
+    validation_labels: list,
     seed: int,
     work_dir: str | os.PathLike,
     weight_decay: float = 0.0,
 ) -> tuple[LLMEmbedForSequenceClassification, dict[str, Any]]:
-    """Train one fresh head with ``params`` on the cached features; returns it and its validation scores."""
+    """Train one fresh head with ``params`` on the cached features; returns it and its validation scores (those of
+    `metrics.TRAINING_METRICS` for the config's problem type; single-label: also the ECE)."""
     config = copy.deepcopy(base_config)
     for key in CONFIG_KEYS:
         setattr(config, key, params[key])
@@ -235,10 +246,12 @@ def run_trial(
     trainer = fit_head(model, train_features, validation_features, work_dir, training)
     train_s = time.perf_counter() - started
     logits = predict_logits(model, validation_features)
-    scores = compute_classification_metrics((logits, validation_labels))
-    scores["ece"] = calibration_metrics(logits, validation_labels)["ece"]  # before any temperature is fitted
-    return model, {"params": dict(params), **scores, "best_epoch": _best_epoch(trainer.state.log_history),
-                   "train_s": train_s}
+    problem_type = problem_type_of(config)
+    scores = TRAINING_METRICS[problem_type]((logits, np.asarray(validation_labels)))
+    if problem_type == "single_label_classification":
+        scores["ece"] = calibration_metrics(logits, validation_labels)["ece"]  # before any temperature is fitted
+    best_epoch = _best_epoch(trainer.state.log_history, SELECTION_METRICS[problem_type])
+    return model, {"params": dict(params), **scores, "best_epoch": best_epoch, "train_s": train_s}
 
 
 def tune_head(
@@ -247,7 +260,7 @@ def tune_head(
     preset: str | os.PathLike | LLMEmbedConfig = "small",
     trials: int = 20,
     search_space: SearchSpace | dict[str, list[Any]] | None = None,
-    metric: str = "accuracy",
+    metric: str | None = None,
     seed: int = 42,
     weight_decay: float = 0.0,
     extraction: ExtractionConfig | None = None,
@@ -264,9 +277,10 @@ def tune_head(
     name or an `LLMEmbedConfig`; pass ``model`` (with its backbones) to tune over already loaded backbones. The best
     values go into ``HeadArguments(sigma=..., dropout=..., projection_dim=..., concat_encoder_views=...)`` and
     ``HeadTrainingArguments(epochs=..., learning_rate=..., batch_size=...)`` (`TuningReport.train_command` spells
-    the `llmembed train` command line).
+    the `llmembed train` command line). ``metric``: the validation score to maximise, one of
+    `metrics.TUNING_METRICS` of the labels' problem type (None: its first: accuracy, macro-F1, Spearman).
     """
-    if metric not in METRICS:
+    if metric is not None and metric not in METRICS:
         raise ValueError(f"metric={metric!r} is unknown; choose one of {METRICS}.")
     if data_fields.get("eval_split") is not None:
         raise ValueError(f"eval_split={data_fields['eval_split']!r}: tuning never reads an evaluation split (choosing "
@@ -282,15 +296,21 @@ def tune_head(
     preset_option = str(preset) if model is None and isinstance(preset, (str, os.PathLike)) else "CONFIG_JSON"
     started = time.perf_counter()
 
-    splits = load_classification_splits(data, seed=seed)
-    train, validation, names = splits.train, splits.validation, splits.names
+    splits = load_classification_splits(data_for_model(data, model), seed=seed)
+    train, validation, names, problem_type = splits.train, splits.validation, splits.names, splits.problem_type
     pairs = splits.text_pair_column is not None
+    metric = metric or SELECTION_METRICS[problem_type]
+    if metric not in TUNING_METRICS[problem_type]:
+        raise ValueError(f"metric={metric!r} does not score {problem_type} labels; choose one of "
+                         f"{TUNING_METRICS[problem_type]}.")
     if model is None:
-        model = LLMEmbedForSequenceClassification.from_backbones(head_config(preset, None, names, pairs))
+        model = LLMEmbedForSequenceClassification.from_backbones(
+            head_config(preset, None, names, problem_type, pairs=pairs))
     elif model.config.num_labels != len(names):
         raise ValueError(f"the model has {model.config.num_labels} labels but the data has {len(names)} classes.")
     else:
-        check_pairs_match(model.config, pairs)
+        check_model_matches(model.config, problem_type, pairs)
+        model.config.problem_type = problem_type
     planned = plan_trials(model.config, space, trials, seed)
     loaded = time.perf_counter()
 
@@ -312,10 +332,10 @@ def tune_head(
         finally:
             shutil.rmtree(work_dir, ignore_errors=True)  # checkpoints are only needed within the trial
         results.append({"trial": number, **result})
-        logger.warning(f"Trial {number + 1}: validation accuracy {result['accuracy']:.4f}, "
-                       f"macro-F1 {result['macro_f1']:.4f}")
-    other = "macro_f1" if metric == "accuracy" else "accuracy"
-    best = max(results, key=lambda r: (r[metric], r[other], -r["trial"]))
+        logger.warning(f"Trial {number + 1}: validation " + ", ".join(
+            f"{name} {result[name]:.4f}" for name in TUNING_METRICS[problem_type]))
+    others = [name for name in TUNING_METRICS[problem_type] if name != metric]
+    best = max(results, key=lambda r: (r[metric], *(r[name] for name in others), -r["trial"]))
     best_params = best["params"]
     winner = [
         dataclasses.replace(data, eval_split=DataArguments.eval_split),
@@ -325,6 +345,7 @@ def tune_head(
     ]
     report = TuningReport(
         dataset=describe_source(data.dataset), preset=preset_name, metric=metric, seed=seed,
+        problem_type=problem_type,
         train_command=command_line("llmembed train", *winner, output_dir="OUTPUT_DIR",
                                    preset=preset_option)
         if isinstance(data.dataset, str) else "",

@@ -283,13 +283,20 @@ class LLMEmbedConfig(PretrainedConfig):
             when the encoders are the stronger views (see the README's accuracy section). Off in ``paper``.
         calibration_temperature (`float`): logits are divided by it at inference (eval mode, no labels), so the softmax scores
             are calibrated probabilities; fitted on validation data after training (1.0: not calibrated). The
-            arg-max, the training loss and `Trainer` evaluation are unaffected.
+            arg-max, the training loss and `Trainer` evaluation are unaffected. Single-label classification only.
+        decision_thresholds (`list[float]`, *optional*): multi-label classification only: one probability threshold
+            per label in (0, 1), tuned on validation data after training (each label's F1 maximised; None: 0.5 for
+            every label). At inference (eval mode, no labels) each label's logit is shifted by the logit of its
+            threshold, so the sigmoid score reaches 0.5 exactly when the raw probability reaches the threshold: the
+            stock ``pipeline("text-classification")`` output is unchanged in form, and a label applies when its
+            score is >= 0.5. The training loss and `Trainer` evaluation see the raw logits.
         pair_encoding (`dict[str, str]`, *optional*): set for a head that classifies text pairs (``text`` +
             ``text_pair``), None for single texts. By backbone role, ``"joint"`` (the pair in one pass, through the
             backbone's own pair encoding, truncated ``longest_first``) or ``"siamese"`` (each side alone; each of the
             backbone's views becomes the four views ``[u, v, |u-v|, u*v]`` of the same width). Given as one mode
             for all roles, ``"role=mode"`` items or a dict (see `normalize_pair_encoding`); stored as a full dict.
             `DEFAULT_PAIR_ENCODING` (LLMs joint, encoders siamese) is what training on pair data picks when unset.
+            Independent of the problem type: pairs with single-label, multi-label or regression labels.
     """
 
     model_type = "llmembed"
@@ -304,6 +311,7 @@ class LLMEmbedConfig(PretrainedConfig):
         standardize_features: bool = True,
         concat_encoder_views: bool = False,
         calibration_temperature: float = 1.0,
+        decision_thresholds: list[float] | None = None,
         pair_encoding: str | dict[str, str] | None = None,
         **kwargs: Any,
     ) -> None:
@@ -316,6 +324,7 @@ class LLMEmbedConfig(PretrainedConfig):
         self.standardize_features = standardize_features
         self.concat_encoder_views = concat_encoder_views
         self.calibration_temperature = calibration_temperature
+        self.decision_thresholds = list(decision_thresholds) if decision_thresholds is not None else None
         self.pair_encoding = normalize_pair_encoding(pair_encoding)
         super().__init__(**kwargs)
         # A bare LLMEmbedConfig() is what transformers builds to diff defaults on save: only validate real ones.
@@ -333,7 +342,9 @@ class LLMEmbedConfig(PretrainedConfig):
                 f"num_labels={num_labels} replaces the saved {len(id2label)} labels {id2label}: the saved classifier "
                 "does not fit; pass ignore_mismatched_sizes=True to start a new one."
             )
-            config_dict = {k: v for k, v in config_dict.items() if k not in ("id2label", "label2id")}
+            # the thresholds belong to the saved labels too
+            config_dict = {k: v for k, v in config_dict.items()
+                           if k not in ("id2label", "label2id", "decision_thresholds")}
         try:
             return super().from_dict(config_dict, **kwargs)
         except ValueError as error:  # say which repo or folder holds the bad config
@@ -375,6 +386,7 @@ class LLMEmbedConfig(PretrainedConfig):
         if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or temperature <= 0:
             raise ValueError(f"calibration_temperature={temperature!r} must be a number > 0 (1.0 leaves the logits "
                              "as they are).")
+        self._check_decision_thresholds()
         if not all(isinstance(h, int) and h > 0 for h in self.mlp_hidden_sizes):
             raise ValueError(f"mlp_hidden_sizes={self.mlp_hidden_sizes!r} must be positive integers, e.g. [512, 128].")
         if self.pair_encoding is not None:
@@ -391,6 +403,23 @@ class LLMEmbedConfig(PretrainedConfig):
     def view_copies(self, spec: BackboneSpec) -> int:
         """How many times each of ``spec``'s views enters the features: `SIAMESE_PARTS` for a siamese backbone."""
         return SIAMESE_PARTS if self.pair_encoding_of(spec) == "siamese" else 1
+
+    def _check_decision_thresholds(self) -> None:
+        thresholds = self.decision_thresholds
+        if thresholds is None:
+            return
+        if self.problem_type != "multi_label_classification":
+            raise ValueError(
+                f"decision_thresholds are set but problem_type={self.problem_type!r}: thresholds apply to "
+                "problem_type='multi_label_classification' only; set that problem type or remove the thresholds."
+            )
+        if not isinstance(thresholds, (list, tuple)) or len(thresholds) != self.num_labels:
+            raise ValueError(f"decision_thresholds={thresholds!r} must list one threshold per label "
+                             f"({self.num_labels} labels).")
+        for index, value in enumerate(thresholds):
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 < value < 1.0:
+                raise ValueError(f"decision_thresholds[{index}]={value!r} (label {self.id2label.get(index)!r}) must "
+                                 "be a probability strictly between 0 and 1, e.g. 0.5.")
 
     @property
     def backbone_specs(self) -> list[BackboneSpec]:

@@ -1005,13 +1005,24 @@ class LLMEmbedForSequenceClassification(OneCommitPushMixin, LLMEmbedPreTrainedMo
         head_dtype = self.head.classifier[-1].weight.dtype
         logits = self.head(pooled_features.to(head_dtype))
         loss = self._loss(logits, labels) if labels is not None else None
-        if labels is None and not self.training and self.config.calibration_temperature != 1.0 and self.config.problem_type in (
-            None, "single_label_classification"
-        ):
-            logits = logits / self.config.calibration_temperature  # calibrated scores for inference; the arg-max is unchanged
+        if labels is None and not self.training:
+            logits = self._inference_logits(logits)
         if return_dict is False:
             return (loss, logits) if loss is not None else (logits,)
         return SequenceClassifierOutput(loss=loss, logits=logits)
+
+    def _inference_logits(self, logits: torch.Tensor) -> torch.Tensor:
+        """The logits inference returns (eval mode, no labels), fitted on validation data after training: single-label
+        logits divided by ``calibration_temperature`` (calibrated softmax scores, same arg-max); multi-label logits
+        minus the logit of each label's ``decision_thresholds`` entry (sigmoid >= 0.5 exactly where the raw
+        probability reaches the label's threshold, the decision rule of every multi-label pipeline)."""
+        problem_type = self.config.problem_type
+        if problem_type in (None, "single_label_classification") and self.config.calibration_temperature != 1.0:
+            return logits / self.config.calibration_temperature
+        if problem_type == "multi_label_classification" and self.config.decision_thresholds is not None:
+            thresholds = torch.tensor(self.config.decision_thresholds, dtype=torch.float64)
+            return logits - torch.logit(thresholds).to(logits.device, logits.dtype)
+        return logits
 
     def _loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """Loss by ``config.problem_type``, inferred as transformers' own classification heads do."""

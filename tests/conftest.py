@@ -17,6 +17,7 @@ from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processor
 from helpers import (
     ID2LABEL,
     INTENTS,
+    MULTI_LABEL_NAMES,
     NAMES,
     PUBLISHED_TEXTS,
     REPO_ID,
@@ -28,9 +29,11 @@ from helpers import (
     head_kwargs,
     install_fake_hub,
     keyword_rows,
+    multi_label_keyword_rows,
     pair_keyword_rows,
     pipeline_outputs,
     published_keyword_rows,
+    regression_keyword_rows,
     tiny_head_config,
     write_dataset,
     write_split,
@@ -209,6 +212,47 @@ def trained(tiny_backbones, keyword_data, tmp_path_factory):
                                                                            learning_rate=3e-3),
     )
     return output, model, report
+
+
+@pytest.fixture(scope="session")
+def multi_label_data(tmp_path_factory) -> Path:
+    """Three labels (helpers.MULTI_LABEL_NAMES), each applying when its keyword is in the text: a ``labels`` list per
+    row, 160 train rows (16 of them validation), 24 test rows and a labels.json."""
+    folder = tmp_path_factory.mktemp("multi_label_data")
+    write_split(folder, "train", multi_label_keyword_rows(160, seed=0))
+    write_split(folder, "test", multi_label_keyword_rows(24, seed=1))
+    (folder / "labels.json").write_text(json.dumps(MULTI_LABEL_NAMES))
+    return folder
+
+
+@pytest.fixture(scope="session")
+def regression_data(tmp_path_factory) -> Path:
+    """A score that grows with the number of "good" in the text: 80 train rows, 24 test rows, no labels.json."""
+    folder = tmp_path_factory.mktemp("regression_data")
+    write_split(folder, "train", regression_keyword_rows(80, seed=0))
+    write_split(folder, "test", regression_keyword_rows(24, seed=1))
+    return folder
+
+
+def _train_tiny(tiny_backbones, data: Path, output: Path, **training: Any):
+    LLMEmbedConfig(**head_kwargs(tiny_backbones)).save_pretrained(output.parent / "preset")
+    return train_head(data, output, preset=str(output.parent / "preset" / "config.json"),
+                      training=HeadTrainingArguments(**{"epochs": TRAINED_EPOCHS, "batch_size": 16,
+                                                        "learning_rate": 3e-3, **training}))
+
+
+@pytest.fixture(scope="session")
+def trained_multi_label(tiny_backbones, multi_label_data, tmp_path_factory):
+    """``(output folder, model, report)`` of `train_head` on `multi_label_data` from a tiny preset config.json."""
+    output = tmp_path_factory.mktemp("trained_multi_label") / "multi-label-head"
+    return (output, *_train_tiny(tiny_backbones, multi_label_data, output))
+
+
+@pytest.fixture(scope="session")
+def trained_regression(tiny_backbones, regression_data, tmp_path_factory):
+    """``(output folder, model, report)`` of `train_head` on `regression_data` from a tiny preset config.json."""
+    output = tmp_path_factory.mktemp("trained_regression") / "regression-head"
+    return (output, *_train_tiny(tiny_backbones, regression_data, output))
 
 
 @pytest.fixture

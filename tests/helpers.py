@@ -126,6 +126,43 @@ def write_dataset(folder: Path, train: list[dict], test: list[dict], names: list
 
 
 # ----------------------------------------------------------------------------------------------------------------------
+# Multi-label and regression keyword data
+# ----------------------------------------------------------------------------------------------------------------------
+
+#: The labels of `multi_label_keyword_rows`, each applying when its keyword is in the text.
+MULTI_LABEL_NAMES = ["praise", "complaint", "pet"]
+MULTI_LABEL_KEYWORDS = ["good", "bad", "cat"]
+
+
+def multi_label_keyword_rows(n: int, seed: int) -> list[dict[str, Any]]:
+    """Texts of filler words with any subset of the keywords (row i: the bits of i % 8, so some rows have none);
+    ``labels`` lists the ids of the keywords present (GoEmotions' layout: a ``labels`` list, no ``label``)."""
+    rng = random.Random(seed)
+    rows = []
+    for i in range(n):
+        present = [k for k in range(3) if (i % 8) >> k & 1]
+        words = [rng.choice(FINETUNE_FILLER) for _ in range(rng.randint(2, 5))]
+        for k in present:
+            words.insert(rng.randint(0, len(words)), MULTI_LABEL_KEYWORDS[k])
+        rows.append({"text": " ".join(words), "labels": present})
+    rng.shuffle(rows)
+    return rows
+
+
+def regression_keyword_rows(n: int, seed: int) -> list[dict[str, Any]]:
+    """Texts with 0-3 "good" among filler words; the ``label`` score is 1.25 per "good" plus 0.5 (never whole)."""
+    rng = random.Random(seed)
+    rows = []
+    for i in range(n):
+        words = [rng.choice(FINETUNE_FILLER) for _ in range(rng.randint(2, 5))]
+        for _ in range(i % 4):
+            words.insert(rng.randint(0, len(words)), "good")
+        rows.append({"text": " ".join(words), "label": 1.25 * (i % 4) + 0.5})
+    rng.shuffle(rows)
+    return rows
+
+
+# ----------------------------------------------------------------------------------------------------------------------
 # A fake Hub: create_repo and the commit boundary of upload_folder
 # ----------------------------------------------------------------------------------------------------------------------
 

@@ -62,7 +62,7 @@ EXPECTED_OPTIONS = {
     "train": {"--dataset", "--text-column", "--label-column", "--preset", "--output-dir", "--train-split",
               "--validation-split", "--eval-split", "--max-train-samples", "--max-eval-samples", "--epochs", "--lr",
               "--batch-size", "--weight-decay", "--sigma", "--seed", "--push-to-hub", "--feature-dtype",
-              "--max-tokens-per-batch"},
+              "--max-tokens-per-batch", "--problem-type", "--tune-thresholds"},
     "evaluate": {"--model", "--dataset", "--text-column", "--label-column", "--split", "--max-samples",
                  "--feature-dtype", "--max-tokens-per-batch"},
     "predict": {"--model", "--text", "--input", "--text-column", "--output", "--batch-size", "--device"},
@@ -555,6 +555,85 @@ def test_cli_cache_info_and_prune(trained, keyword_data, tmp_path, capsys, monke
     assert [b["name"] for b in parse_json_output(capsys.readouterr().out)["backbones"]] == ["llm"]
     assert main(["cache", "prune", "--store", str(store)]) == 2  # no filter: refused, nothing removed
     assert "llmembed cache: error" in capsys.readouterr().err
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Multi-label and regression through the command line
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+def test_cli_multi_label_train_predict_evaluate(tiny_preset, multi_label_data, tmp_path, capsys):
+    output = tmp_path / "head"
+    assert main(["train", "--dataset", str(multi_label_data), "--preset", tiny_preset, "--output-dir", str(output),
+                 "--epochs", "20", "--batch-size", "16", "--lr", "3e-3"]) == 0
+    result = parse_json_output(capsys.readouterr().out)
+    assert set(result["test"]) == {"micro_f1", "macro_f1", "samples_f1", "subset_accuracy"}
+    report = json.loads((output / "training_report.json").read_text())
+    assert report["problem_type"] == "multi_label_classification" and report["label_column"] == "labels"
+
+    assert main(["predict", "--model", str(output), "--text", "a good cat", "--text", "the mat", "--device",
+                 "cpu"]) == 0
+    rows = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith("{")]
+    assert [set(row) for row in rows] == [{"text", "labels", "scores"}] * 2
+    for row in rows:
+        assert sorted(e["label"] for e in row["scores"]) == sorted(["praise", "complaint", "pet"])
+        assert row["labels"] == [e["label"] for e in row["scores"] if e["score"] >= 0.5]
+
+    assert main(["evaluate", "--model", str(output), "--dataset", str(multi_label_data), "--split", "test"]) == 0
+    scores = parse_json_output(capsys.readouterr().out)
+    assert scores["rows"] == 24
+    assert {k: scores[k] for k in result["test"]} == pytest.approx(result["test"])  # at the stored thresholds
+
+
+def test_cli_regression_train_predict_evaluate(tiny_preset, regression_data, tmp_path, capsys):
+    output = tmp_path / "head"
+    assert main(["train", "--dataset", str(regression_data), "--preset", tiny_preset, "--output-dir", str(output),
+                 "--epochs", "20", "--batch-size", "16", "--lr", "3e-3"]) == 0
+    result = parse_json_output(capsys.readouterr().out)
+    assert set(result["test"]) == {"pearson", "spearman", "mse"}
+
+    assert main(["predict", "--model", str(output), "--text", "a good good film", "--text", "the mat"]) == 0
+    rows = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith("{")]
+    assert [set(row) for row in rows] == [{"text", "score"}] * 2
+    model = llmembed_hf.LLMEmbedForSequenceClassification.from_pretrained(output).load_backbones().eval()
+    with torch.inference_mode():
+        scores = model(**model.tokenizer(["a good good film", "the mat"], padding=True, return_tensors="pt")).logits
+    assert [row["score"] for row in rows] == pytest.approx(scores[:, 0].tolist(), abs=1e-5)
+
+    assert main(["evaluate", "--model", str(output), "--dataset", str(regression_data), "--split", "test"]) == 0
+    assert {k: v for k, v in parse_json_output(capsys.readouterr().out).items() if k in result["test"]} == \
+        pytest.approx(result["test"], abs=1e-5)
+
+
+@pytest.mark.parametrize("data, metric, columns", [
+    ("multi_label_data", "macro_f1", ["val macro_f1", "val micro_f1", "val samples_f1", "val subset_accuracy"]),
+    ("regression_data", "spearman", ["val spearman", "val pearson"]),
+])
+def test_cli_tune_optimises_the_problem_types_metric(tiny_preset, tmp_path, capsys, request, data, metric, columns):
+    folder = request.getfixturevalue(data)
+    argv = ["tune", "--dataset", str(folder), "--preset", tiny_preset, "--output-dir", str(tmp_path / "out"),
+            "--trials", "2", "--sigma", "0.1", "1", "--epochs", "3", "--learning-rate", "3e-3", "--dropout", "0",
+            "--projection-dim", "8", "--batch-size", "16", "--concat-encoder-views", "false"]
+    assert main(argv) == 0
+    result = parse_json_output(capsys.readouterr().out)
+    assert result["metric"] == metric
+    assert result["best"][metric] == max(t[metric] for t in json.loads(
+        (tmp_path / "out" / "tuning_results.json").read_text())["trials"])
+    markdown = (tmp_path / "out" / "tuning_results.md").read_text()
+    assert all(column in markdown for column in columns) and "val accuracy" not in markdown
+    assert main(argv + ["--metric", "accuracy"]) == 2
+    assert "metric='accuracy' does not score" in capsys.readouterr().err
+
+
+def test_cli_train_bad_labels_exit_2_naming_the_row(tiny_preset, tmp_path, capsys):
+    write_split(tmp_path, "train", [{"text": "a", "label": 0.5}, {"text": "b", "label": "high"}])
+    assert main(["train", "--dataset", str(tmp_path), "--preset", tiny_preset, "--output-dir",
+                 str(tmp_path / "head")]) == 2
+    assert "row 1: the regression label 'high' is not a number" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["train", "--dataset", str(tmp_path), "--output-dir", str(tmp_path / "head"),
+              "--problem-type", "sideways"])
+    assert "invalid choice: 'sideways'" in capsys.readouterr().err
 
 
 # ----------------------------------------------------------------------------------------------------------------------

@@ -27,6 +27,14 @@ from llmembed_hf.modeling.configuration_llmembed import DEFAULT_PAIR_ENCODING, n
         (dict(enc={"name": "Enc-1"}), r"name 'Enc-1' is not valid"),
         (dict(enc={"widht": 32}), r"unknown field\(s\) \['widht'\] in spec 'enc'"),
         (dict(enc={"normalize": "false"}), r"backbones\['enc'\]\.normalize='false' must be true or false"),
+        (dict(num_labels=3, problem_type="multi_label_classification", decision_thresholds=[0.5, 0.5]),
+         r"decision_thresholds=\[0\.5, 0\.5\] must list one threshold per label \(3 labels\)"),
+        (dict(problem_type="multi_label_classification", decision_thresholds=[0.5, 1.0]),
+         r"decision_thresholds\[1\]=1\.0 \(label 'LABEL_1'\) must be a probability strictly between 0 and 1"),
+        (dict(problem_type="multi_label_classification", decision_thresholds=[0.5, "0.3"]),
+         r"decision_thresholds\[1\]='0\.3'"),
+        (dict(problem_type="single_label_classification", decision_thresholds=[0.5, 0.5]),
+         r"decision_thresholds are set but problem_type='single_label_classification'.*multi_label_classification"),
         (dict(enc={"prompt": ""}), r"backbones\['enc'\]\.prompt='' must be a non-empty string .* or None"),
         (dict(enc={"prompt": ["query: "]}), r"backbones\['enc'\]\.prompt=\['query: '\] must be a non-empty string"),
         (dict(enc={"prompt": "q: ", "pool_prompt": "no"}),
@@ -41,8 +49,9 @@ from llmembed_hf.modeling.configuration_llmembed import DEFAULT_PAIR_ENCODING, n
          r"backbones\['enc'\]: quantization='int8' computes .* float32 activations.*set dtype='float32'"),
     ],
     ids=["no_backbones", "duplicate_name", "pooling", "empty_layers", "sigma_zero", "sigma_negative", "id2label",
-         "pooler_layers", "bad_name", "unknown_field", "normalize_string", "empty_prompt", "prompt_not_str",
-         "pool_prompt_string", "pool_prompt_cls", "quantization", "dtype", "int8_bfloat16"],
+         "pooler_layers", "bad_name", "unknown_field", "normalize_string", "thresholds_length", "threshold_one",
+         "threshold_string", "thresholds_single_label", "empty_prompt", "prompt_not_str", "pool_prompt_string",
+         "pool_prompt_cls", "quantization", "dtype", "int8_bfloat16"],
 )
 def test_config_validation_errors(tiny_config, kwargs, match):
     with pytest.raises(ValueError, match=match):

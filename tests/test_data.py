@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from datasets import ClassLabel, Dataset, DatasetDict, Features, Value
+from datasets import ClassLabel, Dataset, DatasetDict, Features, Json, List, Value
 
 from helpers import NAMES, write_split
 from llmembed_hf.data import load_labelled
@@ -118,16 +118,122 @@ def test_non_string_text(tmp_path, bad_text):
         load_labelled(tmp_path, "train")
 
 
-@pytest.mark.parametrize("bad_label", [None, 1.5, True])
-def test_labels_neither_int_nor_string(bad_label):
+@pytest.mark.parametrize("bad_label, problem_type", [(None, None), (True, None),
+                                                     (1.5, "single_label_classification")])
+def test_labels_neither_int_nor_string(bad_label, problem_type):
+    """(1.5 alone reads as a regression score: tested below.)"""
     data = DatasetDict({"train": Dataset.from_dict({"text": ["a", "b"], "label": [bad_label, bad_label]})})
-    with pytest.raises(ValueError, match="neither an int nor a string"):
-        load_labelled(data, "train")
+    with pytest.raises(ValueError, match=r"neither an int nor a string"):
+        load_labelled(data, "train", problem_type=problem_type)
 
 
 def test_nan_label_is_named(tmp_path):
     write_split(tmp_path, "train", [{"text": "a", "label": 0}, {"text": "b", "label": float("nan")}])
     with pytest.raises(ValueError, match="label NaN"):
+        load_labelled(tmp_path, "train")
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Multi-label and regression columns
+# ----------------------------------------------------------------------------------------------------------------------
+
+EMOTIONS = ["anger", "joy", "fear"]
+
+
+def test_a_list_valued_labels_column_is_multi_label(tmp_path):
+    """GoEmotions' layout: no `label` column but a `labels` list of ids per row, names in labels.json; an empty list
+    is a row where no label applies (all negative)."""
+    write_split(tmp_path, "train", [{"text": "a", "labels": [0, 2]}, {"text": "b", "labels": []},
+                                    {"text": "c", "labels": [1]}, {"text": "d", "labels": [1, 1]}])
+    (tmp_path / "labels.json").write_text(json.dumps(EMOTIONS))
+    split, names = load_labelled(tmp_path, "train")
+    assert names == EMOTIONS and split.problem_type == "multi_label_classification"
+    assert split.labels == [[1.0, 0.0, 1.0], [0.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0.0, 1.0, 0.0]]
+
+
+def test_multi_label_names_and_class_label_lists():
+    data = DatasetDict({"train": Dataset.from_dict({"text": ["a", "b", "c"],
+                                                    "tags": [["joy", "anger"], [], ["joy"]]})})
+    split, names = load_labelled(data, "train", label_column="tags")
+    assert names == ["anger", "joy"] and split.labels == [[1.0, 1.0], [0.0, 0.0], [0.0, 1.0]]
+    features = Features({"text": Value("string"), "labels": List(ClassLabel(names=EMOTIONS))})
+    data = DatasetDict({"train": Dataset.from_dict({"text": ["a", "b"], "labels": [[2], [0, 1]]}, features=features)})
+    split, names = load_labelled(data, "train", label_column="labels")
+    assert names == EMOTIONS and split.labels == [[0.0, 0.0, 1.0], [1.0, 1.0, 0.0]]
+
+
+def test_the_other_splits_follow_the_training_labels(tmp_path):
+    from llmembed_hf.data import load_classification_splits
+    from llmembed_hf.training_args import DataArguments
+
+    write_split(tmp_path, "train", [{"text": t, "labels": [i % 3]} for i, t in enumerate("abcdefghij")])
+    write_split(tmp_path, "test", [{"text": "x", "labels": [1, 2]}, {"text": "y", "labels": 1}])
+    (tmp_path / "labels.json").write_text(json.dumps(EMOTIONS))
+    with pytest.raises(ValueError, match=r"split 'test', row 1: the label 1 is not a list.*write \[1\]"):
+        load_classification_splits(DataArguments(str(tmp_path)))
+    write_split(tmp_path, "test", [{"text": "x", "labels": [1, 2]}])
+    splits = load_classification_splits(DataArguments(str(tmp_path)))
+    assert splits.problem_type == "multi_label_classification" and splits.label_column == "labels"
+    assert splits.validation.problem_type == splits.evaluation.problem_type == "multi_label_classification"
+    assert splits.evaluation.labels == [[0.0, 1.0, 1.0]]
+
+
+@pytest.mark.parametrize("rows, message", [
+    ([[0], None, [1]], r"row 1: no labels \(null\).*write \[\] where none does"),
+    ([[0], [1, 3]], r"row 1: the label id 3 is outside 0\.\.2 \(labels \['anger', 'joy', 'fear'\]\)"),
+    ([[0], [-1]], r"row 1: the label id -1 is outside 0\.\.2"),
+    ([["joy"], ["rage"]], r"row 1: the label 'rage' is not among the 3 labels.*add the name"),
+    ([["joy"], [1]], r"row 1: the label 1 is not a name, but row 0 names its labels"),
+    ([[0], [1.5]], r"row 1: the label 1\.5 is neither a label id \(an int\) nor a label name"),
+    ([[0], [1], 2], r"mixes lists of labels and single labels: row 0 is a list, row 2 is 2.*write \[2\]"),
+    ([1, 0, [2]], r"mixes lists of labels and single labels: row 2 is a list, row 0 is 1"),
+])
+def test_bad_multi_label_rows_are_named(rows, message):
+    names = EMOTIONS if "rage" in str(rows) or not any("'" in str(r) for r in rows) else None
+    data = DatasetDict({"train": Dataset.from_dict({"text": ["t"] * len(rows), "labels": rows},
+                                                   features=Features({"text": Value("string"), "labels": Json()}))})
+    with pytest.raises(ValueError, match=message):
+        load_labelled(data, "train", label_column="labels", label_names=names)
+
+
+def test_lists_read_as_single_labels_point_at_the_problem_type():
+    data = DatasetDict({"train": Dataset.from_dict({"text": ["a", "b"], "label": [[0], [1]]})})
+    with pytest.raises(ValueError, match=r"row 0: the label \[0\] is a list.*'multi_label_classification'"):
+        load_labelled(data, "train", problem_type="single_label_classification")
+
+
+def test_non_integer_numbers_are_regression(tmp_path):
+    write_split(tmp_path, "train", [{"text": "a", "label": 0.5}, {"text": "b", "label": 3.8},
+                                    {"text": "c", "label": 2}])
+    split, names = load_labelled(tmp_path, "train")
+    assert split.problem_type == "regression" and names == ["LABEL_0"]
+    assert split.labels == [0.5, 3.8, 2.0] and all(isinstance(v, float) for v in split.labels)
+    write_split(tmp_path, "test", [{"text": "d", "label": 1}, {"text": "e", "label": 4}])
+    whole, _ = load_labelled(tmp_path, "test")  # whole numbers alone are classes, unless regression is asked for
+    assert whole.problem_type == "single_label_classification" and whole.labels == [1, 4]
+    scores, _ = load_labelled(tmp_path, "test", problem_type="regression")
+    assert scores.labels == [1.0, 4.0] and scores.problem_type == "regression"
+
+
+@pytest.mark.parametrize("bad, message", [
+    ("high", r"row 1: the regression label 'high' is not a number \(write numbers without quotes\).*e\.g\. 3\.8"),
+    (None, r"row 1: the regression label None is not a number"),
+    (float("nan"), r"row 1: the regression label is nan; every row needs a finite score"),
+    (True, r"row 1: the regression label True is not a number"),
+])
+def test_non_numeric_regression_labels_are_named(bad, message):
+    kind = Value("float64") if isinstance(bad, float) else Json()  # JSON has no NaN
+    data = DatasetDict({"train": Dataset.from_dict({"text": ["a", "b", "c"], "label": [0.5, bad, 2.5]},
+                                                   features=Features({"text": Value("string"), "label": kind}))})
+    with pytest.raises(ValueError, match=message):
+        load_labelled(data, "train", problem_type="regression")
+
+
+def test_a_non_numeric_score_in_a_jsonl_regression_column(tmp_path):
+    """JSON lines mixing numbers and strings load (as a Json column); the score's row is named, detected or not."""
+    write_split(tmp_path, "train", [{"text": "a", "label": 1.5}, {"text": "b", "label": "high"},
+                                    {"text": "c", "label": 0.2}])
+    with pytest.raises(ValueError, match=r"split 'train', row 1: the regression label 'high' is not a number"):
         load_labelled(tmp_path, "train")
 
 

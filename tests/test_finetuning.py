@@ -279,6 +279,14 @@ def test_labels_out_of_range(tiny_backbones, tmp_path):
         finetune(tiny_backbones["bert"], data, tmp_path / "out")
 
 
+def test_multi_label_or_regression_data_points_at_llmembed_train(tiny_backbones, multi_label_data, regression_data,
+                                                                 tmp_path):
+    for data, kind in ((multi_label_data, "multi_label_classification"), (regression_data, "regression")):
+        with pytest.raises(ValueError, match=rf"are {kind}, but fine-tuning trains single-label classifiers only.*"
+                                             "llmembed train"):
+            finetune(tiny_backbones["bert"], data, tmp_path / "out")
+
+
 def test_unknown_backbone(finetune_data, tmp_path):
     with pytest.raises(OSError, match="could not find weights for 'no-such-org/no-such-model'"):
         finetune("no-such-org/no-such-model", finetune_data, tmp_path / "out")

@@ -113,6 +113,43 @@ def test_card_states_every_backbones_licence(tmp_path):
     assert "`sentence-transformers/all-mpnet-base-v2`: [Apache-2.0]" in licences
 
 
+def _model_index_metrics(text: str) -> list[dict[str, Any]]:
+    data = ModelCard(text).data.to_dict()
+    assert data["pipeline_tag"] == "text-classification"
+    (entry,) = data["model-index"]
+    (result,) = entry["results"]
+    assert result["task"]["type"] == "text-classification" and result["dataset"]["split"] == "test"
+    return result["metrics"]
+
+
+def test_card_of_a_multi_label_head(trained_multi_label):
+    """F1 metrics typed with their averages, subset accuracy, the thresholds' table and the per-label F1 plot."""
+    output, _, report = trained_multi_label
+    text = (output / "README.md").read_text()
+    metrics = _model_index_metrics(text)
+    assert [(m["type"], m.get("args")) for m in metrics] == [
+        ("f1", {"average": "macro"}), ("f1", {"average": "micro"}), ("f1", {"average": "samples"}),
+        ("accuracy", {"subset": True})]
+    values = dict(zip(("macro_f1", "micro_f1", "samples_f1", "subset_accuracy"), (m["value"] for m in metrics)))
+    assert values == pytest.approx(report.eval_metrics, abs=1e-4)
+    assert ModelCard(text).data.to_dict()["metrics"] == ["f1", "accuracy"]
+    assert "![per-label F1](per_label_f1.png)" in text and "confusion_matrix.png" not in text
+    assert "top_k=None" in text and "| praise |" in text and "macro-F1 tuned" in text
+    assert "| split | macro F1 | micro F1 | example-based F1 | subset accuracy |" in text
+
+
+def test_card_of_a_regression_head(trained_regression):
+    output, _, report = trained_regression
+    text = (output / "README.md").read_text()
+    metrics = _model_index_metrics(text)
+    assert [m["type"] for m in metrics] == ["spearmanr", "pearsonr", "mse"]
+    assert {m["type"]: m["value"] for m in metrics} == pytest.approx(
+        {"spearmanr": report.eval_metrics["spearman"], "pearsonr": report.eval_metrics["pearson"],
+         "mse": report.eval_metrics["mse"]}, abs=1e-4)
+    assert "![predicted vs gold](predicted_vs_gold.png)" in text and "function_to_apply" in text
+    assert "reliability_diagram.png" not in text and "confusion_matrix.png" not in text
+
+
 def test_training_saving_and_the_card_never_touch_the_network(tiny_config, tiny_backbones, tmp_path, monkeypatch):
     """Offline use never waits on the network: with HF_HUB_OFFLINE unset, a whole `train_head` run (features,
     training, save_pretrained, the card and its plots) and a reload of its folder open no connection, look up no

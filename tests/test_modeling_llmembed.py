@@ -418,6 +418,114 @@ def test_a_bad_temperature_is_refused(tiny_config, value):
 
 
 # ----------------------------------------------------------------------------------------------------------------------
+# 10. Multi-label thresholds and regression at inference; the pipeline's output as a stock model's
+# ----------------------------------------------------------------------------------------------------------------------
+
+MULTI_LABELS = {0: "anger", 1: "joy", 2: "fear"}
+
+
+def multi_label_config(tiny_config, **kwargs) -> LLMEmbedConfig:
+    return tiny_config(num_labels=3, id2label=MULTI_LABELS, problem_type="multi_label_classification", **kwargs)
+
+
+def test_decision_thresholds_shift_inference_logits_only(tiny_config):
+    """At inference sigmoid(logit) >= 0.5 exactly where the raw probability reaches the label's threshold; the
+    loss, `Trainer` evaluation (labels given) and training see the raw logits."""
+    torch.manual_seed(0)
+    model = LLMEmbedForSequenceClassification(multi_label_config(tiny_config)).eval()
+    features, labels = random_features(8), torch.randint(0, 2, (8, 3)).float()
+    raw = model(pooled_features=features).logits
+    raw_loss = model(pooled_features=features, labels=labels).loss
+    torch.testing.assert_close(raw_loss, F.binary_cross_entropy_with_logits(raw, labels))
+    thresholds = [0.2, 0.5, 0.9]
+    model.config.decision_thresholds = thresholds
+    shifted = model(pooled_features=features).logits
+    torch.testing.assert_close(shifted, raw - torch.logit(torch.tensor(thresholds)))
+    assert torch.equal(shifted.sigmoid() >= 0.5, raw.sigmoid() >= torch.tensor(thresholds))
+    assert torch.equal(model(pooled_features=features, labels=labels).loss, raw_loss)
+    model.config.calibration_temperature = 3.0  # single-label only: ignored here
+    torch.testing.assert_close(model(pooled_features=features).logits, shifted)
+
+
+def test_decision_thresholds_round_trip_through_save_and_load(tiny_config, tmp_path):
+    torch.manual_seed(0)
+    model = LLMEmbedForSequenceClassification(multi_label_config(tiny_config, decision_thresholds=[0.2, 0.5, 0.9]))
+    model.eval().save_pretrained(tmp_path)
+    saved = json.loads((tmp_path / "config.json").read_text())
+    assert saved["decision_thresholds"] == [0.2, 0.5, 0.9]
+    assert saved["problem_type"] == "multi_label_classification"
+    loaded = AutoModelForSequenceClassification.from_pretrained(tmp_path).eval()
+    assert loaded.config.decision_thresholds == [0.2, 0.5, 0.9]
+    features = random_features()
+    torch.testing.assert_close(loaded(pooled_features=features).logits, model(pooled_features=features).logits)
+    # Other labels: the saved thresholds go with the saved labels.
+    other = AutoModelForSequenceClassification.from_pretrained(tmp_path, num_labels=5, ignore_mismatched_sizes=True)
+    assert other.config.decision_thresholds is None and other.config.num_labels == 5
+
+
+def _structure(output):
+    """The pipeline output's form: nesting, keys and value types."""
+    if isinstance(output, list):
+        return [_structure(item) for item in output]
+    if isinstance(output, dict):
+        return {key: type(value).__name__ for key, value in output.items()}
+    return type(output).__name__
+
+
+@pytest.fixture
+def stock_pipeline(tiny_backbones):
+    """Factory: ``pipeline("text-classification")`` over a stock tiny `BertForSequenceClassification`."""
+    from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification, pipeline
+
+    def make(**config_kwargs):
+        torch.manual_seed(0)
+        tokenizer = AutoTokenizer.from_pretrained(tiny_backbones["bert"])
+        config = BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=32, num_hidden_layers=1,
+                            num_attention_heads=2, intermediate_size=37, max_position_embeddings=64, **config_kwargs)
+        return pipeline("text-classification", model=BertForSequenceClassification(config).eval(),
+                        tokenizer=tokenizer, device="cpu")
+
+    return make
+
+
+CALLS = {"default": {}, "top_k=None": {"top_k": None}, "top_k=2": {"top_k": 2}, "top_k=1": {"top_k": 1}}
+
+
+@pytest.mark.parametrize("problem_type", ["multi_label_classification", "regression"])
+def test_pipeline_output_has_the_form_of_a_stock_models(text_model, stock_pipeline, problem_type):
+    from transformers import pipeline
+
+    labels = MULTI_LABELS if problem_type == "multi_label_classification" else {0: "LABEL_0"}
+    kwargs = dict(num_labels=len(labels), id2label=labels, problem_type=problem_type)
+    stock = stock_pipeline(**kwargs)
+    model = text_model(**kwargs, **({"decision_thresholds": [0.3, 0.5, 0.7]} if len(labels) > 1 else {}))
+    ours = pipeline("text-classification", model=model, tokenizer=model.tokenizer, device="cpu")
+    for name, call in CALLS.items():
+        if problem_type == "regression" and name == "top_k=2":
+            continue
+        for texts in (TEXTS[0], TEXTS):
+            expected, actual = stock(texts, **call), ours(texts, **call)
+            assert _structure(actual) == _structure(expected), (name, texts)
+            if name.startswith("top_k"):  # per text, labels best first
+                per_text = actual if isinstance(texts, list) else [actual]
+                assert all([d["score"] for d in out] == sorted((d["score"] for d in out), reverse=True)
+                           for out in per_text), name
+            if name == "top_k=None":
+                def flat(out):
+                    return sorted(d["label"] for item in out for d in (item if isinstance(item, list) else [item]))
+
+                assert flat(actual) == flat(expected), name
+    with torch.inference_mode():
+        logits = model(**model.tokenizer(TEXTS, padding=True, return_tensors="pt")).logits
+    if problem_type == "regression":  # the score is the raw output (function_to_apply="none")
+        assert [r["score"] for r in ours(TEXTS)] == pytest.approx(logits[:, 0].tolist(), abs=1e-5)
+    else:  # every label with the sigmoid of its threshold-shifted logit: >= 0.5 where it applies
+        for row, result in zip(logits, ours(TEXTS, top_k=None)):
+            scores = {entry["label"]: entry["score"] for entry in result}
+            assert [scores[MULTI_LABELS[i]] for i in range(3)] == pytest.approx(row.sigmoid().tolist(), abs=1e-5)
+
+
+# ----------------------------------------------------------------------------------------------------------------------
 # Text pairs: the same features in training (feature store) and serving (pipeline), transformers' output format
 # ----------------------------------------------------------------------------------------------------------------------
 

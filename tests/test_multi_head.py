@@ -113,3 +113,29 @@ def test_concurrent_first_calls_load_each_backbone_once(saved_head, monkeypatch)
     assert not errors, errors
     assert sorted(loads) == ["enc", "llm"]
     assert all(torch.allclose(output, outputs[0]) for output in outputs)
+
+
+def test_heads_of_every_problem_type_answer_as_llmembed_predict_does(trained, trained_multi_label, trained_regression):
+    """One pass for a single-label, a multi-label and a regression head; each answers as `llmembed predict` would
+    for it alone (the pipeline's output through `prediction_of`)."""
+    from transformers import pipeline
+
+    from llmembed_hf.multi_head import prediction_of
+
+    folders = {"single": trained[0], "multi": trained_multi_label[0], "regression": trained_regression[0]}
+    together = MultiHeadClassifier([str(f) for f in folders.values()], names=list(folders))(TEXTS)
+    for name, folder in folders.items():
+        classifier = pipeline("text-classification", model=str(folder), device="cpu")
+        config = classifier.model.config
+        every = {"top_k": None} if name == "multi" else {}
+        alone = [prediction_of(config, output) for output in classifier(TEXTS, **every)]
+        got = [row[name] for row in together]
+        assert [set(g) for g in got] == [set(a) for a in alone], name
+        for g, a in zip(got, alone):
+            if name == "multi":
+                assert g["labels"] == a["labels"]
+                assert [e["label"] for e in g["scores"]] == [e["label"] for e in a["scores"]]
+                assert [e["score"] for e in g["scores"]] == pytest.approx([e["score"] for e in a["scores"]], abs=1e-5)
+            else:
+                assert g.get("label") == a.get("label") and g["score"] == pytest.approx(a["score"], abs=1e-5)
+    assert set(together[0]["multi"]) == {"labels", "scores"} and set(together[0]["regression"]) == {"score"}

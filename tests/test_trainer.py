@@ -4,6 +4,7 @@ Hub-style folder it saves, on tiny random backbones."""
 from __future__ import annotations
 
 import json
+import random
 from pathlib import Path
 
 import numpy as np
@@ -11,7 +12,16 @@ import pytest
 import torch
 from datasets import Dataset
 
-from helpers import NAMES, TRAINED_EPOCHS, interrupted_after
+from helpers import (
+    FILLER,
+    MULTI_LABEL_NAMES,
+    NAMES,
+    TRAINED_EPOCHS,
+    interrupted_after,
+    multi_label_keyword_rows,
+    regression_keyword_rows,
+    write_split,
+)
 from llmembed_hf import HeadTrainingArguments, LLMEmbedForSequenceClassification, fit_head, train_head
 from llmembed_hf.data import load_labelled
 from llmembed_hf.features import FEATURES_COLUMN
@@ -300,3 +310,169 @@ def test_train_head_stores_the_temperature_and_shows_calibration(trained):
     assert set(report.calibration["splits"]) == {"validation", "test"}
     card = (output / "README.md").read_text()
     assert "ECE before" in card and "reliability_diagram.png" in card and (output / "reliability_diagram.png").is_file()
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Multi-label and regression heads
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+def test_train_head_multi_label_end_to_end(trained_multi_label, multi_label_data):
+    """A `labels` list column: BCE, thresholds tuned on validation and stored in the config, scores at them, and
+    the saved folder's pipeline deciding as the scores say."""
+    from transformers import pipeline
+
+    from llmembed_hf.metrics import compute_multi_label_metrics
+
+    output, model, report = trained_multi_label
+    config = json.loads((output / "config.json").read_text())
+    assert config["problem_type"] == "multi_label_classification" and report.problem_type == config["problem_type"]
+    assert config["id2label"] == {"0": "praise", "1": "complaint", "2": "pet"}
+    thresholds = config["decision_thresholds"]
+    assert len(thresholds) == 3 and all(0 < t < 1 for t in thresholds)
+    assert report.label_column == "labels" and not report.calibration and not report.confusion_matrix
+    assert list(report.thresholds["thresholds"].values()) == thresholds
+    assert set(report.thresholds["splits"]) == {"validation", "test"}
+    assert set(report.eval_metrics) == {"micro_f1", "macro_f1", "samples_f1", "subset_accuracy"}
+    assert report.eval_metrics["macro_f1"] == pytest.approx(report.thresholds["splits"]["test"]["macro_f1_after"])
+    assert report.eval_metrics["micro_f1"] >= 0.8  # the keywords decide the labels (chance: about 0.5)
+    # Epochs were chosen on validation macro-F1 (at thresholds tuned on it).
+    evals = [e["eval_macro_f1"] for e in report.log_history if "eval_macro_f1" in e]
+    assert len(evals) == TRAINED_EPOCHS and report.validation_metrics["eval_macro_f1"] == pytest.approx(max(evals))
+
+    test = load_labelled(multi_label_data, "test", label_column="labels",
+                         problem_type="multi_label_classification")[0]
+    classifier = pipeline("text-classification", model=str(output), device="cpu")
+    results = classifier(test.texts, top_k=None)
+    assert all(len(r) == 3 for r in results)
+    names = ["praise", "complaint", "pet"]
+    decided = np.array([[next(e["score"] for e in r if e["label"] == name) >= 0.5 for name in names] for r in results])
+    from llmembed_hf.metrics import multi_label_scores
+
+    assert multi_label_scores(decided, np.array(test.labels)) == pytest.approx(report.eval_metrics)
+    logits = np.log(1 / np.array([[e["score"] for e in sorted(r, key=lambda e: names.index(e["label"]))]
+                                  for r in results]) - 1) * -1
+    raw = logits + np.log(np.array(thresholds) / (1 - np.array(thresholds)))  # undo the folded-in thresholds
+    assert compute_multi_label_metrics((raw, np.array(test.labels)), thresholds) == pytest.approx(report.eval_metrics)
+    for png in ("per_label_f1.png", "training_curves.png"):
+        assert (output / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", png
+    assert not (output / "confusion_matrix.png").exists() and not (output / "reliability_diagram.png").exists()
+
+
+def test_train_head_regression_end_to_end(trained_regression, regression_data):
+    """Non-integer scores: one output, MSE, Pearson/Spearman/MSE, no temperature; the pipeline returns the score."""
+    from transformers import pipeline
+
+    output, model, report = trained_regression
+    config = json.loads((output / "config.json").read_text())
+    assert config["problem_type"] == "regression" and config["id2label"] == {"0": "LABEL_0"}
+    assert config["calibration_temperature"] == 1.0 and config.get("decision_thresholds") is None
+    assert not report.calibration and not report.thresholds and not report.confusion_matrix
+    assert set(report.eval_metrics) == {"pearson", "spearman", "mse"}
+    assert report.eval_metrics["spearman"] >= 0.7  # the count of "good" decides the score
+    assert len(report.scatter["gold"]) == report.scatter["num_rows"] == 24 and report.scatter["split"] == "test"
+    evals = [e["eval_spearman"] for e in report.log_history if "eval_spearman" in e]
+    assert len(evals) == TRAINED_EPOCHS and report.validation_metrics["eval_spearman"] == pytest.approx(max(evals))
+
+    test = load_labelled(regression_data, "test")[0]
+    results = pipeline("text-classification", model=str(output), device="cpu")(test.texts)
+    assert {r["label"] for r in results} == {"LABEL_0"}
+    from llmembed_hf.metrics import regression_scores
+
+    predicted = [r["score"] for r in results]
+    assert predicted == pytest.approx(report.scatter["predicted"], abs=1e-5)
+    assert regression_scores(predicted, test.labels) == pytest.approx(report.eval_metrics, abs=1e-5)
+    assert (output / "predicted_vs_gold.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert not (output / "reliability_diagram.png").exists()
+
+
+def test_a_model_with_one_output_reads_whole_numbers_as_regression(tiny_config, keyword_data, tmp_path):
+    """``num_labels=1`` means regression (as in transformers), even for labels that look like class ids."""
+    torch.manual_seed(0)
+    model = LLMEmbedForSequenceClassification.from_backbones(tiny_config(num_labels=1))
+    model, report = train_head(keyword_data, tmp_path / "out", model=model,
+                               training=HeadTrainingArguments(epochs=2, batch_size=16))
+    assert model.config.problem_type == report.problem_type == "regression"
+    assert set(report.eval_metrics) == {"pearson", "spearman", "mse"}
+
+
+def test_train_head_rejects_a_model_of_another_problem_type(tiny_config, multi_label_data, tmp_path):
+    model = LLMEmbedForSequenceClassification.from_backbones(
+        tiny_config(num_labels=3, id2label=dict(enumerate(["praise", "complaint", "pet"])),
+                    problem_type="single_label_classification"))
+    with pytest.raises(ValueError, match=r"row \d+: the label \[.*\] is a list.*'multi_label_classification'"):
+        train_head(multi_label_data, tmp_path / "out", model=model)
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Problem types with text pairs
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+def second_text_rows(rows: list[dict], seed: int) -> list[dict]:
+    """``rows`` as pairs whose second text is the row's text and whose first is filler words: the labels then depend
+    on the second text only, so a head scoring well above chance reads the pairs."""
+    rng = random.Random(seed)
+    return [{"text": " ".join(rng.choice(FILLER) for _ in range(rng.randint(2, 5))), "text_pair": row["text"],
+             **{k: v for k, v in row.items() if k != "text"}} for row in rows]
+
+
+def test_train_head_regression_on_text_pairs_end_to_end(tiny_preset, tmp_path):
+    """STS-B's layout (text, text_pair, a float label): detected as regression on pairs; trained, scored with
+    Pearson/Spearman, saved with its pair encoding, and served by the pipeline from {"text", "text_pair"} inputs with
+    the scores the run reported."""
+    from transformers import pipeline
+
+    from llmembed_hf import HeadArguments
+    from llmembed_hf.metrics import regression_scores
+
+    data = tmp_path / "stsb"
+    write_split(data, "train", second_text_rows(regression_keyword_rows(80, seed=0), seed=0))
+    write_split(data, "test", second_text_rows(regression_keyword_rows(24, seed=1), seed=1))
+    output = tmp_path / "out"
+    model, report = train_head(data, output, preset=tiny_preset, head=HeadArguments(pair_encoding="siamese"),
+                               training=HeadTrainingArguments(epochs=TRAINED_EPOCHS, batch_size=16,
+                                                              learning_rate=3e-3))
+    config = json.loads((output / "config.json").read_text())
+    assert config["problem_type"] == report.problem_type == "regression" and config["id2label"] == {"0": "LABEL_0"}
+    assert config["pair_encoding"] == {"llm": "siamese", "encoder": "siamese"}
+    assert report.text_pair_column == "text_pair" and report.label_column == "label"
+    assert set(report.eval_metrics) == {"pearson", "spearman", "mse"}
+    assert report.eval_metrics["spearman"] >= 0.7  # the count of "good" in the second text decides the score
+
+    test = load_labelled(data, "test", text_pair_column="auto")[0]
+    assert test.problem_type == "regression" and test.pairs is not None
+    results = pipeline("text-classification", model=str(output), device="cpu")(
+        [{"text": a, "text_pair": b} for a, b in zip(test.texts, test.pairs)])
+    predicted = [r["score"] for r in results]
+    assert predicted == pytest.approx(report.scatter["predicted"], abs=1e-5)
+    assert regression_scores(predicted, test.labels) == pytest.approx(report.eval_metrics, abs=1e-5)
+    card = (output / "README.md").read_text()
+    assert "paired with the column `text_pair`" in card and "spearmanr" in card and "function_to_apply" in card
+
+
+def test_train_head_multi_label_on_text_pairs(tiny_preset, tmp_path):
+    """A `labels` list per pair: multi-label on pairs, thresholds tuned, the pipeline deciding as the scores say."""
+    from transformers import pipeline
+
+    from llmembed_hf import HeadArguments
+    from llmembed_hf.metrics import multi_label_scores
+
+    data = tmp_path / "pairs"
+    write_split(data, "train", second_text_rows(multi_label_keyword_rows(160, seed=0), seed=0))
+    write_split(data, "test", second_text_rows(multi_label_keyword_rows(24, seed=1), seed=1))
+    (data / "labels.json").write_text(json.dumps(MULTI_LABEL_NAMES))
+    output = tmp_path / "out"
+    model, report = train_head(data, output, preset=tiny_preset, head=HeadArguments(pair_encoding="siamese"),
+                               training=HeadTrainingArguments(epochs=TRAINED_EPOCHS, batch_size=16,
+                                                              learning_rate=3e-3))
+    assert model.config.problem_type == "multi_label_classification" and model.config.pair_encoding is not None
+    assert len(model.config.decision_thresholds) == len(MULTI_LABEL_NAMES)
+    assert report.eval_metrics["micro_f1"] >= 0.8
+
+    test = load_labelled(data, "test", text_pair_column="auto")[0]
+    results = pipeline("text-classification", model=str(output), device="cpu")(
+        [{"text": a, "text_pair": b} for a, b in zip(test.texts, test.pairs)], top_k=None)
+    decided = np.array([[next(e["score"] for e in r if e["label"] == name) >= 0.5 for name in MULTI_LABEL_NAMES]
+                        for r in results])
+    assert multi_label_scores(decided, np.array(test.labels)) == pytest.approx(report.eval_metrics)

@@ -1,0 +1,195 @@
+"""Multi-label accuracy on GoEmotions: the fused head against TF-IDF one-vs-rest logistic regression.
+
+The fused head is what ``llmembed train`` makes of a multi-label data set (`train_head`: BCE, the epoch chosen on
+the official validation split, each label's decision threshold tuned there), once per seed; its test scores are at
+the tuned thresholds (and, for reference, at 0.5). The anchor is TF-IDF 1-2-grams (sublinear tf, min_df=2) with
+one logistic regression per label on the same training rows, its thresholds tuned on the same validation split:
+one threshold per label (the head's procedure, `metrics.fit_thresholds`) and one shared threshold (the best of a
+0.01 grid by validation macro-F1). Everything is scored on the test split, which nothing else reads; the table
+gives mean ± standard deviation over the seeds (a seed draws the ``--max-train`` subset, the head's initial weights
+and its training order).
+
+    python benchmarks/bench_multilabel.py --preset small --seeds 42 43 44
+    python benchmarks/bench_multilabel.py --preset small --max-train 5000 --json goemotions.json
+    # on a GPU machine with the backbones in local folders <root>/<name> (e.g. fp16 copies):
+    python benchmarks/bench_multilabel.py --device cuda --backbone-root /root/wx/weights
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import shlex
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from bench_common import DATASETS, RESULTS, machine, write_sections
+from transformers import set_seed
+
+from llmembed_hf import (
+    PRESETS,
+    ExtractionConfig,
+    HeadTrainingArguments,
+    LLMEmbedConfig,
+    LLMEmbedForSequenceClassification,
+    train_head,
+)
+from llmembed_hf.data import load_classification_splits
+from llmembed_hf.metrics import fit_thresholds, multi_label_scores
+from llmembed_hf.trainer import head_config
+from llmembed_hf.training_args import DataArguments, OutputArguments
+
+TITLE = "## Multi-label: GoEmotions, fused head vs TF-IDF one-vs-rest logistic regression"
+SCORES = ("macro_f1", "micro_f1", "samples_f1", "subset_accuracy")
+HEAD = "LLMEmbed fused head (thresholds tuned on validation)"
+HEAD_AT_HALF = "LLMEmbed fused head (threshold 0.5)"
+TFIDF_PER_LABEL = "TF-IDF 1-2-grams + one-vs-rest logistic regression (thresholds tuned per label)"
+TFIDF_SHARED = "TF-IDF 1-2-grams + one-vs-rest logistic regression (one threshold tuned)"
+
+
+def preset_config(args: argparse.Namespace) -> LLMEmbedConfig | str:
+    """The preset by name or config.json, with each backbone loaded from ``<backbone_root>/<name>`` if asked."""
+    if not args.backbone_root:
+        return args.preset
+    config = (LLMEmbedConfig.from_preset(args.preset) if args.preset in PRESETS
+              else LLMEmbedConfig.from_pretrained(args.preset))
+    for spec in config.backbones:  # e.g. fp16 copies on a GPU machine: other weights, sha256 not checked
+        spec.update(model_id=str(Path(args.backbone_root) / spec["name"]), weights_sha256=None, revision=None)
+    return config
+
+
+def tfidf_rows(splits: Any, C: float, seed: int) -> dict[str, dict[str, float]]:
+    """Test scores of one-vs-rest logistic regression on TF-IDF features, thresholds tuned on validation."""
+    from sklearn.feature_extraction.text import TfidfVectorizer
+    from sklearn.linear_model import LogisticRegression
+
+    vectorizer = TfidfVectorizer(ngram_range=(1, 2), sublinear_tf=True, min_df=2)
+    train_x = vectorizer.fit_transform(splits.train.texts)
+    train_y = np.asarray(splits.train.labels, dtype=bool)
+    probabilities = {name: np.zeros((len(split.texts), train_y.shape[1])) for name, split in
+                     (("validation", splits.validation), ("test", splits.evaluation))}
+    features = {name: vectorizer.transform(split.texts) for name, split in
+                (("validation", splits.validation), ("test", splits.evaluation))}
+    for label in range(train_y.shape[1]):
+        if train_y[:, label].all() or not train_y[:, label].any():  # one class only: a constant score
+            for name in probabilities:
+                probabilities[name][:, label] = float(train_y[:, label].mean())
+            continue
+        model = LogisticRegression(C=C, max_iter=2000, random_state=seed).fit(train_x, train_y[:, label])
+        for name in probabilities:
+            probabilities[name][:, label] = model.predict_proba(features[name])[:, 1]
+    validation_y, test_y = np.asarray(splits.validation.labels), np.asarray(splits.evaluation.labels)
+    per_label = np.asarray(fit_thresholds(probabilities["validation"], validation_y))
+    grid = np.round(np.arange(0.01, 1.0, 0.01), 2)
+    shared = max(grid, key=lambda t: multi_label_scores(probabilities["validation"] >= t, validation_y)["macro_f1"])
+    return {TFIDF_PER_LABEL: multi_label_scores(probabilities["test"] >= per_label, test_y),
+            TFIDF_SHARED: {**multi_label_scores(probabilities["test"] >= shared, test_y), "threshold": float(shared)}}
+
+
+def run_seed(seed: int, args: argparse.Namespace, work: Path, keep: list[Any]) -> dict[str, Any]:
+    data = DataArguments(args.dataset, validation_split="validation", max_train_samples=args.max_train,
+                         max_eval_samples=args.max_test, problem_type="multi_label_classification")
+    splits = load_classification_splits(data, seed=seed)
+    result: dict[str, Any] = {"seed": seed, "num_train": len(splits.train.texts),
+                              "num_validation": len(splits.validation.texts), "num_test": len(splits.evaluation.texts),
+                              "num_labels": len(splits.names), "rows": {}}
+    if args.tfidf != "only":
+        config = head_config(preset_config(args), None, splits.names, splits.problem_type)
+        set_seed(seed)  # the head's initial weights, as `train_head` seeds them
+        model = LLMEmbedForSequenceClassification.from_backbones(config, **({"device": args.device} if args.device
+                                                                           else {}))
+        keep.append(model)  # holds the loaded backbones for the next seeds (heads on the same backbones share them)
+        training = HeadTrainingArguments(seed=seed, **({"epochs": args.epochs} if args.epochs else {}))
+        extraction = ExtractionConfig(max_tokens_per_batch=args.max_tokens_per_batch,
+                                      max_batch_size=args.max_batch_size)
+        _, report = train_head(data, OutputArguments(str(work / f"head-{seed}"), overwrite=True), model=model,
+                               training=training, extraction=extraction)
+        test_split = report.thresholds["splits"]["test"]
+        result["rows"][HEAD] = dict(report.eval_metrics)
+        result["rows"][HEAD_AT_HALF] = {key: test_split[f"{key}_before"] for key in SCORES}
+        result.update(extract_s=report.timings["extract_s"], head_train_s=report.timings["train_s"],
+                      validation_macro_f1=report.validation_metrics["eval_macro_f1"])
+    if args.tfidf != "skip":
+        started = time.perf_counter()
+        result["rows"].update(tfidf_rows(splits, args.tfidf_c, seed))
+        result["tfidf_s"] = time.perf_counter() - started
+    return result
+
+
+def markdown(run: dict[str, Any]) -> str:
+    results, info = run["results"], run["machine"]
+    first = results[0]
+    device = info["gpu"] or f"{info['nproc']} CPU cores"
+    epochs = f" with {run['epochs']} epochs" if run["epochs"] else ""
+    head = (f" Preset `{run['preset']}`, `HeadTrainingArguments` defaults{epochs}." if HEAD in first["rows"]
+            else "")
+    lines = [
+        TITLE, "",
+        f"Command: `{run['command']}` ({device}, {info['date']}; transformers {info['transformers']}).", "",
+        f"GoEmotions (simplified, official splits): train {first['num_train']:,}, validation "
+        f"{first['num_validation']:,}, test {first['num_test']:,}; {first['num_labels']} labels.{head} "
+        f"Seeds {', '.join(str(r['seed']) for r in results)}. Test scores (%), mean ± standard deviation over the "
+        "seeds. Goal of issue 21: macro-F1 >= 52, micro-F1 >= 58 (the GoEmotions paper's fine-tuned BERT-base: "
+        "macro-F1 46).", "",
+        "| method | macro-F1 | micro-F1 | example-based F1 | subset accuracy |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    methods = list(dict.fromkeys(method for result in results for method in result["rows"]))
+    for method in methods:
+        values = [[result["rows"][method][key] for key in SCORES] for result in results if method in result["rows"]]
+        mean, std = 100 * np.mean(values, axis=0), 100 * np.std(values, axis=0)
+        lines.append(f"| {method} | " + " | ".join(f"{m:.2f} ± {s:.2f}" for m, s in zip(mean, std)) + " |")
+    times = []
+    for key, name in (("extract_s", "feature extraction (first seed; later seeds reuse the cache)"),
+                      ("head_train_s", "head training per seed"), ("tfidf_s", "TF-IDF baselines per seed")):
+        seconds = [result[key] for result in results if key in result]
+        if seconds:
+            times.append(f"{name} {seconds[0] if key == 'extract_s' else np.mean(seconds):.0f} s")
+    shared = [result["rows"][TFIDF_SHARED]["threshold"] for result in results if TFIDF_SHARED in result["rows"]]
+    if shared:
+        lines += ["", f"The shared TF-IDF threshold chosen on validation: {sorted(set(shared))}."]
+    lines += ["", f"Times: {', '.join(times)}.", ""]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--dataset", default=str(DATASETS / "goemotions"), help="a GoEmotions-like folder")
+    parser.add_argument("--preset", default="small", help="a preset's name or an LLMEmbedConfig's config.json")
+    parser.add_argument("--max-train", type=int, default=None, help="seeded training subset (default: all rows)")
+    parser.add_argument("--max-test", type=int, default=None, help="seeded test subset (default: all rows)")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[42])
+    parser.add_argument("--epochs", type=int, default=None, help="head epochs (default: HeadTrainingArguments)")
+    parser.add_argument("--device", default=None, help="where the backbones run (cuda on a GPU machine)")
+    parser.add_argument("--backbone-root", default=None, help="load each backbone from <root>/<name> instead")
+    parser.add_argument("--tfidf", choices=["run", "skip", "only"], default="run",
+                        help="TF-IDF baselines: with the head, skipped, or alone (no backbones needed)")
+    parser.add_argument("--tfidf-c", type=float, default=10.0, help="inverse regularisation of the TF-IDF models")
+    parser.add_argument("--max-tokens-per-batch", type=int, default=ExtractionConfig.max_tokens_per_batch)
+    parser.add_argument("--max-batch-size", type=int, default=ExtractionConfig.max_batch_size)
+    parser.add_argument("--json", default=None, help="also write the raw results here (after every seed)")
+    parser.add_argument("--output", default=str(RESULTS), help="the RESULTS.md whose section is replaced")
+    args = parser.parse_args(argv)
+
+    command = "python benchmarks/bench_multilabel.py " + shlex.join(sys.argv[1:] if argv is None else argv)
+    run = {"command": command, "preset": args.preset if args.preset in PRESETS else Path(args.preset).name,
+           "epochs": args.epochs, "results": [],
+           "machine": {**machine(), "date": f"{dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M} UTC"}}
+    keep: list[Any] = []
+    with tempfile.TemporaryDirectory() as work:
+        for seed in args.seeds:
+            print(f"[bench_multilabel] seed {seed}", file=sys.stderr, flush=True)
+            run["results"].append(run_seed(seed, args, Path(work), keep))
+            print(json.dumps(run["results"][-1]["rows"], indent=1), file=sys.stderr, flush=True)
+            if args.json:
+                Path(args.json).write_text(json.dumps(run, indent=1))
+    write_sections(Path(args.output), [(TITLE, markdown(run))])
+
+
+if __name__ == "__main__":
+    main()
