@@ -42,6 +42,7 @@ import torch
 from bench_accuracy import logistic_probe, scores
 from bench_common import DATASETS, RESULTS, machine, write_sections
 from bench_presets import fusion_score, load_study_splits
+from bench_serving import latency
 from safetensors.torch import load_file
 from transformers import pipeline
 
@@ -203,21 +204,15 @@ def score_candidate(candidate: Candidate, features: dict[str, dict[str, np.ndarr
     return row
 
 
-def part_latency(part: Part, sentences: list[str], warmup: int = 3) -> float:
+def part_latency(part: Part, sentences: list[str]) -> float:
     """p50 ms of one sentence through the pipeline of a one-backbone head with exactly ``part``'s layers."""
     spec = variant_spec(part.variant, part.layers)
     model = LLMEmbedForSequenceClassification.from_backbones(LLMEmbedConfig(backbones=[spec.to_dict()], num_labels=2))
     classify = pipeline("text-classification", model=model, tokenizer=model.tokenizer)
-    for text in sentences[:warmup]:
-        classify(text)
-    times = []
-    for text in sentences:
-        start = time.perf_counter()
-        classify(text)
-        times.append(1000 * (time.perf_counter() - start))
+    p50 = latency(classify, sentences)["p50_ms"]
     del classify, model
     gc.collect()
-    return statistics.median(times)
+    return p50
 
 
 def markdown(results: list[dict[str, Any]], latencies: dict[str, float], info: dict[str, Any], command: str) -> str:

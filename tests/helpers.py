@@ -51,14 +51,16 @@ def write_split(folder: Path, split: str, rows: list[dict], gz: bool = False) ->
 def keyword_rows(n: int, seed: int) -> list[dict]:
     """Texts of 3-8 filler words with "good" (label 1) or "bad" (label 0) somewhere in them."""
     rng = random.Random(seed)
-    rows = []
-    for i in range(n):
-        label = i % 2
-        words = [rng.choice(FILLER) for _ in range(rng.randint(3, 8))]
-        words.insert(rng.randint(0, len(words)), "good" if label else "bad")
-        rows.append({"text": " ".join(words), "label": label})
+    rows = [{"text": _keyword_text(rng, i % 2, 3, 8), "label": i % 2} for i in range(n)]
     rng.shuffle(rows)
     return rows
+
+
+def _keyword_text(rng: random.Random, label: int, low: int, high: int) -> str:
+    """``low``-``high`` filler words with "good" (label 1) or "bad" (label 0) inserted somewhere."""
+    words = [rng.choice(FILLER) for _ in range(rng.randint(low, high))]
+    words.insert(rng.randint(0, len(words)), "good" if label else "bad")
+    return " ".join(words)
 
 
 def pair_keyword_rows(n: int, seed: int) -> list[dict]:
@@ -68,10 +70,9 @@ def pair_keyword_rows(n: int, seed: int) -> list[dict]:
     rows = []
     for i in range(n):
         label = i % 2
-        words = [rng.choice(FILLER) for _ in range(rng.randint(2, 6))]
-        words.insert(rng.randint(0, len(words)), "good" if label else "bad")
+        second = _keyword_text(rng, label, 2, 6)
         first = " ".join(rng.choice(FILLER) for _ in range(rng.randint(2, 6)))
-        rows.append({"text": first, "text_pair": " ".join(words), "label": label})
+        rows.append({"text": first, "text_pair": second, "label": label})
     rng.shuffle(rows)
     return rows
 
