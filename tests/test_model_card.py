@@ -102,15 +102,20 @@ def test_card_states_every_backbones_licence(tmp_path):
     from llmembed_hf import LLMEmbedConfig
     from llmembed_hf.model_card import TrainingReport, write_model_card
 
-    config = LLMEmbedConfig.from_preset("small", num_labels=2)
-    text = write_model_card(tmp_path, config, TrainingReport.untrained(), repo_id="org/head").read_text()
-    data = ModelCard(text).data.to_dict()
-    assert data["license"] == "other" and "gemma" in data["license_name"]
-    assert data["license_link"] == "https://ai.google.dev/gemma/terms"
-    licences = text.split("## Licences", 1)[1]
-    assert "`google/gemma-3-270m`: [Gemma Terms of Use]" in licences
-    assert "`sentence-transformers/all-MiniLM-L6-v2`: [Apache-2.0]" in licences
-    assert "`sentence-transformers/all-mpnet-base-v2`: [Apache-2.0]" in licences
+    for preset, expected in [("small-gemma3", ["`google/gemma-3-270m`: [Gemma Terms of Use]",
+                                               "`sentence-transformers/all-MiniLM-L6-v2`: [Apache-2.0]",
+                                               "`sentence-transformers/all-mpnet-base-v2`: [Apache-2.0]"]),
+                             ("small", ["`google/embeddinggemma-300m`: [Gemma Terms of Use]"])]:
+        config = LLMEmbedConfig.from_preset(preset, num_labels=2)
+        text = write_model_card(tmp_path, config, TrainingReport.untrained(), repo_id="org/head").read_text()
+        data = ModelCard(text).data.to_dict()
+        assert data["license"] == "other" and "gemma" in data["license_name"], preset
+        assert data["license_link"] == "https://ai.google.dev/gemma/terms"
+        licences = text.split("## Licences", 1)[1]
+        assert all(line in licences for line in expected), (preset, licences)
+    fast = write_model_card(tmp_path, LLMEmbedConfig.from_preset("fast", num_labels=2), TrainingReport.untrained(),
+                            repo_id="org/head").read_text()
+    assert ModelCard(fast).data.to_dict()["license"] == "apache-2.0"
 
 
 def _model_index_metrics(text: str) -> list[dict[str, Any]]:

