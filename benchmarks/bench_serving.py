@@ -5,16 +5,16 @@ side in one run with a fine-tuned MiniLM `AutoModelForSequenceClassification` pi
     .venv/bin/python benchmarks/bench_serving.py                      # writes "## Serving" in RESULTS.md
     .venv/bin/python benchmarks/bench_serving.py --sentences 128 --documents 50 --no-write   # a quick look
 
-The LLMEmbed head is ``--model`` (default ``outputs/llmembed-sst2``, the main job's trained `small` head; if it is
-missing a quick `small` head is trained on ``--train-samples`` SST-2 sentences in a temporary folder). With
-``--compare-encode`` the head is also timed with the encode path as it was before the speed-ups (``torch.no_grad``
-per backbone instead of ``torch.inference_mode`` around the whole text path), interleaved with the current one in
-the same run, after checking that both give the same pipeline outputs on 50 sentences.
+The LLMEmbed heads are ``--model`` (default ``outputs/llmembed-sst2``, the main job's trained `small` head; several
+folders are served one after the other in the same run, e.g. a `fast` head beside it; a missing folder is replaced by a
+quick `small` head trained on ``--train-samples`` SST-2 sentences in a temporary folder).
 """
 
 from __future__ import annotations
 
 import argparse
+import gc
+import json
 import shlex
 import statistics
 import sys
@@ -103,23 +103,10 @@ def read_labelled(name: str, split: str, n: int) -> tuple[list[str], list[int]]:
     return texts, labels
 
 
-def legacy_encode_backbone(self: Any, name: str, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-    """`encode_backbone` as it was before the speed-ups (for the same-run before/after comparison)."""
-    from llmembed_hf.modeling.modeling_llmembed import full_hidden_state_count, pool_backbone_outputs
-
-    spec = next(spec for spec in self.config.backbone_specs if spec.name == name)
-    backbone = self._backbones[name]
-    attention_mask = attention_mask.to(backbone.device)
-    with torch.no_grad():
-        outputs = backbone(input_ids=input_ids.to(backbone.device), attention_mask=attention_mask,
-                           output_hidden_states=True)
-        views = pool_backbone_outputs(outputs, attention_mask, spec, full_hidden_state_count(backbone))
-    return torch.cat(views, dim=-1)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", default=str(ROOT / "outputs" / "llmembed-sst2"))
+    parser.add_argument("--model", nargs="+", default=[str(ROOT / "outputs" / "llmembed-sst2")],
+                        help="trained head folders, served side by side (the main job writes outputs/llmembed-sst2)")
     parser.add_argument("--train-samples", type=int, default=1000, help="for a quick head when --model is missing")
     parser.add_argument("--latency-texts", type=int, default=50, help="one-text calls timed per dataset")
     parser.add_argument("--sentences", type=int, default=320, help="SST-2 test sentences for batched throughput")
@@ -127,8 +114,6 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--finetune-samples", type=int, default=2000)
     parser.add_argument("--skip-minilm", action="store_true")
-    parser.add_argument("--compare-encode", action="store_true",
-                        help="also time the pre-speed-up encode path, same run, after an equality check")
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads for the run (default: torch's)")
     parser.add_argument("--compare-threads", action="store_true",
                         help="also time the head on SST-2 with torch's default thread count, interleaved with --threads")
@@ -160,65 +145,36 @@ def main() -> None:
             rows.append(row)
             print(row, flush=True)
 
-    # -- LLMEmbed head -------------------------------------------------------------------------------------------
-    model_dir = Path(args.model)
-    if not (model_dir / "config.json").is_file():
-        model_dir = Path(workdir.name) / "head"
-        t0 = time.perf_counter()
-        llmembed_hf.train_head(data=str(sst2), output_dir=str(model_dir), preset="small",
-                               max_train_samples=args.train_samples)
-        notes.append(f"No trained head at {args.model}: a quick `small` head was trained on {args.train_samples} "
-                     f"SST-2 sentences ({time.perf_counter() - t0:.0f} s).")
-    t0 = time.perf_counter()
-    with Measure() as load:
-        pipe = pipeline("text-classification", model=str(model_dir))
-        pipe("warm-up: load the backbones")
-    notes.append(f"LLMEmbed head `{model_dir.relative_to(ROOT) if model_dir.is_relative_to(ROOT) else 'temp'}`: "
-                 f"load + first call {load.wall:.1f} s, RSS after {load.peak / 2**20:.0f} MB.")
-    one, many = hf_pipeline_runner(pipe, args.batch_size)
-
-    if args.compare_encode:
-        model = pipe.model
-        current = type(model).encode_backbone
-        check = sentences[:50]
-        after = [pipe(t)[0] for t in check]
-        after_batched = many(check)
-        model.encode_backbone = legacy_encode_backbone.__get__(model)
-        before = [pipe(t)[0] for t in check]
-        before_batched = many(check)
-        same = before == after and before_batched == after_batched
-        notes.append(f"Before/after the encode-path change: pipeline outputs on 50 SST-2 sentences (one by one and "
-                     f"batched) {'identical (labels and scores)' if same else 'DIFFER'}.")
-        if not same:
-            diff = max(abs(a["score"] - b["score"]) for a, b in zip(after, before))
-            notes.append(f"Largest score difference {diff:.2e}.")
-        # interleave: before, after, before, after on SST-2
-        for rep in range(2):
-            for label, method in (("before", legacy_encode_backbone.__get__(model)), ("after", None)):
-                if method is None:
-                    model.__dict__.pop("encode_backbone", None)
-                else:
-                    model.encode_backbone = method
-                row = {"system": f"LLMEmbed small ({label} speed-ups, rep {rep + 1})", "dataset": "SST-2 test sentences"}
+    # -- LLMEmbed heads -----------------------------------------------------------------------------------------
+    for model_arg in args.model:
+        model_dir = Path(model_arg)
+        if not (model_dir / "config.json").is_file():
+            model_dir = Path(workdir.name) / "head"
+            t0 = time.perf_counter()
+            llmembed_hf.train_head(data=str(sst2), output_dir=str(model_dir), preset="small",
+                                   max_train_samples=args.train_samples)
+            notes.append(f"No trained head at {model_arg}: a quick `small` head was trained on {args.train_samples} "
+                         f"SST-2 sentences ({time.perf_counter() - t0:.0f} s).")
+        report = model_dir / "training_report.json"
+        preset = json.loads(report.read_text()).get("preset", "?") if report.is_file() else "?"
+        with Measure() as load:
+            pipe = pipeline("text-classification", model=str(model_dir))
+            pipe("warm-up: load the backbones")
+        notes.append(f"LLMEmbed head `{model_dir.relative_to(ROOT) if model_dir.is_relative_to(ROOT) else 'temp'}` "
+                     f"(preset `{preset}`): load + first call {load.wall:.1f} s, RSS after {load.peak / 2**20:.0f} MB.")
+        one, many = hf_pipeline_runner(pipe, args.batch_size)
+        if args.compare_threads and threads != default_threads:
+            for n in (default_threads, threads):
+                torch.set_num_threads(n)
+                row = {"system": f"LLMEmbed `{preset}` ({n} torch threads)", "dataset": "SST-2 test sentences"}
                 row.update(latency(one, sentences[:args.latency_texts]))
                 row.update(throughput(many, sentences[:args.sentences]))
                 rows.append(row)
                 print(row, flush=True)
-        model.__dict__.pop("encode_backbone", None)
-        assert type(model).encode_backbone is current
-
-    if args.compare_threads and threads != default_threads:
-        for n in (default_threads, threads):
-            torch.set_num_threads(n)
-            row = {"system": f"LLMEmbed small ({n} torch threads)", "dataset": "SST-2 test sentences"}
-            row.update(latency(one, sentences[:args.latency_texts]))
-            row.update(throughput(many, sentences[:args.sentences]))
-            rows.append(row)
-            print(row, flush=True)
-        torch.set_num_threads(threads)
-
-    run_system(f"LLMEmbed `small` (fp32, {threads} torch threads)", one, many)
-    del pipe, one, many
+            torch.set_num_threads(threads)
+        run_system(f"LLMEmbed `{preset}` ({threads} torch threads)", one, many)
+        del pipe, one, many
+        gc.collect()
 
     # -- fine-tuned MiniLM ---------------------------------------------------------------------------------------
     if not args.skip_minilm:
