@@ -191,11 +191,8 @@ def keyword_data(tmp_path_factory) -> Path:
 def pair_data(tmp_path_factory) -> Path:
     """Text pairs (``text``, ``text_pair``; helpers.NAMES decided by the second text): 60 train rows, 20 test rows and
     a labels.json, as ../shared/datasets/mrpc has them."""
-    folder = tmp_path_factory.mktemp("pair_data")
-    write_split(folder, "train", pair_keyword_rows(60, seed=0))
-    write_split(folder, "test", pair_keyword_rows(20, seed=1))
-    (folder / "labels.json").write_text(json.dumps(NAMES))
-    return folder
+    return write_dataset(tmp_path_factory.mktemp("pair_data"), pair_keyword_rows(60, seed=0),
+                         pair_keyword_rows(20, seed=1), NAMES)
 
 
 @pytest.fixture(scope="session")
@@ -218,11 +215,8 @@ def trained(tiny_backbones, keyword_data, tmp_path_factory):
 def multi_label_data(tmp_path_factory) -> Path:
     """Three labels (helpers.MULTI_LABEL_NAMES), each applying when its keyword is in the text: a ``labels`` list per
     row, 160 train rows (16 of them validation), 24 test rows and a labels.json."""
-    folder = tmp_path_factory.mktemp("multi_label_data")
-    write_split(folder, "train", multi_label_keyword_rows(160, seed=0))
-    write_split(folder, "test", multi_label_keyword_rows(24, seed=1))
-    (folder / "labels.json").write_text(json.dumps(MULTI_LABEL_NAMES))
-    return folder
+    return write_dataset(tmp_path_factory.mktemp("multi_label_data"), multi_label_keyword_rows(160, seed=0),
+                         multi_label_keyword_rows(24, seed=1), MULTI_LABEL_NAMES)
 
 
 @pytest.fixture(scope="session")
