@@ -40,7 +40,7 @@ from typing import Any
 import numpy as np
 import torch
 from bench_accuracy import logistic_probe, scores
-from bench_common import DATASETS, RESULTS, machine, write_sections
+from bench_common import machine, read_texts, write_sections
 from bench_presets import fusion_score, load_study_splits
 from bench_serving import latency
 from safetensors.torch import load_file
@@ -308,8 +308,7 @@ def main(argv: list[str] | None = None) -> None:
                             f"fusion {row['fusion']['accuracy']:.4f}")
             results.append({"dataset": name, "num_train": len(train.texts), "num_validation": len(validation.texts),
                             "rows": rows})
-        sentences = [json.loads(line)["text"] for line in _lines(DATASETS / "sst2" / "test.jsonl.gz")]
-        sentences = sentences[: args.latency_texts]
+        sentences = read_texts("sst2", args.latency_texts, split="test")
         latencies = {}
         for part in {Part(p.variant, p.layers) for c in pool for p in c.parts}:
             latencies[part.timing_key] = part_latency(part, sentences)
@@ -320,14 +319,7 @@ def main(argv: list[str] | None = None) -> None:
         Path(args.json).write_text(json.dumps({"machine": info, "command": command, "results": results,
                                                "latencies": latencies}, indent=1))
     if args.results_md:
-        write_sections(Path(args.results_md or RESULTS), [(TITLE, report)])
-
-
-def _lines(path: Path) -> list[str]:
-    import gzip
-
-    with gzip.open(path, "rt", encoding="utf-8") as handle:
-        return handle.read().splitlines()
+        write_sections(Path(args.results_md), [(TITLE, report)])
 
 
 if __name__ == "__main__":

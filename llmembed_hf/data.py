@@ -142,6 +142,8 @@ def detect_problem_type(values: list, split: str) -> str:
     if any(isinstance(v, float) and math.isfinite(v) and not v.is_integer() for v in values):
         return REGRESSION
     return SINGLE_LABEL
+
+
 def resolve_text_pair_column(dataset: Dataset, text_pair_column: str | None) -> str | None:
     """The column of the pairs' second texts: ``"auto"`` is `TEXT_PAIR_COLUMN` when ``dataset`` has it (else no
     pairs); None or ``"none"`` means single texts; any other name is used as given."""

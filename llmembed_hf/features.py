@@ -62,7 +62,7 @@ from .modeling.modeling_llmembed import (
     backbone_quantization,
     siamese_features,
 )
-from .modeling.tokenization_llmembed import _check_texts
+from .modeling.tokenization_llmembed import _check_pairs, _check_texts
 from .training_args import arg
 
 logger = logging.get_logger(__name__)
@@ -229,20 +229,11 @@ def _distinct(keys: list[bytes], texts: list[str], pairs: list[str] | None = Non
 
 def _check_request(model: LLMEmbedForSequenceClassification, texts: Sequence[str],
                    text_pairs: Sequence[str] | None) -> tuple[list[str], list[str] | None]:
-    """``texts`` (and ``text_pairs``) checked against each other and against the head (pairs or single texts)."""
+    """``texts`` (and ``text_pairs``) checked against each other and against the head (pairs or single texts), as the
+    composite tokenizer checks them."""
     texts = _check_texts(list(texts))[0]
-    if model.config.pair_encoding is None:
-        if text_pairs is not None:
-            raise ValueError("text_pairs were given, but this head classifies single texts; build the head with "
-                             "pair_encoding (LLMEmbedConfig) to train on text pairs.")
-        return texts, None
-    if text_pairs is None:
-        raise ValueError("this head classifies text pairs (its config has pair_encoding): pass text_pairs, the second "
-                         "text of every pair.")
-    pairs = _check_texts(list(text_pairs), "text_pairs")[0]
-    if len(pairs) != len(texts):
-        raise ValueError(f"{len(texts)} texts but {len(pairs)} text_pairs: give one second text per text.")
-    return texts, pairs
+    pairs = None if text_pairs is None else list(text_pairs)
+    return texts, _check_pairs(texts, True, pairs, model.config.pair_encoding, "text_pairs")
 
 
 def _backbone_inputs(model: LLMEmbedForSequenceClassification, texts: list[str],

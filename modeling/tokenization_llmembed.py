@@ -81,22 +81,23 @@ def _check_texts(text: Any, what: str = "text") -> tuple[list[str], bool]:
     raise TypeError(f"{what} must be a str or a list of str, got {type(text).__name__} ({text!r:.50}).")
 
 
-def _check_pairs(texts: list[str], is_batch: bool, text_pair: Any,
-                 pair_encoding: dict[str, str] | None) -> list[str] | None:
+def _check_pairs(texts: list[str], is_batch: bool, text_pair: Any, pair_encoding: dict[str, str] | None,
+                 what: str = "text_pair") -> list[str] | None:
     """The second texts of pairs, checked like ``text`` and against it (one per text), or None for single texts;
-    a ValueError when a head of pairs gets single texts or a head of single texts gets pairs."""
+    a ValueError when a head of pairs gets single texts or a head of single texts gets pairs. ``what`` names the
+    argument in messages (``text_pairs`` of `llmembed_hf.extract_features`)."""
     if pair_encoding is None:
         if text_pair is not None:
-            raise ValueError("text_pair was given, but this head classifies single texts (it was not trained on text "
+            raise ValueError(f"{what} was given, but this head classifies single texts (it was not trained on text "
                              "pairs). Pass text only, or train a head on pair data (a text_pair column).")
         return None
     if text_pair is None:
-        raise ValueError('this head classifies text pairs: pass text_pair= too (with pipeline, inputs like {"text": '
+        raise ValueError(f'this head classifies text pairs: pass {what}= too (with pipeline, inputs like {{"text": '
                          '..., "text_pair": ...}).')
-    pairs, pair_is_batch = _check_texts(text_pair, "text_pair")
+    pairs, pair_is_batch = _check_texts(text_pair, what)
     if pair_is_batch != is_batch or len(pairs) != len(texts):
-        raise ValueError(f"text_pair must match text: one str for one str, or a list of the same length (got "
-                         f"{len(texts)} text(s) and {len(pairs)} text_pair(s)).")
+        raise ValueError(f"{what} must match text: one str for one str, or a list of the same length (got "
+                         f"{len(texts)} text(s) and {len(pairs)} {what}(s)).")
     return pairs
 
 
