@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import functools
 import json
 import os
 import shlex
@@ -241,8 +242,9 @@ def run_interleaved(model, texts: list[str], ref_n: int, settings: dict) -> dict
 
     original_encode = model.encode_backbone
 
-    def encode_backbone(*args):
-        result = encode_clock.time(original_encode, *args, label=args[0], size=len(args[1]))
+    def encode_backbone(*args, **kwargs):
+        result = encode_clock.time(functools.partial(original_encode, **kwargs), *args, label=args[0],
+                                   size=len(args[1]))
         batch = plan[state["batch"]] if state["batch"] < len(plan) else {}
         state["ours_done"] += sum(weights[n] * t for n, t in batch.items())
         state["batch"] += 1

@@ -43,9 +43,9 @@ def load(preset: str):
     counts = Counter({spec.name: 0 for spec in model.config.backbone_specs})
     real = model.encode_backbone
 
-    def counted(name, input_ids, attention_mask):
+    def counted(name, input_ids, attention_mask, **kwargs):
         counts[name] += len(input_ids)
-        return real(name, input_ids, attention_mask)
+        return real(name, input_ids, attention_mask, **kwargs)
 
     model.encode_backbone = counted  # instance attribute: extract_features' forwards come here
     return model, counts

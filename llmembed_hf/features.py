@@ -43,7 +43,7 @@ import weakref
 from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 import pyarrow as pa
@@ -56,10 +56,14 @@ from . import feature_store
 from .feature_store import BackboneStore, default_store_root, pair_sha256, text_sha256
 from .file_utils import sha256_of_file
 from .modeling.configuration_llmembed import BackboneSpec
-from .modeling.modeling_llmembed import (
+from .modeling.modeling_llmembed import (  # the batching constants and helper are re-exported here
+    ACCELERATOR_TOKENS_PER_BATCH,
+    CPU_TOKENS_PER_BATCH,
     INT8_METHOD,
     LLMEmbedForSequenceClassification,
     backbone_quantization,
+    default_token_budget,
+    length_sorted_batches,
     siamese_features,
 )
 from .modeling.tokenization_llmembed import _check_pairs, _check_texts
@@ -71,12 +75,6 @@ FEATURES_COLUMN = "pooled_features"
 STORAGE_DTYPES = {"float32": torch.float32, "float16": torch.float16}
 #: While waiting for other processes' claims, say so this often (seconds).
 WAIT_LOG_SECONDS = 30.0
-
-
-#: Default token budgets of one batch (padded tokens): measured best on CPU (benchmarks/RESULTS.md), and the value
-#: the accelerator runs used.
-CPU_TOKENS_PER_BATCH = 1024
-ACCELERATOR_TOKENS_PER_BATCH = 8192
 
 
 @dataclass
@@ -98,7 +96,7 @@ class ExtractionConfig:
         """The padded-token budget of one batch on ``device``."""
         if self.max_tokens_per_batch is not None:
             return self.max_tokens_per_batch
-        return CPU_TOKENS_PER_BATCH if torch.device(device).type == "cpu" else ACCELERATOR_TOKENS_PER_BATCH
+        return default_token_budget(device)
 
     def check(self) -> None:
         if self.dtype not in STORAGE_DTYPES:
@@ -108,19 +106,6 @@ class ExtractionConfig:
         for name in ("max_batch_size", "shard_size"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name}={getattr(self, name)} must be a positive number of texts.")
-
-
-def length_sorted_batches(
-    lengths: np.ndarray, indices: np.ndarray, token_budget: int, max_batch_size: int
-) -> Iterator[np.ndarray]:
-    """Batches of ``indices``, longest first by ``lengths``, each padded size within ``token_budget`` tokens."""
-    order = indices[np.argsort(-lengths[indices], kind="stable")]
-    start = 0
-    while start < len(order):
-        longest = max(int(lengths[order[start]]), 1)
-        size = max(1, min(max_batch_size, token_budget // longest))
-        yield order[start : start + size]
-        start += size
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -398,13 +383,14 @@ class _BackboneJob:
         tokenizer = self.model.tokenizer
         dtype = STORAGE_DTYPES[self.config.dtype]
         vectors = torch.empty(sum(len(batch) for batch in chunk), self.out.shape[1], dtype=dtype)
+        budget = self.config.token_budget(self.device)  # the plan's batches fit it: encode_backbone runs each whole
         start = 0
         with torch.inference_mode():
             for batch in chunk:
                 inputs = tokenizer.pad({f"{self.name}_input_ids": [self.ids[int(row)] for row in batch]},
                                        return_tensors="pt", backbones=[self.name]).to(self.device)
                 pooled = self.model.encode_backbone(self.name, inputs[f"{self.name}_input_ids"],
-                                                    inputs[f"{self.name}_attention_mask"])
+                                                    inputs[f"{self.name}_attention_mask"], token_budget=budget)
                 vectors[start : start + len(batch)] = pooled.to("cpu", dtype)
                 start += len(batch)
                 if self.progress is not None:

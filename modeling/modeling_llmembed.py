@@ -16,8 +16,9 @@ import re
 import threading
 import warnings
 import weakref
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -160,6 +161,35 @@ def _cpu_flags() -> frozenset[str]:
     except OSError:
         pass
     return frozenset()
+
+
+#: Default token budgets of one backbone batch (padded tokens): measured best on CPU (benchmarks/RESULTS.md), and the
+#: value the accelerator runs used. Extraction batches to them, and so does `encode_backbone` within a padded batch.
+CPU_TOKENS_PER_BATCH = 1024
+ACCELERATOR_TOKENS_PER_BATCH = 8192
+
+
+def default_token_budget(device: str | torch.device) -> int:
+    """The padded-token budget of one backbone batch on ``device``."""
+    return CPU_TOKENS_PER_BATCH if torch.device(device).type == "cpu" else ACCELERATOR_TOKENS_PER_BATCH
+
+
+def length_sorted_batches(
+    lengths: np.ndarray, indices: np.ndarray, token_budget: int, max_batch_size: int
+) -> Iterator[np.ndarray]:
+    """Batches of ``indices``, longest first by ``lengths``, each padded size within ``token_budget`` tokens."""
+    order = indices[np.argsort(-lengths[indices], kind="stable")]
+    start = 0
+    while start < len(order):
+        longest = max(int(lengths[order[start]]), 1)
+        size = max(1, min(max_batch_size, token_budget // longest))
+        yield order[start : start + size]
+        start += size
+
+
+def is_right_padded(attention_mask: torch.Tensor) -> bool:
+    """Whether every row of a (batch, length) mask is ones then zeros (so cutting columns on the right drops pads)."""
+    return bool((attention_mask[:, 1:] <= attention_mask[:, :-1]).all())
 
 
 def native_bf16_supported(device: str | torch.device | None = None) -> bool:
@@ -952,10 +982,15 @@ class LLMEmbedForSequenceClassification(OneCommitPushMixin, LLMEmbedPreTrainedMo
             views.append(siamese_features(*pooled.split(ids[0].shape[0])))
         return torch.cat([view.to(self.device) for view in views], dim=-1)
 
-    def encode_backbone(self, name: str, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    def encode_backbone(
+        self, name: str, input_ids: torch.Tensor, attention_mask: torch.Tensor, token_budget: int | None = None
+    ) -> torch.Tensor:
         """One backbone's pooled views, concatenated (batch, its share of ``feature_size``), on its device.
 
-        Lets a caller batch each backbone by its own token lengths (`llmembed_hf.extract_features` does).
+        Lets a caller batch each backbone by its own token lengths (`llmembed_hf.extract_features` does). A
+        right-padded batch (a pipeline's or `Trainer`'s, padded to its longest text) runs as sub-batches of rows of
+        similar length, each cut to its longest row and within ``token_budget`` padded tokens (default: the device's,
+        `default_token_budget`), so no compute goes to the pads of short texts beside long ones.
         """
         if not self._backbones:
             with _LOADING:  # another thread may be loading them right now: wait, then use its copy
@@ -964,11 +999,28 @@ class LLMEmbedForSequenceClassification(OneCommitPushMixin, LLMEmbedPreTrainedMo
                     self.load_backbones()
         spec = next(spec for spec in self.config.backbone_specs if spec.name == name)
         backbone = self._backbones[name]
-        attention_mask = attention_mask.to(backbone.device)
+        input_ids, attention_mask = input_ids.to(backbone.device), attention_mask.to(backbone.device)
+        if input_ids.shape[0] < 2 or not is_right_padded(attention_mask):
+            return self._pool_backbone(spec, backbone, input_ids, attention_mask)
+        lengths = attention_mask.sum(dim=1).cpu().numpy()
+        budget = token_budget if token_budget is not None else default_token_budget(backbone.device)
+        pooled = None
+        for rows in length_sorted_batches(lengths, np.arange(len(lengths)), budget, len(lengths)):
+            longest = max(int(lengths[rows[0]]), 1)
+            index = torch.from_numpy(rows).to(backbone.device)
+            part = self._pool_backbone(spec, backbone, input_ids[index, :longest], attention_mask[index, :longest])
+            if pooled is None:
+                pooled = part.new_empty((len(lengths), part.shape[1]))
+            pooled[index] = part
+        return pooled
+
+    def _pool_backbone(self, spec: BackboneSpec, backbone: PreTrainedModel, input_ids: torch.Tensor,
+                       attention_mask: torch.Tensor) -> torch.Tensor:
+        """One forward of ``backbone`` on a batch and its pooled views, concatenated."""
+        name = spec.name
         # inference_mode, not no_grad: the backbones are frozen and their outputs are never differentiated (the head
         # trains on the pooled features), so skipping autograd's version counters costs nothing and is a bit faster.
         with torch.inference_mode():
-            input_ids = input_ids.to(backbone.device)
             outputs = backbone(input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=True)
             pool_mask = attention_mask
             if spec.prompt is not None and not spec.pool_prompt:

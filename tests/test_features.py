@@ -65,9 +65,9 @@ def spy_batches(model, monkeypatch) -> list[tuple[str, torch.Tensor]]:
     batches: list[tuple[str, torch.Tensor]] = []
     real = model.encode_backbone
 
-    def spy(name, input_ids, attention_mask):
+    def spy(name, input_ids, attention_mask, **kwargs):
         batches.append((name, attention_mask.clone()))
-        return real(name, input_ids, attention_mask)
+        return real(name, input_ids, attention_mask, **kwargs)
 
     monkeypatch.setattr(model, "encode_backbone", spy)
     return batches
@@ -506,8 +506,8 @@ def test_dataset_without_text_column_lists_columns(model, tmp_path):
 def test_nan_features_raise_and_write_no_segment(model, tmp_path, monkeypatch):
     real = model.encode_backbone
 
-    def nan_encode(*args):
-        features = real(*args)
+    def nan_encode(*args, **kwargs):
+        features = real(*args, **kwargs)
         features[0, 5] = float("nan")
         return features
 
@@ -524,8 +524,8 @@ def test_float16_overflow_is_caught(model, tmp_path, monkeypatch):
     """Values beyond float16's range become inf when stored as float16: an error, not a silent inf."""
     real = model.encode_backbone
 
-    def huge(*args):
-        return real(*args) * 1e6
+    def huge(*args, **kwargs):
+        return real(*args, **kwargs) * 1e6
 
     monkeypatch.setattr(model, "encode_backbone", huge)
     with pytest.raises(FloatingPointError, match="float32"):

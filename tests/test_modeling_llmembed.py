@@ -118,6 +118,49 @@ def test_one_backbone_padded_and_encoded_alone_matches_its_share_of_the_features
         model.tokenizer.pad(ragged, backbones=["bert"])
 
 
+def test_a_padded_batch_runs_in_length_sorted_sub_batches_cut_to_their_longest_row(text_model):
+    """A pipeline batch pads every text to its longest; the backbone sees rows of similar length, trimmed, within the
+    token budget, and each row's features equal the row encoded alone."""
+    model = text_model()
+    texts = [TEXTS[2], LONG_TEXT, TEXTS[1], LONG_TEXT + " again", TEXTS[0]]
+    batch = model.tokenizer(texts, return_tensors="pt")
+    ids, mask = batch["enc_input_ids"], batch["enc_attention_mask"]
+    lengths = mask.sum(1).tolist()
+    shapes: list[tuple[int, int]] = []
+    handle = model.backbones["enc"].register_forward_pre_hook(
+        lambda module, args, kwargs: shapes.append(tuple(kwargs["input_ids"].shape)), with_kwargs=True)
+    try:
+        budget = 2 * max(lengths)  # the two long texts fit one sub-batch, the three short ones another
+        split = model.encode_backbone("enc", ids, mask, token_budget=budget)
+        assert shapes == [(2, max(lengths)), (3, sorted(lengths)[2])]
+        shapes.clear()
+        whole = model.encode_backbone("enc", ids, mask, token_budget=len(texts) * ids.shape[1])
+        assert shapes == [(len(texts), ids.shape[1])]  # the batch fits the budget: one forward
+    finally:
+        handle.remove()
+    alone = torch.cat([model.encode(**model.tokenizer([t], return_tensors="pt"))[:, -split.shape[1] :] for t in texts])
+    torch.testing.assert_close(split, alone, atol=1e-5, rtol=0)
+    torch.testing.assert_close(whole, alone, atol=1e-5, rtol=0)
+
+
+def test_a_left_padded_batch_runs_whole(text_model):
+    model = text_model()
+    batch = model.tokenizer([TEXTS[2], LONG_TEXT], return_tensors="pt")
+    ids, mask = batch["enc_input_ids"], batch["enc_attention_mask"]
+    width = ids.shape[1]
+    short = int(mask[0].sum())
+    left_ids = torch.stack([torch.cat([ids[0, short:], ids[0, :short]]), ids[1]])
+    left_mask = torch.stack([torch.cat([mask[0, short:], mask[0, :short]]), mask[1]])
+    shapes: list[tuple[int, int]] = []
+    handle = model.backbones["enc"].register_forward_pre_hook(
+        lambda module, args, kwargs: shapes.append(tuple(kwargs["input_ids"].shape)), with_kwargs=True)
+    try:
+        model.encode_backbone("enc", left_ids, left_mask, token_budget=width)
+    finally:
+        handle.remove()
+    assert shapes == [(2, width)]  # cutting columns would drop real tokens: one forward, as given
+
+
 PADDING_MASKS = {
     "right": torch.tensor([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1], [1, 0, 0, 0, 0]]),
     "left": torch.tensor([[0, 0, 1, 1, 1], [1, 1, 1, 1, 1], [0, 0, 0, 0, 1]]),

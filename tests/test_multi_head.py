@@ -61,9 +61,9 @@ def test_one_pass_for_every_head_equals_each_head_alone(tiny_config, monkeypatch
     passes: list[tuple[str, int]] = []
     original = LLMEmbedForSequenceClassification.encode_backbone
 
-    def counted(self, name, input_ids, attention_mask):
+    def counted(self, name, input_ids, attention_mask, **kwargs):
         passes.append((name, input_ids.shape[0]))
-        return original(self, name, input_ids, attention_mask)
+        return original(self, name, input_ids, attention_mask, **kwargs)
 
     monkeypatch.setattr(LLMEmbedForSequenceClassification, "encode_backbone", counted)
     together = MultiHeadClassifier(three, names=["a", "b", "c"])(TEXTS)
