@@ -2,7 +2,7 @@
 """Views per CPU-second (issue 17, part 4): which backbones, layers, prompts and precisions the presets should use.
 
 Every *variant* is one backbone spec (EmbeddingGemma-300M with or without its classification prompt, the prompt's
-tokens pooled or not, fp32 or int8; Gemma-3-270M's middle states, MiniLM, MPNet, each fp32 or int8) whose views are
+tokens pooled or not, fp32, int8 or bf16; Gemma-3-270M's middle states, MiniLM (fp32, int8, bf16), MPNet) whose views are
 extracted ONCE per dataset into the llmembed feature store (a rerun reuses them). A *candidate* preset picks views of
 one or more variants (a layer choice is a column choice, never a new extraction) and is scored on validation rows
 carved from each dataset's TRAIN split (the test splits are never read) with
@@ -73,15 +73,19 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "embgemma+prompt": embgemma_spec(prompt=CLASSIFICATION_PROMPT),
     "embgemma+prompt-unpooled": embgemma_spec(prompt=CLASSIFICATION_PROMPT, pool_prompt=False),
     "embgemma+prompt/int8": embgemma_spec(prompt=CLASSIFICATION_PROMPT, quantization="int8"),
+    "embgemma+prompt/bf16": embgemma_spec(prompt=CLASSIFICATION_PROMPT, dtype="bfloat16"),
     "gemma3": preset_spec("gemma3"),
     "gemma3/int8": preset_spec("gemma3", quantization="int8"),
     "minilm": preset_spec("minilm"),
     "minilm/int8": preset_spec("minilm", quantization="int8"),
+    "minilm/bf16": preset_spec("minilm", dtype="bfloat16"),
     "mpnet": preset_spec("mpnet"),
     "mpnet/int8": preset_spec("mpnet", quantization="int8"),
 }
 
 
+#: Suffixes of the variants' precisions: fp32, int8 (dynamic, `quantization="int8"`), bf16 (`dtype="bfloat16"`).
+PRECISIONS = ("", "/int8", "/bf16")
 #: Variants that only answer the prompt questions (run on --prompt-study-datasets only).
 PROMPT_QUESTION = ("embgemma", "embgemma+prompt-unpooled")
 
@@ -113,7 +117,8 @@ class Candidate:
 
 
 def candidates(precision: str) -> list[Candidate]:
-    """The candidate presets, in fp32 (``precision=""``) or int8 (``"/int8"``: every variant quantised)."""
+    """The candidate presets, in fp32 (``precision=""``), int8 (``"/int8"``: every variant quantised) or bf16
+    (``"/bf16"``: every variant computing in bfloat16; only variants extracted in that precision are scored)."""
     e = "embgemma+prompt" + precision
     mid = (-13,)  # block 12 of 24: half of EmbeddingGemma's blocks run
     rows = [
@@ -290,7 +295,7 @@ def main(argv: list[str] | None = None) -> None:
         if args.extract_only:
             return
         dense = sentence_projection() if "embgemma+prompt" in args.variants else None
-        pool = [c for precision in ("", "/int8") for c in candidates(precision)
+        pool = [c for precision in PRECISIONS for c in candidates(precision)
                 if all(p.variant in args.variants for p in c.parts)]
         results = []
         for name, (train, validation, label_names) in splits.items():
@@ -300,7 +305,8 @@ def main(argv: list[str] | None = None) -> None:
                 if any(p.variant not in features[name] for p in candidate.parts):
                     continue
                 row = score_candidate(candidate, features[name], labels, len(label_names), args, Path(work), dense)
-                row.update(candidate=candidate.name + (" (int8)" if "/int8" in candidate.parts[0].variant else ""),
+                precision = candidate.parts[0].variant.partition("/")[2]
+                row.update(candidate=candidate.name + (f" ({precision})" if precision else ""),
                            views=" + ".join(p.label for p in candidate.parts),
                            latency_keys=[p.timing_key for p in candidate.parts])
                 rows.append(row)
