@@ -474,8 +474,8 @@ def default_backbone_loader(spec: BackboneSpec, **kwargs: Any) -> tuple[PreTrain
     tokenizer, weights_sha256)``: the sha256 of the GGUF file, or of the model's weight files (`weight_files_sha256`'s
     rule, the same as the package's), None when no weight file was found to hash. A Hub id loads the very commit
     whose files were hashed, so a branch that moves on in between cannot slip other weights in; the commit is the
-    spec's ``revision``, else the repo's `HUB_REVISIONS` pin, else the default branch. Hashing reads the weight files once per process (about 1 GB/s).
-    ``dtype`` (a torch dtype, passed by `shared_backbone`) is the compute dtype.
+    spec's ``revision``, else the repo's `HUB_REVISIONS` pin, else the default branch. Hashing reads the weight files
+    once per process (about 1 GB/s). ``dtype`` (a torch dtype, passed by `shared_backbone`) is the compute dtype.
     """
     load_kwargs: dict[str, Any] = {"gguf_file": spec.gguf_file} if spec.gguf_file else {}
     if os.path.isdir(spec.model_id):
