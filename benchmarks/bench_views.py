@@ -220,9 +220,10 @@ def part_latency(part: Part, sentences: list[str]) -> float:
     return p50
 
 
-def markdown(results: list[dict[str, Any]], latencies: dict[str, float], info: dict[str, Any], command: str) -> str:
+def markdown(results: list[dict[str, Any]], latencies: dict[str, float], info: dict[str, Any], command: str,
+             title: str = TITLE) -> str:
     lines = [
-        TITLE, "",
+        title, "",
         f"Command: `{command}`  ",
         f"Date: {info['date']}  ",
         f"Machine: {info['nproc']} CPU cores ({info['cpu']}), torch {info['torch']} ({torch.get_num_threads()} "
@@ -272,6 +273,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--epochs", type=int, default=None, help="fusion head epochs (default: HeadTrainingArguments)")
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--latency-texts", type=int, default=20, help="SST-2 test sentences timed per backbone")
+    parser.add_argument("--candidates", nargs="*", default=None, metavar="NAME",
+                        help="score only these candidates (names as in the table, without the precision), e.g. "
+                             "'EmbeddingGemma last' 'MiniLM'")
+    parser.add_argument("--section", default=TITLE,
+                        help="the RESULTS.md section written (a partial re-run goes under its own title)")
     parser.add_argument("--json", default=None, help="also write the raw results here")
     parser.add_argument("--results-md", default=None, help="replace this study's section of this RESULTS.md")
     args = parser.parse_args(argv)
@@ -296,7 +302,8 @@ def main(argv: list[str] | None = None) -> None:
             return
         dense = sentence_projection() if "embgemma+prompt" in args.variants else None
         pool = [c for precision in PRECISIONS for c in candidates(precision)
-                if all(p.variant in args.variants for p in c.parts)]
+                if all(p.variant in args.variants for p in c.parts)
+                and (not args.candidates or c.name in args.candidates)]
         results = []
         for name, (train, validation, label_names) in splits.items():
             labels = {"train": train.labels, "validation": validation.labels}
@@ -319,13 +326,13 @@ def main(argv: list[str] | None = None) -> None:
         for part in {Part(p.variant, p.layers) for c in pool for p in c.parts}:
             latencies[part.timing_key] = part_latency(part, sentences)
             logger.info(f"latency {part.timing_key}: {latencies[part.timing_key]:.1f} ms")
-    report = markdown(results, latencies, info, command)
+    report = markdown(results, latencies, info, command, args.section)
     print(report)
     if args.json:
         Path(args.json).write_text(json.dumps({"machine": info, "command": command, "results": results,
                                                "latencies": latencies}, indent=1))
     if args.results_md:
-        write_sections(Path(args.results_md), [(TITLE, report)])
+        write_sections(Path(args.results_md), [(args.section, report)])
 
 
 if __name__ == "__main__":
