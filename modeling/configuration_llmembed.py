@@ -273,13 +273,13 @@ _MPNET = dict(name="mpnet", model_id="sentence-transformers/all-mpnet-base-v2", 
               pooling="mean", normalize=True, max_length=384, hidden_size=768)
 #: google/embeddinggemma-300m (Gemma Terms of Use; 25 PyPI wheels joined by `llmembed_hf.artefacts`): a bidirectional
 #: Gemma3 encoder, 24 blocks of width 768, trained for sentence embeddings. Its last state mean-pooled with its own
-#: classification prompt (the prompt's tokens pooled too, as sentence-transformers does), in dynamic int8 with the
-#: FFN down-projections kept in float: the best view per CPU-second of the preset study (benchmarks/RESULTS.md, "Views
-#: per CPU-second"): without the prompt, or with its tokens left out of the mean, it scored lower; int8 matched fp32
-#: at 0.63x its latency.
+#: classification prompt (the prompt's tokens pooled too, as sentence-transformers does): the best view per CPU-second
+#: of the preset study (benchmarks/RESULTS.md, "Views per CPU-second"); without the prompt, or with its tokens left out
+#: of the mean, it scored lower. It computes in bfloat16 where the CPU (or GPU) has native bf16 (fp32's vectors, cosine
+#: >= 0.9995, at about 2.7x its batched rate), else in float32 (`dtype="auto"`, logged).
 _EMBEDDINGGEMMA = dict(name="embeddinggemma", model_id="google/embeddinggemma-300m", role="encoder", layers=[-1],
                        pooling="mean", max_length=256, hidden_size=768, prompt="task: classification | query: ",
-                       quantization="int8")
+                       dtype="auto")
 
 
 def _small_backbones(llm: str) -> list[dict[str, Any]]:
@@ -295,8 +295,11 @@ _CPU_HEAD = dict(projection_dim=128, mlp_hidden_sizes=[512, 128], dropout=0.4, s
 PRESETS: dict[str, dict[str, Any]] = {
     # CPU-sized default, chosen by the preset study (benchmarks/bench_views.py; README "Presets"): the best mean
     # validation accuracy on sst2, massive_en and r8 whose pipeline p50 for one sentence is at most 80 ms on 2 CPU
-    # cores: EmbeddingGemma-300M alone, int8, with its classification prompt (93.6 mean, 69 ms).
+    # cores: EmbeddingGemma-300M alone with its classification prompt, bf16 where the CPU has it.
     "small": dict(backbones=[copy.deepcopy(_EMBEDDINGGEMMA)], **_CPU_HEAD),
+    # The same view in dynamic int8 (the FFN down-projections kept in float): for CPUs without native bf16, where
+    # `small` computes in float32.
+    "small-int8": dict(backbones=[dict(_EMBEDDINGGEMMA, dtype="float32", quantization="int8")], **_CPU_HEAD),
     # The best accuracy at a p50 of at most 30 ms: all-MiniLM-L6-v2 alone (83.4 mean, 14 ms).
     "fast": dict(backbones=[copy.deepcopy(_MINILM)], **_CPU_HEAD),
     # The default before the study: Gemma-3-270M's middle layers plus MiniLM and MPNet (91.1 mean, 137 ms).
