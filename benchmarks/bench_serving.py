@@ -86,6 +86,13 @@ def tfidf_svm_runner(train_texts: list[str], train_labels: list[int]) -> tuple[C
     return (lambda text: model.predict([text])), (lambda texts: list(model.predict(texts))), fit_s
 
 
+def computes_in(model_dir: Path) -> str:
+    """How a saved head's backbones compute, from its config: "int8", "bf16/auto" or "fp32" per backbone."""
+    specs = json.loads((model_dir / "config.json").read_text())["backbones"]
+    return " + ".join(spec.get("quantization") or {"float32": "fp32", "bfloat16": "bf16", "auto": "bf16/auto"}[
+        spec.get("dtype", "float32")] for spec in specs)
+
+
 def read_labelled(name: str, split: str, n: int) -> tuple[list[str], list[int]]:
     import gzip
     import json
@@ -155,13 +162,15 @@ def main() -> None:
                                    max_train_samples=args.train_samples)
             notes.append(f"No trained head at {model_arg}: a quick `small` head was trained on {args.train_samples} "
                          f"SST-2 sentences ({time.perf_counter() - t0:.0f} s).")
+        model_dir = model_dir.resolve()
         report = model_dir / "training_report.json"
         preset = json.loads(report.read_text()).get("preset", "?") if report.is_file() else "?"
+        preset += f", {computes_in(model_dir)}"
         with Measure() as load:
             pipe = pipeline("text-classification", model=str(model_dir))
             pipe("warm-up: load the backbones")
         notes.append(f"LLMEmbed head `{model_dir.relative_to(ROOT) if model_dir.is_relative_to(ROOT) else 'temp'}` "
-                     f"(preset `{preset}`): load + first call {load.wall:.1f} s, RSS after {load.peak / 2**20:.0f} MB.")
+                     f"(`{preset}`): load + first call {load.wall:.1f} s, RSS after {load.peak / 2**20:.0f} MB.")
         one, many = hf_pipeline_runner(pipe, args.batch_size)
         if args.compare_threads and threads != default_threads:
             for n in (default_threads, threads):
