@@ -170,8 +170,7 @@ def finetune(
     if torch.cuda.is_available():
         torch.cuda.reset_peak_memory_stats()
     training_args = args.to_training_arguments(
-        output.checkpoint_dir, has_eval=True, fp16=args.fp16, bf16=args.bf16,
-        remove_unused_columns=False, label_names=["labels"],
+        output.checkpoint_dir, has_eval=True, remove_unused_columns=False, label_names=["labels"],
     )
     trainer = Trainer(
         model=model, args=training_args, train_dataset=train,

@@ -341,7 +341,10 @@ class BackboneTrainingArguments(LoraArguments, BaseTrainingArguments):
 
     max_length: int = arg(256, "truncate texts to this many tokens")
     fp16: bool = arg(False, "fp16 mixed precision (CUDA GPUs only)")
-    bf16: bool = arg(False, "bf16 mixed precision (GPUs; slow on most CPUs)")
+    bf16: bool = arg(False, "bf16 mixed precision (GPUs, and CPUs with native bf16: AVX512-BF16 or AMX; emulated and "
+                            "slow on other CPUs)")
+    group_by_length: bool = arg(False, "batch training texts of similar length together (transformers' "
+                                       "LengthGroupedSampler): less padding per batch, faster epochs")
 
     def __post_init__(self) -> None:
         BaseTrainingArguments.__post_init__(self)
@@ -351,6 +354,19 @@ class BackboneTrainingArguments(LoraArguments, BaseTrainingArguments):
             raise ValueError("fp16 and bf16 are exclusive; choose one mixed precision.")
         if self.fp16 and not torch.cuda.is_available():
             raise ValueError("fp16=True needs a CUDA GPU; on a CPU train in fp32 (the default) or bf16.")
+
+    def to_training_arguments(self, output_dir: str | os.PathLike, **kwargs: Any) -> TrainingArguments:
+        """`BaseTrainingArguments.to_training_arguments` plus this line's mixed precision and batch sampling; bf16
+        on a CPU without native bf16 is allowed but warned about (it is emulated there, slower than fp32)."""
+        if self.bf16 and not torch.cuda.is_available():
+            from .modeling.modeling_llmembed import native_bf16_supported
+
+            if not native_bf16_supported("cpu"):
+                logger.warning("bf16=True on a CPU without native bf16 (AVX512-BF16 / AMX): it is emulated and "
+                               "trains slower than fp32.")
+        sampling = "group_by_length" if self.group_by_length else "random"
+        return super().to_training_arguments(output_dir, fp16=self.fp16, bf16=self.bf16,
+                                             train_sampling_strategy=sampling, **kwargs)
 
 
 @dataclass

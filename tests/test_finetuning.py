@@ -326,3 +326,49 @@ def test_a_pair_split_is_tokenised_as_pairs(tiny_backbones):
     rows = tokenize_split(split, tokenizer, 16)
     assert rows["input_ids"] == tokenizer(split.texts, split.pairs, truncation=True, max_length=16)["input_ids"]
     assert rows["input_ids"] != tokenize_split(LabelledTexts(split.texts, split.labels), tokenizer, 16)["input_ids"]
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Length-grouped batches
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+def test_group_by_length_batches_texts_of_similar_length(tiny_backbones, finetune_data, tmp_path, monkeypatch):
+    """With group_by_length the Trainer draws batches with transformers' LengthGroupedSampler, so a batch holds
+    fewer pads than the random batches of the default; both runs train to a model."""
+    import llmembed_hf.finetuning as finetuning_module
+    from transformers.trainer_pt_utils import LengthGroupedSampler
+
+    padding: dict[bool, list[float]] = {True: [], False: []}
+
+    class Recording(finetuning_module.Trainer):
+        def training_step(self, model, inputs, *args, **kwargs):
+            mask = inputs["attention_mask"]
+            padding[self.args.train_sampling_strategy == "group_by_length"].append(1 - mask.float().mean().item())
+            return super().training_step(model, inputs, *args, **kwargs)
+
+    monkeypatch.setattr(finetuning_module, "Trainer", Recording)
+    samplers = []
+    real_sampler = Recording._get_train_sampler
+    monkeypatch.setattr(Recording, "_get_train_sampler",
+                        lambda self, *a, **k: samplers.append(real_sampler(self, *a, **k)) or samplers[-1])
+    for grouped in (False, True):
+        run_finetune(tiny_backbones["bert"], finetune_data, tmp_path / str(grouped), method="full", epochs=2,
+                     batch_size=4, group_by_length=grouped)
+    assert [isinstance(s, LengthGroupedSampler) for s in samplers] == [False, True]
+    assert sum(padding[True]) / len(padding[True]) < sum(padding[False]) / len(padding[False])
+
+
+def test_padding_a_fixed_batch_further_changes_no_loss(tiny_backbones):
+    """Length grouping changes which rows share a batch and how much they are padded; on a fixed batch the loss does
+    not depend on the padding beyond float tolerance (pads are masked out)."""
+    tokenizer = AutoTokenizer.from_pretrained(tiny_backbones["bert"])
+    model, _ = load_classifier(tiny_backbones["bert"], {0: "a", 1: "b"}, ensure_pad_token(tokenizer))
+    model.eval()
+    labels = torch.tensor([0, 1, 0, 1])
+    tight = tokenizer(TEXTS, padding=True, return_tensors="pt")
+    loose = tokenizer(TEXTS, padding="max_length", max_length=tight["input_ids"].shape[1] + 12, return_tensors="pt")
+    assert loose["input_ids"].shape[1] > tight["input_ids"].shape[1]
+    with torch.no_grad():
+        losses = [model(**batch, labels=labels).loss for batch in (tight, loose)]
+    torch.testing.assert_close(losses[0], losses[1], atol=1e-5, rtol=1e-5)

@@ -188,7 +188,7 @@ def finetune_intent_slot(
     trainer = Trainer(
         model=model,
         args=args.to_training_arguments(output.checkpoint_dir, has_eval=True, keep_best_checkpoint=False,
-                                        fp16=args.fp16, bf16=args.bf16, label_names=["labels", "slot_labels"]),
+                                        label_names=["labels", "slot_labels"]),
         train_dataset=train_data,
         eval_dataset=validation_data,
         data_collator=IntentSlotCollator(tokenizer.pad_token_id, tokenizer.padding_side),
