@@ -143,6 +143,21 @@ def test_a_padded_batch_runs_in_length_sorted_sub_batches_cut_to_their_longest_r
     torch.testing.assert_close(whole, alone, atol=1e-5, rtol=0)
 
 
+def test_a_batch_without_pads_reaches_the_backbone_without_a_mask(text_model):
+    """One text (or rows of one length) has nothing to mask: the backbone builds no mask, and the features are those
+    of the same text padded in a batch (test_features_do_not_depend_on_padding checks that for every pooling)."""
+    model = text_model()
+    masks: list[Any] = []
+    handle = model.backbones["enc"].register_forward_pre_hook(
+        lambda module, args, kwargs: masks.append(kwargs["attention_mask"]), with_kwargs=True)
+    try:
+        model.encode(**model.tokenizer([TEXTS[0]], return_tensors="pt"))
+        model.encode(**model.tokenizer([TEXTS[2], LONG_TEXT], return_tensors="pt"))
+    finally:
+        handle.remove()
+    assert masks[0] is None and masks[1] is not None and not bool(masks[1].all())
+
+
 def test_a_left_padded_batch_runs_whole(text_model):
     model = text_model()
     batch = model.tokenizer([TEXTS[2], LONG_TEXT], return_tensors="pt")
