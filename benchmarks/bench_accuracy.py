@@ -129,6 +129,15 @@ HEAD_VARIANTS = {
 }
 
 
+def head_variants(preset: str) -> dict[str, dict[str, Any]]:
+    """The fused-head variants worth training on ``preset``. The reference fusion feeds its MLP the mean LLM layer and
+    the views' co-occurrence values only, so without an LLM view it sees a few inner products (one, for a single
+    encoder): presets without one train only the head that also reads the encoders' vectors (their default)."""
+    if any(spec.get("role") == "llm" for spec in PRESETS[preset]["backbones"]):
+        return HEAD_VARIANTS
+    return {variant: overrides for variant, overrides in HEAD_VARIANTS.items() if overrides["concat_encoder_views"]}
+
+
 def run_dataset(name: str, args: argparse.Namespace, loader_kwargs: dict[str, Any], work: Path) -> dict[str, Any]:
     settings = DATASET_SETTINGS[name]
     data = DataArguments(str(DATASETS / name), text_column=settings["text_column"],
@@ -176,7 +185,7 @@ def fused_heads(name: str, splits: Any, args: argparse.Namespace, loader_kwargs:
                                   max_batch_size=args.max_batch_size)
     features: dict[str, Any] = {}
     timings: dict[str, float] = {}
-    for variant, overrides in HEAD_VARIANTS.items():
+    for variant, overrides in head_variants(args.preset).items():
         config = LLMEmbedConfig.from_preset(args.preset, id2label=dict(enumerate(names)),
                                             label2id={n: i for i, n in enumerate(names)}, **overrides)
         for spec in config.backbones:
@@ -217,7 +226,8 @@ def markdown(results: list[dict[str, Any]], info: dict[str, Any], commands: list
     lines[-1] += "  "
     lines += [
         "Test-split accuracy / macro-F1 (%). The fused heads are the named preset's LLMEmbed head with its default "
-        "hyper-parameters (reference fusion, and with `concat_encoder_views=True`), checkpoint chosen on the "
+        "hyper-parameters (reference fusion where the preset has an LLM view, and with `concat_encoder_views=True`), "
+        "checkpoint chosen on the "
         "validation split named per dataset; the probes are multinomial logistic regression (scikit-learn's "
         "objective, C=1, L-BFGS in torch) on standardised copies of the very same extracted features (an LLM's "
         "five pooled layers averaged); TF-IDF uses 1-2-grams, sublinear tf, min_df=2 (scikit-learn, CPU).", "",
