@@ -31,7 +31,10 @@ with SetFit's training.
     python benchmarks/bench_fewshot.py     # 3 datasets x k 8, 16, 64 x 5 seeds; writes RESULTS.md
     python benchmarks/bench_fewshot.py --datasets sst2 --shots 8 --seeds 1 --max-test 200 --no-write   # smoke
     python benchmarks/bench_fewshot.py --setfit-step-budget 3000 --json fewshot.json   # skip SetFit's longest draws
-    python benchmarks/bench_fewshot.py --render a.json b.json    # one section from runs made apart (e.g. per dataset)
+    # in parts (the same draws every time): the cheap methods, then SetFit, then one section from both
+    python benchmarks/bench_fewshot.py --methods fused probe --json a.json --no-write
+    python benchmarks/bench_fewshot.py --methods setfit --datasets sst2 --json b.json --no-write
+    python benchmarks/bench_fewshot.py --render a.json b.json
 """
 
 from __future__ import annotations
@@ -307,9 +310,23 @@ def run_line(run: dict[str, Any]) -> str:
             f"{setfit_training}{f', draws planning over {budget:,} steps skipped' if budget else ''})")
 
 
+def merged_results(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One result per dataset from runs made apart (e.g. the fused head and the probe in one, SetFit in another, over
+    the same draws and test rows): their draws pooled, a later run's (method, k, seed) replacing an earlier one's."""
+    merged: dict[str, dict[str, Any]] = {}
+    for result in (result for run in runs for result in run["results"]):
+        target = merged.setdefault(result["dataset"], {**result, "runs": []})
+        target.update({key: value for key, value in result.items() if key not in ("runs", "shots")})
+        target["shots"] = sorted(set(target.get("shots", [])) | set(result.get("shots", [])))
+        keep = {(run["method"], run["k"], run["seed"]) for run in result["runs"]}
+        target["runs"] = [run for run in target["runs"] if (run["method"], run["k"], run["seed"]) not in keep]
+        target["runs"] += result["runs"]
+    return list(merged.values())
+
+
 def markdown(runs: list[dict[str, Any]]) -> str:
     args = runs[0]["args"]
-    results = [result for run in runs for result in run["results"]]
+    results = merged_results(runs)
     max_test = {run["args"]["max_test"] for run in runs} - {None}
     lines = [
         TITLE, "",
