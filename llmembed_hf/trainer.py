@@ -80,7 +80,8 @@ def fit_head(
         compute_metrics=(TRAINING_METRICS if args.tune_thresholds else COMPUTE_METRICS)[problem_type],
         callbacks=callbacks,
     )
-    trainer.train(resume_from_checkpoint=resume_from_checkpoint)
+    with model.head_only_saves():
+        trainer.train(resume_from_checkpoint=resume_from_checkpoint)
     return trainer
 
 

@@ -6,6 +6,7 @@ Read top to bottom: masked pooling of hidden states, the fusion head, then the `
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import hashlib
@@ -818,6 +819,7 @@ class LLMEmbedForSequenceClassification(OneCommitPushMixin, LLMEmbedPreTrainedMo
         self._backbones: dict[str, PreTrainedModel] = {}
         self._shared: dict[str, _SharedBackbone] = {}  # keeps the registry's copies alive while this head is
         self.tokenizer = None
+        self._save_tokenizer = True  # off inside `head_only_saves`
         self.post_init()
 
     # -- backbones -------------------------------------------------------------------------------------------------
@@ -1135,11 +1137,22 @@ class LLMEmbedForSequenceClassification(OneCommitPushMixin, LLMEmbedPreTrainedMo
             auto_map["AutoModel"] = f"modeling_llmembed.{type(self).__name__}"
             self.config.auto_map = auto_map
         result = super().save_pretrained(save_directory, *args, **kwargs)
-        if kwargs.get("is_main_process", True):
+        if kwargs.get("is_main_process", True) and self._save_tokenizer:
             tokenizer = self._tokenizer_for_saving()
             if tokenizer is not None:
                 tokenizer.save_pretrained(save_directory)
         return result
+
+    @contextlib.contextmanager
+    def head_only_saves(self) -> Any:
+        """Within it, `save_pretrained` writes the head without its tokenizer: `Trainer`'s per-epoch checkpoints need
+        only the weights (resuming and reloading the best epoch read those), and a Gemma vocabulary is tens of MB per
+        checkpoint; the final save after training writes the tokenizer as usual."""
+        self._save_tokenizer = False
+        try:
+            yield self
+        finally:
+            self._save_tokenizer = True
 
     def _tokenizer_for_saving(self) -> Any:
         """The attached tokenizer, else the one of the repo this head was loaded from (kept for next time)."""

@@ -49,6 +49,20 @@ def fresh_head(tiny_config, seed: int = 0) -> LLMEmbedForSequenceClassification:
     return LLMEmbedForSequenceClassification(tiny_config())
 
 
+def test_epoch_checkpoints_hold_the_head_only_and_the_final_save_the_tokenizer(tiny_config, tmp_path):
+    """Per-epoch checkpoints need only the weights (a Gemma vocabulary is tens of MB each); a later save_pretrained
+    writes the tokenizer beside the head as usual."""
+    model = LLMEmbedForSequenceClassification.from_backbones(tiny_config())
+    assert model.tokenizer is not None
+    fit_head(model, separable_features(64, seed=1), separable_features(32, seed=2), tmp_path / "checkpoints",
+             HeadTrainingArguments(epochs=2, batch_size=32))
+    checkpoints = sorted((tmp_path / "checkpoints").glob("checkpoint-*"))
+    assert checkpoints and all((c / "model.safetensors").is_file() for c in checkpoints)
+    assert not [c for c in checkpoints if (c / "tokenizer_config.json").exists()]
+    model.save_pretrained(tmp_path / "final")
+    assert (tmp_path / "final" / "tokenizer_config.json").is_file()
+
+
 def test_fit_head_learns_and_reloads_best_checkpoint(tiny_config, tmp_path):
     from safetensors.torch import load_file
 
