@@ -138,6 +138,15 @@ def head_variants(preset: str) -> dict[str, dict[str, Any]]:
     return {variant: overrides for variant, overrides in HEAD_VARIANTS.items() if overrides["concat_encoder_views"]}
 
 
+def result_head_variants(result: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """`head_variants` of a saved result's preset when its backbones are still that preset's, else every variant
+    (a result from before a preset was renamed keeps its rows)."""
+    preset = PRESETS.get(result["preset"])
+    if preset is None or [spec["name"] for spec in preset["backbones"]] != result["backbones"]:
+        return HEAD_VARIANTS
+    return head_variants(result["preset"])
+
+
 def run_dataset(name: str, args: argparse.Namespace, loader_kwargs: dict[str, Any], work: Path) -> dict[str, Any]:
     settings = DATASET_SETTINGS[name]
     data = DataArguments(str(DATASETS / name), text_column=settings["text_column"],
@@ -245,11 +254,13 @@ def markdown(results: list[dict[str, Any]], info: dict[str, Any], commands: list
         singles = [v["accuracy"] for k, v in result["rows"].items() if k.endswith("alone (logistic regression)")]
         best_single = max(singles, default=float("nan"))
         for method, value in result["rows"].items():
+            if method in HEAD_VARIANTS and method not in result_head_variants(result):
+                continue  # trained by a run from before `head_variants` (one co-occurrence value, not a result)
             cells = f"| {method} | {100 * value['accuracy']:.2f} | {100 * value['macro_f1']:.2f} |"
             lines.append(cells + (f" {100 * value['accuracy_top_level']:.2f} |" if top else ""))
-        timings = ", ".join(f"{k.replace('_s', '')} {v:.0f} s" for k, v in result.items() if k.endswith("]") or
-                            k == "extract_s")
-        for variant in HEAD_VARIANTS:
+        shown = {f"head_train_s[{variant}]" for variant in result_head_variants(result)} | {"extract_s"}
+        timings = ", ".join(f"{k.replace('_s', '')} {v:.0f} s" for k, v in result.items() if k in shown)
+        for variant in result_head_variants(result):
             if variant in result["rows"]:
                 gap = 100 * (result["rows"][variant]["accuracy"] - best_single)
                 lines.append(f"\n{variant} vs the best single backbone: {gap:+.2f} points.")
