@@ -117,11 +117,11 @@ def _slow_forwards(pause: float, counts: dict[str, int]) -> None:
 
     real = LLMEmbedForSequenceClassification.encode_backbone
 
-    def encode_backbone(self, name, input_ids, attention_mask):
+    def encode_backbone(self, name, input_ids, attention_mask, **kwargs):
         counts[name] = counts.get(name, 0) + len(input_ids)
         if pause:
             time.sleep(pause)
-        return real(self, name, input_ids, attention_mask)
+        return real(self, name, input_ids, attention_mask, **kwargs)
 
     LLMEmbedForSequenceClassification.encode_backbone = encode_backbone
 
@@ -520,9 +520,9 @@ def disk_full_then_resume(model, texts: list[str], workdir: Path, where: str, fa
     counts: dict[str, int] = {}
     real = model.encode_backbone
 
-    def counted(name, input_ids, attention_mask):
+    def counted(name, input_ids, attention_mask, **kwargs):
         counts[name] = counts.get(name, 0) + len(input_ids)
-        return real(name, input_ids, attention_mask)
+        return real(name, input_ids, attention_mask, **kwargs)
 
     model.encode_backbone = counted
     try:

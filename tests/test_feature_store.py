@@ -43,9 +43,9 @@ def count_forwards(model, monkeypatch) -> Counter:
     counts = Counter({spec.name: 0 for spec in model.config.backbone_specs})
     real = model.encode_backbone
 
-    def counted(name, input_ids, attention_mask):
+    def counted(name, input_ids, attention_mask, **kwargs):
         counts[name] += len(input_ids)
-        return real(name, input_ids, attention_mask)
+        return real(name, input_ids, attention_mask, **kwargs)
 
     monkeypatch.setattr(model, "encode_backbone", counted)
     return counts
@@ -208,10 +208,10 @@ def _extract_in_process(config_json: str, texts: list[str], root: str, barrier, 
     counts = Counter()
     real = model.encode_backbone
 
-    def slow(name, input_ids, attention_mask):  # slow enough for the two processes to overlap
+    def slow(name, input_ids, attention_mask, **kwargs):  # slow enough for the two processes to overlap
         counts[name] += len(input_ids)
         time.sleep(delay)
-        return real(name, input_ids, attention_mask)
+        return real(name, input_ids, attention_mask, **kwargs)
 
     model.encode_backbone = slow
     barrier.wait(timeout=120)
