@@ -454,7 +454,8 @@ def test_llmembed_train_small_preset_on_sst2(tmp_path):
     assert all(spec["weights_sha256"] for spec in config["backbones"])
     store = cache_info(cache / "features")  # train, validation and test texts, once per backbone
     assert {b["name"]: b["vectors"] for b in store["backbones"]} == {"embeddinggemma": 300}
-    assert config["backbones"][0]["quantization"] == "int8" and config["backbones"][0]["prompt"]
+    spec = config["backbones"][0]  # bf16 where the CPU has it (dtype "auto"), the classification prompt
+    assert spec["dtype"] == "auto" and spec["quantization"] is None and spec["prompt"]
 
 
 @pytest.mark.integration
