@@ -1003,10 +1003,12 @@ class LLMEmbedForSequenceClassification(OneCommitPushMixin, LLMEmbedPreTrainedMo
         spec = next(spec for spec in self.config.backbone_specs if spec.name == name)
         backbone = self._backbones[name]
         input_ids, attention_mask = input_ids.to(backbone.device), attention_mask.to(backbone.device)
-        if input_ids.shape[0] < 2 or not is_right_padded(attention_mask):
+        budget = token_budget if token_budget is not None else default_token_budget(backbone.device)
+        # One forward as given where the batch already fits the budget (extraction's planned batches do): sorting
+        # would give the same single batch at the same width, only copied.
+        if input_ids.numel() <= budget or input_ids.shape[0] < 2 or not is_right_padded(attention_mask):
             return self._pool_backbone(spec, backbone, input_ids, attention_mask)
         lengths = attention_mask.sum(dim=1).cpu().numpy()
-        budget = token_budget if token_budget is not None else default_token_budget(backbone.device)
         pooled = None
         for rows in length_sorted_batches(lengths, np.arange(len(lengths)), budget, len(lengths)):
             longest = max(int(lengths[rows[0]]), 1)
