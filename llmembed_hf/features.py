@@ -150,7 +150,8 @@ def tokenizer_identity(tokenizer: Any) -> str:
 def backbone_description(model: LLMEmbedForSequenceClassification, spec: BackboneSpec) -> dict[str, Any]:
     """Everything about one loaded backbone that changes its pooled vectors (the feature store's key, with the
     storage dtype and width). The spec's ``name`` and ``role`` are not in it: presets naming a backbone differently
-    share its vectors."""
+    share its vectors. A spec with ``dense_modules`` stores its pooled states before its Dense modules and
+    normalisation (`stored_width`), so it shares them with the same spec without Dense modules."""
     backbone = model.backbones[spec.name]
     # The weights actually loaded: they differ from the recorded ones when a mismatch was allowed.
     shared = getattr(model, "_shared", {}).get(spec.name)
@@ -165,7 +166,7 @@ def backbone_description(model: LLMEmbedForSequenceClassification, spec: Backbon
         "weights_sha256": loaded_sha256 or spec.weights_sha256,
         "layers": list(spec.layers),
         "pooling": spec.pooling,
-        "normalize": bool(spec.normalize),
+        "normalize": bool(spec.normalize) and not spec.dense_modules,
         "max_length": spec.max_length,
         "prompt": spec.prompt,
         "compute_dtype": str(getattr(backbone, "dtype", None)),
@@ -177,6 +178,14 @@ def backbone_description(model: LLMEmbedForSequenceClassification, spec: Backbon
     return description
 
 
+def stored_width(model: LLMEmbedForSequenceClassification, spec: BackboneSpec) -> int:
+    """The width of one text's vector in ``spec``'s store: its views, or with ``dense_modules`` the pooled states their
+    Dense modules map (`LLMEmbedForSequenceClassification.finish_views`)."""
+    if spec.dense_modules:
+        return model.backbones[spec.name].config.get_text_config().hidden_size * spec.num_views
+    return spec.hidden_size * spec.num_views
+
+
 def backbone_stores(
     model: LLMEmbedForSequenceClassification, dtype: str = "float32", cache_folder: str | os.PathLike | None = None
 ) -> dict[str, BackboneStore]:
@@ -185,7 +194,7 @@ def backbone_stores(
         model.load_backbones()
     root = Path(cache_folder) if cache_folder is not None else default_store_root()
     return {  # one text's (or jointly encoded pair's) views: a siamese head's four parts are never stored
-        spec.name: BackboneStore(root, backbone_description(model, spec), spec.hidden_size * spec.num_views, dtype,
+        spec.name: BackboneStore(root, backbone_description(model, spec), stored_width(model, spec), dtype,
                                  name=spec.name)
         for spec in model.config.backbone_specs
     }
@@ -402,6 +411,17 @@ class _BackboneJob:
         return vectors.numpy()
 
 
+def _finished(model: LLMEmbedForSequenceClassification, spec: BackboneSpec, stored: np.ndarray,
+              chunk: int = 4096) -> torch.Tensor:
+    """Stored vectors as the head reads them (`LLMEmbedForSequenceClassification.finish_views`), float32 on the CPU,
+    in chunks of rows (Dense modules widen them: EmbeddingGemma's to 3,072)."""
+    if not spec.dense_modules:
+        return torch.from_numpy(stored).float()
+    device = model.backbones[spec.name].device
+    return torch.cat([model.finish_views(spec.name, torch.from_numpy(stored[start : start + chunk]).to(device)).cpu()
+                      for start in range(0, max(len(stored), 1), chunk)])
+
+
 def extract_features(
     model: LLMEmbedForSequenceClassification,
     texts: Sequence[str] | Dataset,
@@ -449,10 +469,10 @@ def extract_features(
     jobs, in_place = [], {}
     for spec in model.config.backbone_specs:
         request = inputs[spec.name]
-        # Distinct inputs, one per row (no siamese parts): computed straight into the result's columns.
-        in_place[spec.name] = len(request.rows) == len(request.keys) == len(texts)
+        # Distinct inputs, one per row, stored as the head reads them: computed straight into the result's columns.
+        in_place[spec.name] = len(request.rows) == len(request.keys) == len(texts) and not spec.dense_modules
         out = rows[:, columns[spec.name]] if in_place[spec.name] else np.empty(
-            (len(request.keys), spec.hidden_size * spec.num_views), dtype=dtype)
+            (len(request.keys), stored_width(model, spec)), dtype=dtype)
         jobs.append(_BackboneJob(model, spec, stores[spec.name], request, out, config))
 
     for job in jobs:
@@ -491,11 +511,11 @@ def extract_features(
         if in_place[spec.name]:
             continue
         if model.config.pair_encoding_of(spec) == "siamese":
-            u, v = (torch.from_numpy(job.out[request.rows[side]]).float()
+            u, v = (_finished(model, spec, job.out[request.rows[side]])
                     for side in (slice(0, len(texts)), slice(len(texts), None)))
             rows[:, columns[spec.name]] = siamese_features(u, v).numpy()
         else:
-            rows[:, columns[spec.name]] = job.out[request.rows]
+            rows[:, columns[spec.name]] = _finished(model, spec, job.out[request.rows]).numpy()
     column = pa.FixedSizeListArray.from_arrays(pa.array(rows.reshape(-1)), rows.shape[1])
     features = Dataset(pa.Table.from_arrays([column], names=[FEATURES_COLUMN]))
     for name, values in (extra_columns or {}).items():

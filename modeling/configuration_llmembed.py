@@ -49,6 +49,11 @@ class BackboneSpec:
     `QUANTIZATIONS`, CPU only) and ``dtype`` (one of `DTYPES`) say how the backbone computes; all four change the
     pooled vectors, so they are part of the feature fingerprint, and a head is served with the quantisation it was
     trained on.
+
+    ``dense_modules=True`` passes the pooled last layer through the checkpoint's own sentence-transformers ``Dense``
+    modules (listed in its ``modules.json``; EmbeddingGemma's 768 -> 3072 -> 768): with ``normalize=True`` that is the
+    model's sentence embedding, as ``SentenceTransformer.encode`` gives it. The view's width is then the last Dense
+    module's ``out_features``.
     """
 
     name: str
@@ -66,6 +71,7 @@ class BackboneSpec:
     pool_prompt: bool = True
     quantization: str | None = None
     dtype: str = "float32"
+    dense_modules: bool = False
 
     @classmethod
     def from_dict(cls, spec: dict[str, Any] | BackboneSpec) -> BackboneSpec:
@@ -154,6 +160,14 @@ class BackboneSpec:
         if not self.pool_prompt and self.pooling != "mean":
             raise ValueError(f"{where}: pool_prompt=False leaves the prompt out of a mean, but pooling="
                              f"{self.pooling!r} pools one position; set pool_prompt=True or pooling='mean'.")
+        if not isinstance(self.dense_modules, bool):
+            raise ValueError(f"{where}.dense_modules={self.dense_modules!r} must be true or false (a JSON boolean).")
+        if self.dense_modules and (list(self.layers) != [-1] or self.pooling == "pooler"):
+            raise ValueError(
+                f"{where}: dense_modules=True applies the checkpoint's Dense modules to its pooled last layer, as "
+                f"sentence-transformers does, so layers must be [-1] and pooling one of 'mean', 'cls', 'last_token' "
+                f"(got layers={self.layers!r}, pooling={self.pooling!r})."
+            )
         if self.quantization not in QUANTIZATIONS:
             raise ValueError(f"{where}.quantization={self.quantization!r} is unknown; choose one of {QUANTIZATIONS}.")
         if self.dtype not in DTYPES:
@@ -300,6 +314,9 @@ PRESETS: dict[str, dict[str, Any]] = {
     # The same view in dynamic int8 (the FFN down-projections kept in float): for CPUs without native bf16, where
     # `small` computes in float32.
     "small-int8": dict(backbones=[dict(_EMBEDDINGGEMMA, dtype="float32", quantization="int8")], **_CPU_HEAD),
+    # EmbeddingGemma's own sentence embedding (its mean through its two Dense modules, L2-normalised): 94.1 mean
+    # validation accuracy against the last state's 93.6 in the preset study, at the same cost.
+    "small-dense": dict(backbones=[dict(_EMBEDDINGGEMMA, dense_modules=True, normalize=True)], **_CPU_HEAD),
     # The best accuracy at a p50 of at most 30 ms: all-MiniLM-L6-v2 alone (83.4 mean, 14 ms).
     "fast": dict(backbones=[copy.deepcopy(_MINILM)], **_CPU_HEAD),
     # The default before the study: Gemma-3-270M's middle layers plus MiniLM and MPNet (91.1 mean, 137 ms).

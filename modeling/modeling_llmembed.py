@@ -89,13 +89,89 @@ def usable_positions(config: Any) -> int | None:
     return positions
 
 
+#: The attribute of a backbone holding its sentence-transformers Dense modules (`attach_dense_modules`).
+DENSE_MODULES_ATTRIBUTE = "llmembed_dense_modules"
+#: sentence-transformers' Dense activations, by the name its ``config.json`` records.
+_DENSE_ACTIVATIONS: dict[str, Callable[[], nn.Module]] = {
+    "torch.nn.modules.linear.Identity": nn.Identity,
+    "torch.nn.modules.activation.Tanh": nn.Tanh,
+}
+
+
+def load_dense_modules(source: str, revision: str | None = None) -> nn.Sequential:
+    """The sentence-transformers ``Dense`` modules of a checkpoint (a local folder or Hub repo), in ``modules.json``
+    order, as one float32 ``nn.Sequential``; its ``sha256`` attribute lists each module's ``"<path>:<sha256>"``.
+
+    A checkpoint without ``modules.json`` or without Dense modules, a Dense module whose weights are not safetensors,
+    or an activation other than Identity/Tanh is an error saying so.
+    """
+    from safetensors.torch import load_file
+    from transformers.utils import cached_file
+
+    def fetch(name: str, required: bool = True) -> str | None:
+        return cached_file(source, name, revision=revision, _raise_exceptions_for_missing_entries=required)
+
+    modules_file = fetch("modules.json", required=False)
+    entries = json.loads(open(modules_file, encoding="utf-8").read()) if modules_file else []
+    paths = [entry["path"] for entry in entries if entry.get("type", "").endswith(".Dense")]
+    if not paths:
+        raise ValueError(f"dense_modules=True but {source} has no sentence-transformers Dense modules "
+                         f"({'no modules.json' if not modules_file else 'none listed in modules.json'}); set "
+                         "dense_modules=False.")
+    layers, hashes = [], []
+    for path in paths:
+        config = json.loads(open(fetch(f"{path}/config.json"), encoding="utf-8").read())
+        weights_file = fetch(f"{path}/model.safetensors", required=False)
+        if weights_file is None:
+            raise ValueError(f"{source}/{path} has no model.safetensors (only safetensors weights are loaded).")
+        activation = config.get("activation_function", "torch.nn.modules.activation.Tanh")
+        if activation not in _DENSE_ACTIVATIONS:
+            raise ValueError(f"{source}/{path}: activation {activation!r} is not supported; supported: "
+                             f"{sorted(_DENSE_ACTIVATIONS)}.")
+        linear = nn.Linear(config["in_features"], config["out_features"], bias=config.get("bias", True))
+        state = load_file(weights_file)
+        linear.load_state_dict({key.removeprefix("linear."): value for key, value in state.items()})
+        layers += [linear, _DENSE_ACTIVATIONS[activation]()]
+        hashes.append(f"{path}:{sha256_file(weights_file)}")
+    dense = nn.Sequential(*layers).requires_grad_(False)
+    dense.sha256 = hashes
+    return dense
+
+
+def attach_dense_modules(model: PreTrainedModel, spec: BackboneSpec, source: str, revision: str | None = None) -> None:
+    """Give ``model`` the Dense modules of ``source`` when ``spec.dense_modules`` asks for them (every loader calls
+    this). They are kept beside the backbone's modules, not among them: they stay float32 whatever the backbone computes
+    in (a few MFLOP a vector) and are never quantised; `LLMEmbedForSequenceClassification.finish_views` moves them to
+    the vectors' device."""
+    if spec.dense_modules:
+        model.__dict__[DENSE_MODULES_ATTRIBUTE] = load_dense_modules(source, revision)
+
+
+def backbone_view_width(model: PreTrainedModel, spec: BackboneSpec) -> int:
+    """The width of each of ``spec``'s views of ``model``: its hidden size, or its last Dense module's output."""
+    if spec.dense_modules:
+        return dense_modules_of(model, spec)[-2].out_features
+    return model.config.get_text_config().hidden_size
+
+
+def dense_modules_of(model: PreTrainedModel, spec: BackboneSpec) -> nn.Sequential:
+    """The Dense modules `attach_dense_modules` gave ``model`` (an error naming the spec if its loader gave none)."""
+    dense = getattr(model, DENSE_MODULES_ATTRIBUTE, None)
+    if dense is None:
+        raise ValueError(f"backbones[{spec.name!r}] has dense_modules=True but its loaded model carries no Dense "
+                         "modules; load it with a loader that calls attach_dense_modules (the package's do).")
+    return dense
+
+
 def pool_backbone_outputs(
     outputs: Any, attention_mask: torch.Tensor, spec: BackboneSpec, num_hidden_states: int | None = None
 ) -> list[torch.Tensor]:
     """Turn one backbone's outputs into its views: one float32 (batch, hidden) vector per configured layer.
 
     ``num_hidden_states`` is the full model's count of hidden states (`full_hidden_state_count`); the default, the
-    number of hidden states in ``outputs``, is right only when every block was computed.
+    number of hidden states in ``outputs``, is right only when every block was computed. A spec with
+    ``dense_modules`` is normalised after its Dense modules (`LLMEmbedForSequenceClassification.finish_views`), not
+    here: its pooled state is what the feature store keeps, shared with the spec without Dense modules.
     """
     if spec.pooling == "pooler":
         if getattr(outputs, "pooler_output", None) is None:
@@ -114,7 +190,7 @@ def pool_backbone_outputs(
                 f"returned {len(hidden_states)} of its {num_hidden_states}; were its blocks dropped for other layers?"
             )
         views = [pool(hidden_states[index], attention_mask) for index in indices]
-    if spec.normalize:
+    if spec.normalize and not spec.dense_modules:
         views = [F.normalize(view, p=2, dim=-1) for view in views]
     return views
 
@@ -492,6 +568,7 @@ def default_backbone_loader(spec: BackboneSpec, **kwargs: Any) -> tuple[PreTrain
         load_kwargs["revision"] = (extract_commit_hash(files[0], None) if files else None) or revision
     model_kwargs = dict(load_kwargs, dtype=kwargs["dtype"]) if kwargs.get("dtype") is not None else load_kwargs
     model = AutoModel.from_pretrained(spec.model_id, **model_kwargs)
+    attach_dense_modules(model, spec, spec.model_id, load_kwargs.get("revision"))
     tokenizer = AutoTokenizer.from_pretrained(spec.model_id, **load_kwargs)
     return model, tokenizer, weight_files_sha256(files)
 
@@ -699,7 +776,7 @@ def shared_backbone(loader: Callable[..., tuple[PreTrainedModel, Any, str | None
                              f"{dtype} was passed.")
     loader_kwargs = {**loader_kwargs, "dtype": dtype}
     key = (getattr(loader, "__qualname__", repr(loader)), spec.model_id, spec.revision, spec.gguf_file,
-           tuple(spec.layers), spec.pooling, spec.quantization, repr(sorted(loader_kwargs.items())),
+           tuple(spec.layers), spec.pooling, spec.dense_modules, spec.quantization, repr(sorted(loader_kwargs.items())),
            _folder_stamp(spec.model_id))
     with _LOADING:
         shared = _LOADED_BACKBONES.get(key)
@@ -896,11 +973,11 @@ class LLMEmbedForSequenceClassification(OneCommitPushMixin, LLMEmbedPreTrainedMo
     def _check_backbone(
         self, spec: BackboneSpec, model: PreTrainedModel, sha256: str | None, allow: bool | None
     ) -> None:
-        hidden_size = model.config.get_text_config().hidden_size
+        hidden_size = backbone_view_width(model, spec)
         if spec.hidden_size is not None and spec.hidden_size != hidden_size:
             raise ValueError(
                 f"backbones[{spec.name!r}]: the config says hidden_size={spec.hidden_size} but {spec.model_id} "
-                f"has hidden_size={hidden_size}; this head was built for another model."
+                f"gives views of width {hidden_size}; this head was built for another model."
             )
         spec.hidden_state_indices(full_hidden_state_count(model))  # a layer the model lacks is an error now
         positions = usable_positions(model.config.get_text_config())
@@ -976,19 +1053,20 @@ class LLMEmbedForSequenceClassification(OneCommitPushMixin, LLMEmbedPreTrainedMo
             ids = [backbone_inputs[f"{prefix}_input_ids"] for prefix in parts[spec.name]]
             masks = [backbone_inputs[f"{prefix}_attention_mask"] for prefix in parts[spec.name]]
             if len(ids) == 1:
-                views.append(self.encode_backbone(spec.name, ids[0], masks[0]))
+                views.append(self.finish_views(spec.name, self.encode_backbone(spec.name, ids[0], masks[0])))
                 continue
             # Both texts of every pair in one batch, right-padded to the longer side (pooling is mask-aware).
             width = max(t.shape[1] for t in ids)
             pooled = self.encode_backbone(spec.name, torch.cat([F.pad(t, (0, width - t.shape[1])) for t in ids]),
                                           torch.cat([F.pad(m, (0, width - m.shape[1])) for m in masks]))
-            views.append(siamese_features(*pooled.split(ids[0].shape[0])))
+            views.append(siamese_features(*self.finish_views(spec.name, pooled).split(ids[0].shape[0])))
         return torch.cat([view.to(self.device) for view in views], dim=-1)
 
     def encode_backbone(
         self, name: str, input_ids: torch.Tensor, attention_mask: torch.Tensor, token_budget: int | None = None
     ) -> torch.Tensor:
-        """One backbone's pooled views, concatenated (batch, its share of ``feature_size``), on its device.
+        """One backbone's pooled views, concatenated (batch, num_views * hidden), on its device: what the feature store
+        keeps, and for a spec without ``dense_modules`` its share of ``feature_size`` (else `finish_views` makes it).
 
         Lets a caller batch each backbone by its own token lengths (`llmembed_hf.extract_features` does). A
         right-padded batch (a pipeline's or `Trainer`'s, padded to its longest text) runs as sub-batches of rows of
@@ -1018,6 +1096,17 @@ class LLMEmbedForSequenceClassification(OneCommitPushMixin, LLMEmbedPreTrainedMo
                 pooled = part.new_empty((len(lengths), part.shape[1]))
             pooled[index] = part
         return pooled
+
+    def finish_views(self, name: str, pooled: torch.Tensor) -> torch.Tensor:
+        """``encode_backbone``'s vectors as the head reads them: for a spec with ``dense_modules``, through the
+        checkpoint's Dense modules (float32) and then, with ``normalize``, L2-normalised; other specs' as they are."""
+        spec = next(spec for spec in self.config.backbone_specs if spec.name == name)
+        if not spec.dense_modules:
+            return pooled
+        dense = dense_modules_of(self._backbones[name], spec).to(pooled.device)
+        with torch.inference_mode():
+            views = dense(pooled.to(torch.float32))
+        return F.normalize(views, p=2, dim=-1) if spec.normalize else views
 
     def _pool_backbone(self, spec: BackboneSpec, backbone: PreTrainedModel, input_ids: torch.Tensor,
                        attention_mask: torch.Tensor) -> torch.Tensor:
@@ -1113,7 +1202,7 @@ class LLMEmbedForSequenceClassification(OneCommitPushMixin, LLMEmbedPreTrainedMo
         shared = {spec.name: shared_backbone(cls.backbone_loader, spec, **loader_kwargs)
                   for spec in config.backbone_specs}
         for spec in config.backbone_specs:
-            hidden_size = shared[spec.name].model.config.get_text_config().hidden_size
+            hidden_size = backbone_view_width(shared[spec.name].model, spec)
             config.update_backbone(spec.name, hidden_size=spec.hidden_size or hidden_size)
         model = cls(config)
         for spec in config.backbone_specs:
@@ -1173,6 +1262,9 @@ __all__ = [
     "OneCommitPushMixin",
     "LLMEmbedPreTrainedModel",
     "LLMEmbedForSequenceClassification",
+    "attach_dense_modules",
+    "backbone_view_width",
+    "load_dense_modules",
     "mean_pool",
     "redact_local_paths",
     "first_token_pool",

@@ -20,6 +20,7 @@ from safetensors.numpy import load_file, save_file
 
 from llmembed_hf import ExtractionConfig, LLMEmbedForSequenceClassification, extract_features
 from llmembed_hf.feature_store import BackboneStore
+from llmembed_hf.file_utils import file_sha256
 from llmembed_hf.features import (
     ACCELERATOR_TOKENS_PER_BATCH,
     CPU_TOKENS_PER_BATCH,
@@ -455,6 +456,35 @@ def test_a_float_backbone_without_prompt_keeps_the_fingerprint_it_had_before_pro
                                    "pooling", "prompt", "quantization", "revision", "tokenizer", "weights_sha256"]
     assert (description["prompt"], description["quantization"], description["compute_dtype"]) == (
         None, None, "torch.float32")
+
+
+def test_a_spec_with_dense_modules_reuses_the_pooled_states_of_the_spec_without(tiny_backbones, tiny_config, tmp_path,
+                                                                                 monkeypatch):
+    """A model's sentence embedding (`BackboneSpec.dense_modules`) is its pooled state through its Dense modules: the
+    store keeps the pooled state, shared with the spec without Dense modules, and the head reads it mapped."""
+    from safetensors.torch import save_file
+
+    folder = tmp_path / "bert-st"
+    shutil.copytree(tiny_backbones["bert"], folder)
+    (folder / "modules.json").write_text(json.dumps([{"path": "1_Dense", "type": "sentence_transformers.models.Dense"}]))
+    (folder / "1_Dense").mkdir()
+    (folder / "1_Dense" / "config.json").write_text(json.dumps({"in_features": 32, "out_features": 24, "bias": True}))
+    torch.manual_seed(0)
+    save_file({"linear.weight": torch.randn(24, 32), "linear.bias": torch.randn(24)},
+              folder / "1_Dense" / "model.safetensors")
+    spec = {"model_id": str(folder), "hidden_size": None, "pooling": "mean"}
+    plain = LLMEmbedForSequenceClassification.from_backbones(tiny_config(enc=spec)).eval()
+    dense = LLMEmbedForSequenceClassification.from_backbones(
+        tiny_config(enc=spec | {"dense_modules": True, "normalize": True})).eval()
+    assert stores(dense, tmp_path)["enc"].fingerprint == stores(plain, tmp_path)["enc"].fingerprint
+    extract(plain, tmp_path)
+    batches = spy_batches(dense, monkeypatch)
+    features = values(extract(dense, tmp_path))
+    assert computed(batches) == {"llm": 0, "enc": 0}  # every vector came from the plain spec's store
+    monkeypatch.undo()
+    assert features.shape == (len(TEXTS), 3 * 48 + 24)
+    torch.testing.assert_close(features, direct_features(dense), atol=1e-5, rtol=1e-5)
+    assert torch.allclose(features[:, -24:].norm(dim=-1), torch.ones(len(TEXTS)))
 
 
 def test_quantisation_and_compute_dtype_as_loaded_are_in_the_fingerprint(model, tiny_config, tmp_path):

@@ -927,3 +927,123 @@ def test_both_loaders_get_dtype_and_int8_from_the_spec(tiny_config, monkeypatch,
     model = LLMEmbedForSequenceClassification.from_backbones(
         tiny_config(enc={"quantization": "int8"}, llm={"dtype": "bfloat16"}))
     assert backbone_quantization(model.backbones["enc"]) == "int8" and model.backbones["llm"].dtype == torch.bfloat16
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# sentence-transformers Dense modules (a model's own sentence embedding)
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def dense_backbone(tiny_backbones, tmp_path_factory) -> str:
+    """The tiny BERT as a sentence-transformers folder: Transformer, Pooling, Dense 32 -> 64 (no bias, Identity),
+    Dense 64 -> 24 (bias, Tanh), Normalize."""
+    import shutil
+
+    from safetensors.torch import save_file
+
+    folder = tmp_path_factory.mktemp("dense") / "bert-st"
+    shutil.copytree(tiny_backbones["bert"], folder)
+    modules = [{"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
+               {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"}]
+    torch.manual_seed(3)
+    for index, (path, width_in, width_out, bias, activation) in enumerate(
+            [("2_Dense", 32, 64, False, "torch.nn.modules.linear.Identity"),
+             ("3_Dense", 64, 24, True, "torch.nn.modules.activation.Tanh")], start=2):
+        (folder / path).mkdir()
+        (folder / path / "config.json").write_text(json.dumps(
+            {"in_features": width_in, "out_features": width_out, "bias": bias, "activation_function": activation}))
+        state = {"linear.weight": torch.randn(width_out, width_in) * 0.3}
+        if bias:
+            state["linear.bias"] = torch.randn(width_out) * 0.1
+        save_file(state, folder / path / "model.safetensors")
+        modules.append({"idx": index, "name": str(index), "path": path,
+                        "type": "sentence_transformers.models.Dense"})
+    modules.append({"idx": 4, "name": "4", "path": "4_Normalize", "type": "sentence_transformers.models.Normalize"})
+    (folder / "modules.json").write_text(json.dumps(modules))
+    return str(folder)
+
+
+def dense_head(folder: str, **spec: Any) -> LLMEmbedForSequenceClassification:
+    torch.manual_seed(0)
+    backbone = dict(name="st", model_id=folder, layers=[-1], pooling="mean", max_length=32, dense_modules=True,
+                    normalize=True) | spec
+    config = LLMEmbedConfig(backbones=[backbone], projection_dim=16, mlp_hidden_sizes=[16], num_labels=2)
+    return LLMEmbedForSequenceClassification.from_backbones(config).eval()
+
+
+def sentence_embedding_by_hand(folder: str, model: LLMEmbedForSequenceClassification, texts: list[str]) -> torch.Tensor:
+    """mean pool -> Linear -> Linear + bias -> tanh -> L2 norm, from the files themselves."""
+    from safetensors.torch import load_file
+
+    first, second = (load_file(f"{folder}/{path}/model.safetensors") for path in ("2_Dense", "3_Dense"))
+    batch = model.tokenizer(texts, return_tensors="pt")
+    ids, mask = batch["st_input_ids"], batch["st_attention_mask"]
+    with torch.inference_mode():
+        hidden = model.backbones["st"](input_ids=ids, attention_mask=mask).last_hidden_state
+    vector = mean_pool(hidden, mask) @ first["linear.weight"].T
+    vector = torch.tanh(vector @ second["linear.weight"].T + second["linear.bias"])
+    return F.normalize(vector, dim=-1)
+
+
+@pytest.mark.parametrize("loader", ["resolver", "remote_code"])
+def test_dense_modules_give_the_sentence_embedding_of_the_folders_own_modules(dense_backbone, monkeypatch, loader):
+    from llmembed_hf.modeling.modeling_llmembed import default_backbone_loader
+
+    if loader == "remote_code":
+        monkeypatch.setattr(LLMEmbedForSequenceClassification, "backbone_loader",
+                            staticmethod(default_backbone_loader))
+    model = dense_head(dense_backbone)
+    assert model.config.backbone_specs[0].hidden_size == 24  # the last Dense module's width, read at load
+    features = model.encode(**model.tokenizer(TEXTS + [LONG_TEXT], return_tensors="pt"))
+    expected = sentence_embedding_by_hand(dense_backbone, model, TEXTS + [LONG_TEXT])
+    assert features.shape == (4, 24)
+    torch.testing.assert_close(features, expected, atol=1e-5, rtol=1e-5)
+
+
+def test_dense_modules_round_trip_and_a_wrong_width_is_refused(dense_backbone, tmp_path):
+    model = dense_head(dense_backbone)
+    model.save_pretrained(tmp_path / "head")
+    loaded = LLMEmbedForSequenceClassification.from_pretrained(tmp_path / "head").eval()
+    batch = model.tokenizer(TEXTS, return_tensors="pt")
+    assert loaded.config.backbone_specs[0].dense_modules is True
+    torch.testing.assert_close(loaded(**batch).logits, model(**batch).logits)
+    with pytest.raises(ValueError, match="gives views of width 24"):
+        dense_head(dense_backbone, hidden_size=32)
+
+
+def test_the_registry_keeps_copies_with_and_without_dense_modules_apart(dense_backbone):
+    with_dense, without = dense_head(dense_backbone), dense_head(dense_backbone, dense_modules=False)
+    assert with_dense.backbones["st"] is not without.backbones["st"]
+    assert without.config.backbone_specs[0].hidden_size == 32
+    batch = without.tokenizer(TEXTS, return_tensors="pt")
+    assert without.encode(**batch).shape == (3, 32)
+
+
+def test_dense_modules_bad_input(tiny_backbones):
+    with pytest.raises(ValueError, match=r"no sentence-transformers Dense modules \(no modules.json\)"):
+        dense_head(tiny_backbones["bert"])
+    for spec, message in [({"layers": [-2]}, "layers must be \\[-1\\]"), ({"pooling": "pooler"}, "layers must be"),
+                          ({"dense_modules": "yes"}, "must be true or false")]:
+        with pytest.raises(ValueError, match=message):
+            BackboneSpec.from_dict(dict(name="st", model_id="x", dense_modules=True) | spec).validate(False)
+
+
+def test_a_siamese_pair_head_with_dense_modules_gives_the_same_features_stored_and_served(dense_backbone, tmp_path):
+    """Each side is stored as its pooled state, mapped by the Dense modules, then combined ([u, v, |u-v|, u*v])."""
+    from llmembed_hf import extract_features
+
+    torch.manual_seed(0)
+    backbone = dict(name="st", model_id=dense_backbone, layers=[-1], pooling="mean", max_length=32, dense_modules=True,
+                    normalize=True)
+    config = LLMEmbedConfig(backbones=[backbone], projection_dim=16, mlp_hidden_sizes=[16], num_labels=2,
+                            pair_encoding="siamese")
+    model = LLMEmbedForSequenceClassification.from_backbones(config).eval()
+    firsts, seconds = [a for a, _ in PAIRS], [b for _, b in PAIRS]
+    stored = extract_features(model, firsts, text_pairs=seconds, cache_folder=tmp_path, show_progress=False)
+    served = model.encode(**model.tokenizer(firsts, seconds, return_tensors="pt"))
+    assert served.shape == (len(PAIRS), 4 * 24)
+    torch.testing.assert_close(stored[:]["pooled_features"], served, atol=1e-5, rtol=1e-5)
+    u = served[:, :24]
+    torch.testing.assert_close(u, sentence_embedding_by_hand(dense_backbone, dense_head(dense_backbone), firsts),
+                               atol=1e-5, rtol=1e-5)
