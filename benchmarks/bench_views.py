@@ -43,12 +43,12 @@ from bench_accuracy import logistic_probe, scores
 from bench_common import machine, read_texts, write_sections
 from bench_presets import fusion_score, load_study_splits
 from bench_serving import latency
-from safetensors.torch import load_file
 from transformers import pipeline
 
 from llmembed_hf import ExtractionConfig, LLMEmbedConfig, LLMEmbedForSequenceClassification, extract_features
 from llmembed_hf.backbones import locate_weights, preset_backbone_spec
 from llmembed_hf.modeling.configuration_llmembed import BackboneSpec
+from llmembed_hf.modeling.modeling_llmembed import load_dense_modules
 
 logger = logging.getLogger("bench_views")
 TITLE = "## Views per CPU-second: the preset study (EmbeddingGemma, prompts, int8)"
@@ -123,6 +123,7 @@ def candidates(precision: str) -> list[Candidate]:
     mid = (-13,)  # block 12 of 24: half of EmbeddingGemma's blocks run
     rows = [
         Candidate("EmbeddingGemma last", [Part(e)]),
+        Candidate("EmbeddingGemma sentence embedding", [Part(e, sentence=True)]),
         Candidate("EmbeddingGemma block 12", [Part(e, mid)]),
         Candidate("EmbeddingGemma 6 layers", [Part(e, tuple(EMBGEMMA_LAYERS))]),
         Candidate("EmbeddingGemma + MiniLM", [Part(e), Part("minilm" + precision)]),
@@ -135,9 +136,8 @@ def candidates(precision: str) -> list[Candidate]:
                   [Part("gemma3" + precision, (-12, -11, -10, -9, -8)), Part("minilm" + precision),
                    Part("mpnet" + precision)]),
     ]
-    if not precision:  # the view and prompt questions, asked once in fp32
-        rows[1:1] = [
-            Candidate("EmbeddingGemma sentence embedding", [Part(e, sentence=True)]),
+    if not precision:  # the prompt questions, asked once in fp32
+        rows[2:2] = [
             Candidate("EmbeddingGemma last, no prompt", [Part("embgemma")]),
             Candidate("EmbeddingGemma last, prompt not pooled", [Part("embgemma+prompt-unpooled")]),
         ]
@@ -165,15 +165,14 @@ def extract_variant(variant: str, splits: dict[str, list[str]]) -> dict[str, np.
 
 
 def sentence_projection() -> tuple[np.ndarray, np.ndarray]:
-    """EmbeddingGemma's 2_Dense and 3_Dense weights (no bias, identity activation, as its folder's configs say)."""
-    folder = Path(locate_weights(BackboneSpec.from_dict(VARIANTS["embgemma"])).folder)
-    weights = []
-    for dense in ("2_Dense", "3_Dense"):
-        config = json.loads((folder / dense / "config.json").read_text())
-        if config.get("bias") or "Identity" not in config.get("activation_function", "Identity"):
-            raise ValueError(f"{folder / dense}: expected a linear map without bias, got {config}")
-        weights.append(load_file(folder / dense / "model.safetensors")["linear.weight"].numpy())
-    return weights[0], weights[1]
+    """EmbeddingGemma's 2_Dense and 3_Dense weights, as `BackboneSpec.dense_modules` loads them (no bias, identity
+    activation: checked), so the product below is exactly what that spec option computes on a stored pooled state."""
+    dense = load_dense_modules(locate_weights(BackboneSpec.from_dict(VARIANTS["embgemma"])).folder)
+    linears = [module for module in dense if isinstance(module, torch.nn.Linear)]
+    if len(linears) != 2 or any(linear.bias is not None for linear in linears) or not all(
+            isinstance(module, torch.nn.Identity) for module in dense if module not in linears):
+        raise ValueError(f"expected two Linear maps without bias or activation, got {dense}")
+    return linears[0].weight.numpy(), linears[1].weight.numpy()
 
 
 def views_of(part: Part, arrays: dict[str, np.ndarray], split: str, dense: tuple[np.ndarray, np.ndarray] | None
@@ -300,7 +299,7 @@ def main(argv: list[str] | None = None) -> None:
                 logger.info(f"{variant} on {name}: {time.perf_counter() - started:.0f} s")
         if args.extract_only:
             return
-        dense = sentence_projection() if "embgemma+prompt" in args.variants else None
+        dense = sentence_projection() if any(v.startswith("embgemma+prompt") for v in args.variants) else None
         pool = [c for precision in PRECISIONS for c in candidates(precision)
                 if all(p.variant in args.variants for p in c.parts)
                 and (not args.candidates or c.name in args.candidates)]
