@@ -18,7 +18,7 @@ import shlex
 import sys
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 from bench_common import DATASETS, RESULTS, Measure, machine, write_sections
@@ -41,15 +41,15 @@ def newsgroups(args: argparse.Namespace, work: Path) -> list[dict[str, Any]]:
     folder = DATASETS / "20newsgroups"
     rows = []
     with Measure() as m:
-        model, report = train_head(folder, work / "ng-fusion", preset="small", max_train_samples=args.max_train,
+        model, report = train_head(folder, work / "ng-fusion", preset=args.preset, max_train_samples=args.max_train,
                                    max_eval_samples=args.max_test, training=HeadTrainingArguments(seed=args.seed))
     names = [model.config.id2label[i] for i in range(model.config.num_labels)]
     groups = np.asarray(top_level_groups(names)[0])
     matrix = np.asarray(report.confusion_matrix)  # rows: true class, columns: predicted class
     grouped = sum(matrix[i, j] for i in range(len(names)) for j in range(len(names)) if groups[i] == groups[j])
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    rows.append({"method": "LLMEmbed fused head, frozen `small` backbones", "accuracy": report.eval_metrics["accuracy"],
-                 "macro_f1": report.eval_metrics["macro_f1"], "accuracy_top_level": grouped / matrix.sum(),
+    rows.append({"method": f"LLMEmbed fused head, frozen `{args.preset}` backbones",
+                 "accuracy": report.eval_metrics["accuracy"], "macro_f1": report.eval_metrics["macro_f1"], "accuracy_top_level": grouped / matrix.sum(),
                  **cost(m, trainable)})
     for method in ("lora", "full"):
         finetune_args = FinetuneArguments(method=method, epochs=args.epochs, max_length=256, seed=args.seed)
@@ -85,30 +85,43 @@ def newsgroups_tfidf(seed: int) -> dict[str, Any]:
             **cost(m, int(svm.coef_.size + svm.intercept_.size))}
 
 
-def massive(args: argparse.Namespace, work: Path) -> list[dict[str, Any]]:
+#: MASSIVE's three tasks as (intent loss weight, slot loss weight).
+MASSIVE_TASKS = {"intent only": (1.0, 0.0), "slots only": (0.0, 1.0), "multi-task (intent + slots)": (1.0, 1.0)}
+
+
+def massive(args: argparse.Namespace, work: Path, rows: list[dict[str, Any]], save: Callable[[], None]) -> None:
+    """The fused head on intents, then ``args.backbone`` fine-tuned (each of ``args.massive_modes``) for each task;
+    ``rows`` already holding a method (a resumed --json) skip it, and every new row is saved at once."""
     folder = DATASETS / "massive_en"
-    rows = []
-    with Measure() as m:
-        model, report = train_head(folder, work / "massive-fusion", preset="small", validation_split="validation",
-                                   max_train_samples=args.max_train, max_eval_samples=args.max_test,
-                                   training=HeadTrainingArguments(seed=args.seed))
-    rows.append({"method": "LLMEmbed fused head, frozen `small` backbones (intent only)",
-                 "intent_accuracy": report.eval_metrics["accuracy"],
-                 **cost(m, sum(p.numel() for p in model.parameters() if p.requires_grad))})
-    for label, (intent_weight, slot_weight) in {"intent only": (1.0, 0.0), "slots only": (0.0, 1.0),
-                                                 "multi-task (intent + slots)": (1.0, 1.0)}.items():
-        task_args = IntentSlotArguments(mode="lora", intent_loss_weight=intent_weight, slot_loss_weight=slot_weight,
-                                        epochs=args.epochs, seed=args.seed)
+    done = {row["method"] for row in rows}
+    fusion = f"LLMEmbed fused head, frozen `{args.preset}` backbones (intent only)"
+    if fusion not in done:
         with Measure() as m:
-            _, report = finetune_intent_slot(args.backbone, folder, work / f"massive-{label[:5]}", task_args,
-                                             max_train_samples=args.max_train, max_eval_samples=args.max_test)
-        test = report.eval_metrics
-        rows.append({"method": f"{args.backbone} LoRA, {label}",
-                     "intent_accuracy": test["intent_accuracy"] if intent_weight else None,
-                     "slot_f1": test["slot_f1"] if slot_weight else None,
-                     "exact_match": test["exact_match"] if intent_weight and slot_weight else None,
-                     **cost(m, report.parameters["trainable"])})
-    return rows
+            model, report = train_head(folder, work / "massive-fusion", preset=args.preset,
+                                       validation_split="validation", max_train_samples=args.max_train,
+                                       max_eval_samples=args.max_test, training=HeadTrainingArguments(seed=args.seed))
+        rows.append({"method": fusion, "intent_accuracy": report.eval_metrics["accuracy"],
+                     **cost(m, sum(p.numel() for p in model.parameters() if p.requires_grad))})
+        save()
+    for mode in args.massive_modes:
+        for label, (intent_weight, slot_weight) in MASSIVE_TASKS.items():
+            method = f"{args.backbone} {'LoRA' if mode == 'lora' else 'full fine-tuning'}, {label}"
+            if method in done:
+                continue
+            task_args = IntentSlotArguments(mode=mode, intent_loss_weight=intent_weight, slot_loss_weight=slot_weight,
+                                            epochs=args.epochs, seed=args.seed, group_by_length=args.group_by_length,
+                                            bf16=args.bf16)
+            with Measure() as m:
+                _, report = finetune_intent_slot(args.backbone, folder, work / f"massive-{mode}-{label[:5]}",
+                                                 task_args, max_train_samples=args.max_train,
+                                                 max_eval_samples=args.max_test)
+            test = report.eval_metrics
+            rows.append({"method": method,
+                         "intent_accuracy": test["intent_accuracy"] if intent_weight else None,
+                         "slot_f1": test["slot_f1"] if slot_weight else None,
+                         "exact_match": test["exact_match"] if intent_weight and slot_weight else None,
+                         "num_train": report.num_train, **cost(m, report.parameters["trainable"])})
+            save()
 
 
 def percent(value: float | None) -> str:
@@ -116,25 +129,31 @@ def percent(value: float | None) -> str:
 
 
 def markdown(results: dict[str, Any]) -> str:
+    """The section: a table per task that has rows."""
     info, args = results["machine"], results["args"]
     device = info["gpu"] or f"{info['nproc']} CPU cores ({info['cpu']})"
-    lines = [TITLE, "", f"Command: `{results['command']}`  ", f"Date: {results['date']}  ",
-             f"Machine: {device}, torch {info['torch']}, transformers {info['transformers']}; other processes "
-             f"shared the cores (load average before: {info['loadavg_before'][0]:.2f}).  ",
-             f"Subsets (seeded): {args['max_train']} training texts (10% of them, or MASSIVE's validation split, "
-             f"choose the epoch), {args['max_test']} test texts; fine-tuning {args['epochs']} epochs. Peak RSS is "
-             "this process's (it holds earlier runs' leftovers, so read it as an upper bound).", "",
-             "### 20 Newsgroups", "",
-             "| method | accuracy (20) | macro-F1 (20) | accuracy (7 groups) | wall s | trainable params "
-             "| peak RSS MB |",
-             "|---|---:|---:|---:|---:|---:|---:|"]
+    sizes = ("all training texts" if args["max_train"] is None else f"{args['max_train']} training texts (seeded)")
+    tests = "all test texts" if args["max_test"] is None else f"{args['max_test']} test texts"
+    options = [name for name in ("group_by_length", "bf16") if args.get(name)]
+    lines = [args.get("section") or TITLE, "", f"Command: `{results['command']}`  ", f"Date: {results['date']}  ",
+             f"Machine: {device}, torch {info['torch']}, transformers {info['transformers']}; load average before: "
+             f"{info['loadavg_before'][0]:.2f}.  ",
+             f"Data: {sizes} (10% of them, or MASSIVE's validation split, choose the epoch), {tests}; fine-tuning "
+             f"{args['epochs']} epochs{' with ' + ' and '.join(options) if options else ''}. Peak RSS is this "
+             "process's (it holds earlier runs' leftovers, so read it as an upper bound)."]
+    if results["newsgroups"]:
+        lines += ["", "### 20 Newsgroups", "",
+                  "| method | accuracy (20) | macro-F1 (20) | accuracy (7 groups) | wall s | trainable params "
+                  "| peak RSS MB |",
+                  "|---|---:|---:|---:|---:|---:|---:|"]
     for row in results["newsgroups"]:
         lines.append(f"| {row['method']} | {percent(row['accuracy'])} | {percent(row['macro_f1'])} | "
                      f"{percent(row.get('accuracy_top_level'))} | {row['wall_s']:.0f} | "
                      f"{row['trainable_parameters']:,} | {row['peak_rss_mb']:,.0f} |")
-    lines += ["", "### MASSIVE en-US", "",
-              "| method | intent accuracy | slot F1 | exact match | wall s | trainable params | peak RSS MB |",
-              "|---|---:|---:|---:|---:|---:|---:|"]
+    if results["massive"]:
+        lines += ["", "### MASSIVE en-US", "",
+                  "| method | intent accuracy | slot F1 | exact match | wall s | trainable params | peak RSS MB |",
+                  "|---|---:|---:|---:|---:|---:|---:|"]
     for row in results["massive"]:
         lines.append(f"| {row['method']} | {percent(row.get('intent_accuracy'))} | {percent(row.get('slot_f1'))} | "
                      f"{percent(row.get('exact_match'))} | {row['wall_s']:.0f} | {row['trainable_parameters']:,} | "
@@ -144,30 +163,49 @@ def markdown(results: dict[str, Any]) -> str:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--max-train", type=int, default=1000)
-    parser.add_argument("--max-test", type=int, default=500)
+    parser.add_argument("--max-train", type=int, default=1000, help="seeded training subset (0: all rows)")
+    parser.add_argument("--max-test", type=int, default=500, help="seeded test subset (0: all rows)")
     parser.add_argument("--epochs", type=int, default=3, help="fine-tuning epochs (the fused head keeps its default)")
     parser.add_argument("--backbone", default="minilm", help="the backbone fine-tuned (a preset name, folder or id)")
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--tasks", nargs="+", default=["newsgroups", "massive"], choices=["newsgroups", "massive"])
+    parser.add_argument("--preset", default="small", help="the frozen fused head's preset")
+    parser.add_argument("--massive-modes", nargs="+", default=["lora"], choices=["lora", "full"],
+                        help="how the backbone is fine-tuned for MASSIVE's three tasks")
+    parser.add_argument("--group-by-length", action="store_true", help="length-grouped batches (MASSIVE runs)")
+    parser.add_argument("--bf16", action="store_true", help="bf16 mixed precision (MASSIVE runs)")
+    parser.add_argument("--resume", action="store_true",
+                        help="keep the MASSIVE rows already in --json and run only the missing ones")
     parser.add_argument("--json", default=None)
     parser.add_argument("--render", default=None, metavar="JSON", help="compute nothing: render an earlier --json")
     parser.add_argument("--output", default=str(RESULTS))
+    parser.add_argument("--section", default=TITLE, help="the RESULTS.md section written")
     args = parser.parse_args(argv)
+    args.max_train, args.max_test = args.max_train or None, args.max_test or None
     if args.render:
-        write_sections(Path(args.output), [(TITLE, markdown(json.loads(Path(args.render).read_text())))])
+        rendered = json.loads(Path(args.render).read_text())
+        write_sections(Path(args.output), [(rendered["args"].get("section") or TITLE, markdown(rendered))])
         return
     results: dict[str, Any] = {
         "machine": machine(), "args": vars(args), "date": f"{dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M} UTC",
         "command": "python benchmarks/bench_finetuning.py " + shlex.join(sys.argv[1:] if argv is None else argv),
         "newsgroups": [], "massive": [],
     }
+    if args.resume and args.json and Path(args.json).is_file():
+        results["massive"] = json.loads(Path(args.json).read_text())["massive"]
+
+    def save() -> None:
+        if args.json:
+            Path(args.json).write_text(json.dumps(results, indent=1, default=float))
+
     with tempfile.TemporaryDirectory() as work:
         for task in args.tasks:
-            results[task] = {"newsgroups": newsgroups, "massive": massive}[task](args, Path(work))
-            if args.json:
-                Path(args.json).write_text(json.dumps(results, indent=1, default=float))
-    write_sections(Path(args.output), [(TITLE, markdown(results))])
+            if task == "massive":
+                massive(args, Path(work), results["massive"], save)
+            else:
+                results[task] = newsgroups(args, Path(work))
+            save()
+    write_sections(Path(args.output), [(args.section, markdown(results))])
 
 
 if __name__ == "__main__":

@@ -124,6 +124,9 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads for the run (default: torch's)")
     parser.add_argument("--compare-threads", action="store_true",
                         help="also time the head on SST-2 with torch's default thread count, interleaved with --threads")
+    parser.add_argument("--compile", action="store_true",
+                        help="after each head's eager rows, compile its backbones (model.compile_backbones()) and time "
+                             "it again in the same process")
     parser.add_argument("--no-write", action="store_true")
     args = parser.parse_args()
     command = ".venv/bin/python benchmarks/bench_serving.py " + " ".join(shlex.quote(a) for a in sys.argv[1:])
@@ -182,6 +185,14 @@ def main() -> None:
                 print(row, flush=True)
             torch.set_num_threads(threads)
         run_system(f"LLMEmbed `{preset}` ({threads} torch threads)", one, many)
+        if args.compile:
+            with Measure() as compiled:
+                pipe.model.compile_backbones()
+                for text in (sentences[0], documents[0]):  # a short and a long text: one dynamic graph serves both
+                    pipe(text)
+            notes.append(f"`{preset}` compiled (`model.compile_backbones()`): compile + the first short and long "
+                         f"calls {compiled.wall:.0f} s (torch reuses kernels it cached on disk in earlier runs).")
+            run_system(f"LLMEmbed `{preset}`, compiled ({threads} torch threads)", one, many)
         del pipe, one, many
         gc.collect()
 

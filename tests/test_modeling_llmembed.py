@@ -1047,3 +1047,27 @@ def test_a_siamese_pair_head_with_dense_modules_gives_the_same_features_stored_a
     u = served[:, :24]
     torch.testing.assert_close(u, sentence_embedding_by_hand(dense_backbone, dense_head(dense_backbone), firsts),
                                atol=1e-5, rtol=1e-5)
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Compiled backbones (serving)
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_compiled_backbones_give_the_eager_features_for_every_length(tiny_backbones, tmp_path):
+    """One dynamic graph serves texts of other lengths and padded batches; the vectors are the eager ones. (A copy of
+    the tiny BERT: compiling is in place, and no other test's head may share the compiled backbone.)"""
+    import shutil
+
+    folder = shutil.copytree(tiny_backbones["bert"], tmp_path / "bert")
+    eager = dense_head(str(folder), dense_modules=False, normalize=False)
+    inputs = [eager.tokenizer([text], return_tensors="pt") for text in TEXTS + [LONG_TEXT]]
+    inputs.append(eager.tokenizer(TEXTS + [LONG_TEXT], return_tensors="pt"))
+    with torch.inference_mode():
+        expected = [eager.encode(**batch) for batch in inputs]
+    compiled = eager.compile_backbones()
+    assert getattr(compiled.backbones["st"], "_compiled_call_impl", None) is not None
+    for batch, reference in zip(inputs, expected):
+        with torch.inference_mode():
+            torch.testing.assert_close(compiled.encode(**batch), reference, atol=1e-4, rtol=1e-4)
