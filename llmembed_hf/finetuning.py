@@ -197,12 +197,15 @@ def finetune(
         id2label={str(k): v for k, v in id2label.items()}, pad_token_id=pad_token_id, parameters=parameters,
     )
     if splits.evaluation is not None:
-        logits = trainer.predict(tokenize_split(splits.evaluation, tokenizer, args.max_length)).predictions
-        predictions = np.asarray(logits).argmax(-1)
-        report.eval_metrics = compute_classification_metrics((logits, np.asarray(splits.evaluation.labels)))
+        # Scored against the labels the Trainer returns with the predictions: with group_by_length, transformers'
+        # evaluation loader is length-grouped too, so predictions do not come back in the split's order.
+        prediction = trainer.predict(tokenize_split(splits.evaluation, tokenizer, args.max_length))
+        labels = np.asarray(prediction.label_ids)
+        predictions = np.asarray(prediction.predictions).argmax(-1)
+        report.eval_metrics = compute_classification_metrics((prediction.predictions, labels))
         if score_top_level:
-            report.eval_metrics.update(top_level_scores(predictions, splits.evaluation.labels, splits.names))
-        report.confusion_matrix = confusion_matrix(splits.evaluation.labels, predictions, len(splits.names))
+            report.eval_metrics.update(top_level_scores(predictions, labels.tolist(), splits.names))
+        report.confusion_matrix = confusion_matrix(labels.tolist(), predictions, len(splits.names))
     if torch.cuda.is_available():
         report.timings["peak_gpu_memory_gb"] = torch.cuda.max_memory_allocated() / 2**30
     report.timings.update({"load_s": loaded - started, "train_s": trained - loaded,

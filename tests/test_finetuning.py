@@ -359,6 +359,27 @@ def test_group_by_length_batches_texts_of_similar_length(tiny_backbones, finetun
     assert sum(padding[True]) / len(padding[True]) < sum(padding[False]) / len(padding[False])
 
 
+def test_group_by_length_scores_the_test_split_against_its_own_labels(tiny_backbones, finetune_data, tmp_path):
+    """transformers groups the evaluation loader by length too, so predictions come back out of the split's order: the
+    report's test accuracy and confusion matrix must equal the returned model's predictions text by text."""
+    import numpy as np
+
+    from llmembed_hf.data import load_classification_splits
+    from llmembed_hf.training_args import DataArguments
+
+    run = run_finetune(tiny_backbones["bert"], finetune_data, tmp_path, method="full", epochs=10, batch_size=4,
+                       learning_rate=2e-3, group_by_length=True)
+    splits = load_classification_splits(DataArguments(str(finetune_data)))
+    predictions = run.logits(texts=splits.evaluation.texts).argmax(-1).numpy()
+    labels = np.asarray(splits.evaluation.labels)
+    assert len(set(len(ids) for ids in run.tokenizer(splits.evaluation.texts)["input_ids"])) > 1  # lengths differ
+    assert len(set(predictions.tolist())) > 1  # a model that learned: an order mix-up would show
+    assert run.report.eval_metrics["accuracy"] == pytest.approx(float((predictions == labels).mean()))
+    expected = np.zeros((len(splits.names), len(splits.names)), dtype=int)
+    np.add.at(expected, (labels, predictions), 1)
+    assert np.asarray(run.report.confusion_matrix).tolist() == expected.tolist()
+
+
 def test_padding_a_fixed_batch_further_changes_no_loss(tiny_backbones):
     """Length grouping changes which rows share a batch and how much they are padded; on a fixed batch the loss does
     not depend on the padding beyond float tolerance (pads are masked out)."""
