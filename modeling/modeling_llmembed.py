@@ -100,7 +100,7 @@ _DENSE_ACTIVATIONS: dict[str, Callable[[], nn.Module]] = {
 
 def load_dense_modules(source: str, revision: str | None = None) -> nn.Sequential:
     """The sentence-transformers ``Dense`` modules of a checkpoint (a local folder or Hub repo), in ``modules.json``
-    order, as one float32 ``nn.Sequential``; its ``sha256`` attribute lists each module's ``"<path>:<sha256>"``.
+    order, as one float32 ``nn.Sequential``.
 
     A checkpoint without ``modules.json`` or without Dense modules, a Dense module whose weights are not safetensors,
     or an activation other than Identity/Tanh is an error saying so.
@@ -111,16 +111,20 @@ def load_dense_modules(source: str, revision: str | None = None) -> nn.Sequentia
     def fetch(name: str, required: bool = True) -> str | None:
         return cached_file(source, name, revision=revision, _raise_exceptions_for_missing_entries=required)
 
+    def read_json(path: str) -> Any:
+        with open(path, encoding="utf-8") as handle:
+            return json.load(handle)
+
     modules_file = fetch("modules.json", required=False)
-    entries = json.loads(open(modules_file, encoding="utf-8").read()) if modules_file else []
+    entries = read_json(modules_file) if modules_file else []
     paths = [entry["path"] for entry in entries if entry.get("type", "").endswith(".Dense")]
     if not paths:
         raise ValueError(f"dense_modules=True but {source} has no sentence-transformers Dense modules "
                          f"({'no modules.json' if not modules_file else 'none listed in modules.json'}); set "
                          "dense_modules=False.")
-    layers, hashes = [], []
+    layers = []
     for path in paths:
-        config = json.loads(open(fetch(f"{path}/config.json"), encoding="utf-8").read())
+        config = read_json(fetch(f"{path}/config.json"))
         weights_file = fetch(f"{path}/model.safetensors", required=False)
         if weights_file is None:
             raise ValueError(f"{source}/{path} has no model.safetensors (only safetensors weights are loaded).")
@@ -132,10 +136,7 @@ def load_dense_modules(source: str, revision: str | None = None) -> nn.Sequentia
         state = load_file(weights_file)
         linear.load_state_dict({key.removeprefix("linear."): value for key, value in state.items()})
         layers += [linear, _DENSE_ACTIVATIONS[activation]()]
-        hashes.append(f"{path}:{sha256_file(weights_file)}")
-    dense = nn.Sequential(*layers).requires_grad_(False)
-    dense.sha256 = hashes
-    return dense
+    return nn.Sequential(*layers).requires_grad_(False)
 
 
 def attach_dense_modules(model: PreTrainedModel, spec: BackboneSpec, source: str, revision: str | None = None) -> None:
