@@ -49,7 +49,8 @@ def newsgroups(args: argparse.Namespace, work: Path) -> list[dict[str, Any]]:
     grouped = sum(matrix[i, j] for i in range(len(names)) for j in range(len(names)) if groups[i] == groups[j])
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     rows.append({"method": f"LLMEmbed fused head, frozen `{args.preset}` backbones",
-                 "accuracy": report.eval_metrics["accuracy"], "macro_f1": report.eval_metrics["macro_f1"], "accuracy_top_level": grouped / matrix.sum(),
+                 "accuracy": report.eval_metrics["accuracy"], "macro_f1": report.eval_metrics["macro_f1"],
+                 "accuracy_top_level": grouped / matrix.sum(),
                  **cost(m, trainable)})
     for method in ("lora", "full"):
         finetune_args = FinetuneArguments(method=method, epochs=args.epochs, max_length=256, seed=args.seed)

@@ -491,7 +491,8 @@ def write_model_card(folder: str | os.PathLike, config: Any, report: RunReport, 
     backbones = "\n".join(
         f"| {s.name} | `{hub_base_model(s.model_id) or 'a local folder'}`"
         f"{' (`' + s.gguf_file + '`)' if s.gguf_file else ''} | {s.role} | {s.layers} | "
-        f"{s.pooling}{' + its Dense modules' if s.dense_modules else ''}{' + L2 norm' if s.normalize else ''}{_prompt_note(s)} | {s.max_length} | {s.hidden_size} | "
+        f"{s.pooling}{' + its Dense modules' if s.dense_modules else ''}{' + L2 norm' if s.normalize else ''}"
+        f"{_prompt_note(s)} | {s.max_length} | {s.hidden_size} | "
         f"{_compute_note(s)} | `{(s.weights_sha256 or 'unknown')[:16]}…` |"
         for s in config.backbone_specs
     )

@@ -151,7 +151,7 @@ def attach_dense_modules(model: PreTrainedModel, spec: BackboneSpec, source: str
 def backbone_view_width(model: PreTrainedModel, spec: BackboneSpec) -> int:
     """The width of each of ``spec``'s views of ``model``: its hidden size, or its last Dense module's output."""
     if spec.dense_modules:
-        return dense_modules_of(model, spec)[-2].out_features
+        return [m for m in dense_modules_of(model, spec) if isinstance(m, nn.Linear)][-1].out_features
     return model.config.get_text_config().hidden_size
 
 
@@ -777,8 +777,8 @@ def shared_backbone(loader: Callable[..., tuple[PreTrainedModel, Any, str | None
                              f"{dtype} was passed.")
     loader_kwargs = {**loader_kwargs, "dtype": dtype}
     key = (getattr(loader, "__qualname__", repr(loader)), spec.model_id, spec.revision, spec.gguf_file,
-           tuple(spec.layers), spec.pooling, spec.dense_modules, spec.quantization, repr(sorted(loader_kwargs.items())),
-           _folder_stamp(spec.model_id))
+           tuple(spec.layers), spec.pooling, spec.dense_modules, spec.quantization,
+           repr(sorted(loader_kwargs.items())), _folder_stamp(spec.model_id))
     with _LOADING:
         shared = _LOADED_BACKBONES.get(key)
         if shared is None or (spec.weights_sha256 and shared.sha256 and shared.sha256 != spec.weights_sha256):

@@ -154,7 +154,8 @@ def test_card_says_how_each_backbone_computes_and_its_prompt():
     assert rows["small"][" computes in "] == " bf16 where native, else fp32 "
     assert rows["small-int8"][" computes in "] == " dynamic int8 (CPU) "
     assert rows["fast"][" computes in "] == " fp32 "
-    assert rows["small"][" pooling "] == " mean + its Dense modules + L2 norm, prompt `task: classification \\| query: ` "
+    assert rows["small"][" pooling "] == (" mean + its Dense modules + L2 norm, prompt `task: classification \\| "
+                                          "query: ` ")
     assert rows["small-mean"][" pooling "] == " mean, prompt `task: classification \\| query: ` "
     assert rows["fast"][" pooling "] == " mean + L2 norm "
 
