@@ -1,10 +1,13 @@
 #!/usr/bin/env python
-"""STS-B's single-encoder baseline for a trained regression head on pairs: the Spearman correlation of the cosine
-between the two sides' vectors (the first backbone's first view, as the siamese features store them) on the test
-split, read from the feature store the head's run filled (nothing is recomputed when it is there).
+"""STS-B's untrained baselines for a trained regression head on pairs, on the test split: for every siamese backbone
+of the head, the Spearman correlation of the cosine between the two sides' vectors (its first view, as the siamese
+features store them: [u, v, |u-v|, u*v]); the best of them is the "best single encoder measured in the same run" the
+head must beat. With several backbones, also their cosines combined by least squares fit on the training split (what
+fusing the cosines alone can give). Vectors are read from the feature store the head's run filled (nothing is
+recomputed when it is there).
 
     .venv/bin/llmembed train --dataset ../shared/datasets/stsb --preset small --output-dir outputs/llmembed-stsb \
-        --eval-split test
+        --validation-split validation --eval-split test
     .venv/bin/python benchmarks/check_stsb_cosine.py outputs/llmembed-stsb
 """
 
@@ -18,11 +21,30 @@ from llmembed_hf.data import load_labelled
 
 folder = sys.argv[1] if len(sys.argv) > 1 else "outputs/llmembed-stsb"
 model = LLMEmbedForSequenceClassification.from_pretrained(folder)
-width = model.config.backbone_specs[0].hidden_size
-test = load_labelled("../shared/datasets/stsb", "test", problem_type="regression", text_pair_column="text_pair")[0]
-features = extract_features(model, test.texts, text_pairs=test.pairs, show_progress=False)
-rows = features.with_format("numpy")[:]["pooled_features"]
-u, v = rows[:, :width], rows[:, width:2 * width]
-cosine = (u * v).sum(1) / np.linalg.norm(u, axis=1) / np.linalg.norm(v, axis=1)
-print(f"{model.config.backbone_specs[0].name} cosine of the two sides, Spearman on {len(cosine)} test pairs: "
-      f"{spearmanr(cosine, test.labels).statistic:.4f}")
+config = model.config
+siamese = [spec for spec in config.backbone_specs if config.pair_encoding[spec.role] == "siamese"]
+
+
+def cosines(split: str) -> tuple[np.ndarray, np.ndarray]:
+    """(pairs x siamese backbones) cosines of the split's two sides, and its gold scores."""
+    data = load_labelled("../shared/datasets/stsb", split, problem_type="regression", text_pair_column="text_pair")[0]
+    rows = extract_features(model, data.texts, text_pairs=data.pairs, show_progress=False)
+    rows = rows.with_format("numpy")[:]["pooled_features"]
+    columns = []
+    for spec in siamese:
+        start, width = config.backbone_columns[spec.name].start, spec.hidden_size
+        side = width * len(spec.layers)
+        u, v = rows[:, start:start + width], rows[:, start + side:start + side + width]
+        columns.append((u * v).sum(1) / np.linalg.norm(u, axis=1) / np.linalg.norm(v, axis=1))
+    return np.stack(columns, axis=1), np.asarray(data.labels)
+
+
+test_cosines, test_gold = cosines("test")
+for spec, column in zip(siamese, test_cosines.T):
+    print(f"{spec.name} cosine of the two sides, Spearman on {len(column)} test pairs: "
+          f"{spearmanr(column, test_gold).statistic:.4f}")
+if len(siamese) > 1:
+    train_cosines, train_gold = cosines("train")
+    weights = np.linalg.lstsq(np.c_[train_cosines, np.ones(len(train_gold))], train_gold, rcond=None)[0]
+    combined = np.c_[test_cosines, np.ones(len(test_gold))] @ weights
+    print(f"their cosines combined by least squares on the training pairs: {spearmanr(combined, test_gold).statistic:.4f}")
