@@ -315,6 +315,11 @@ PRESETS: dict[str, dict[str, Any]] = {
     "small": dict(backbones=[dict(_EMBEDDINGGEMMA, dense_modules=True, normalize=True)], **_CPU_HEAD),
     # The default before the Dense modules were a spec option: the mean-pooled last state itself.
     "small-mean": dict(backbones=[copy.deepcopy(_EMBEDDINGGEMMA)], **_CPU_HEAD),
+    # Text pairs (paraphrase, similarity: MRPC, STS-B): the same sentence embedding with EmbeddingGemma's own prompt
+    # for comparing two texts; on MRPC and STS-B it beat the classification prompt (benchmarks/RESULTS.md, "Text
+    # pairs: MRPC" and "Regression on pairs: STS-B").
+    "small-pairs": dict(backbones=[dict(_EMBEDDINGGEMMA, dense_modules=True, normalize=True,
+                                        prompt="task: sentence similarity | query: ")], **_CPU_HEAD),
     # The mean-pooled view in dynamic int8 (the FFN down-projections kept in float): for CPUs without native bf16,
     # where `small` computes in float32.
     "small-int8": dict(backbones=[dict(_EMBEDDINGGEMMA, dtype="float32", quantization="int8")], **_CPU_HEAD),
@@ -527,8 +532,8 @@ class LLMEmbedConfig(PretrainedConfig):
 
     @classmethod
     def from_preset(cls, preset: str, **overrides: Any) -> LLMEmbedConfig:
-        """Build the configuration of a named preset (``"small"``, ``"fast"``, ``"paper"``, ``"small-gemma3"``,
-        ``"small-smollm2"``, ``"small-qwen"``); no weights are loaded.
+        """Build the configuration of a named preset (``"small"``, ``"small-pairs"``, ``"fast"``, ``"paper"``,
+        ``"small-gemma3"``, ...: `PRESETS`); no weights are loaded.
 
         Keyword arguments override head hyper-parameters or pass label information, e.g.
         ``LLMEmbedConfig.from_preset("paper", num_labels=2)``.

@@ -143,7 +143,7 @@ def test_card_says_how_each_backbone_computes_and_its_prompt():
     from llmembed_hf.model_card import TrainingReport, write_model_card
 
     rows = {}
-    for preset in ("small", "small-mean", "small-int8", "fast"):
+    for preset in ("small", "small-pairs", "small-mean", "small-int8", "fast"):
         with tempfile.TemporaryDirectory() as folder:
             text = write_model_card(folder, LLMEmbedConfig.from_preset(preset, num_labels=2),
                                     TrainingReport.untrained(), repo_id="org/head").read_text()
@@ -156,6 +156,8 @@ def test_card_says_how_each_backbone_computes_and_its_prompt():
     assert rows["fast"][" computes in "] == " fp32 "
     assert rows["small"][" pooling "] == (" mean + its Dense modules + L2 norm, prompt `task: classification \\| "
                                           "query: ` ")
+    assert rows["small-pairs"][" pooling "] == (" mean + its Dense modules + L2 norm, prompt `task: sentence "
+                                                "similarity \\| query: ` ")
     assert rows["small-mean"][" pooling "] == " mean, prompt `task: classification \\| query: ` "
     assert rows["fast"][" pooling "] == " mean + L2 norm "
 
