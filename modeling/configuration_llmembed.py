@@ -296,6 +296,11 @@ _EMBEDDINGGEMMA = dict(name="embeddinggemma", model_id="google/embeddinggemma-30
                        dtype="auto")
 
 
+#: EmbeddingGemma's sentence embedding for comparing two texts: its sentence-similarity prompt (from its model card).
+_EMBEDDINGGEMMA_SIMILARITY = dict(_EMBEDDINGGEMMA, dense_modules=True, normalize=True,
+                                  prompt="task: sentence similarity | query: ")
+
+
 def _small_backbones(llm: str) -> list[dict[str, Any]]:
     """One LLM view of `_SMALL_LLMS` plus the two sentence-transformers encoders the first CPU-sized presets share."""
     return [copy.deepcopy(_SMALL_LLMS[llm]), copy.deepcopy(_MINILM), copy.deepcopy(_MPNET)]
@@ -315,11 +320,13 @@ PRESETS: dict[str, dict[str, Any]] = {
     "small": dict(backbones=[dict(_EMBEDDINGGEMMA, dense_modules=True, normalize=True)], **_CPU_HEAD),
     # The default before the Dense modules were a spec option: the mean-pooled last state itself.
     "small-mean": dict(backbones=[copy.deepcopy(_EMBEDDINGGEMMA)], **_CPU_HEAD),
-    # Text pairs (paraphrase, similarity: MRPC, STS-B): the same sentence embedding with EmbeddingGemma's own prompt
-    # for comparing two texts; on MRPC and STS-B it beat the classification prompt (benchmarks/RESULTS.md, "Text
-    # pairs: MRPC" and "Regression on pairs: STS-B").
-    "small-pairs": dict(backbones=[dict(_EMBEDDINGGEMMA, dense_modules=True, normalize=True,
-                                        prompt="task: sentence similarity | query: ")], **_CPU_HEAD),
+    # Text pairs (paraphrase, similarity: MRPC, STS-B): EmbeddingGemma's sentence embedding with its own prompt for
+    # comparing two texts, fused with MiniLM's and MPNet's (all siamese); on MRPC and STS-B it beat that embedding alone
+    # and the classification prompt (benchmarks/RESULTS.md, "Text pairs: MRPC", "Regression on pairs: STS-B").
+    "small-pairs": dict(backbones=[dict(_EMBEDDINGGEMMA_SIMILARITY), copy.deepcopy(_MPNET), copy.deepcopy(_MINILM)],
+                        **_CPU_HEAD),
+    # That sentence-similarity embedding alone (a third of small-pairs' cost per pair).
+    "small-similarity": dict(backbones=[dict(_EMBEDDINGGEMMA_SIMILARITY)], **_CPU_HEAD),
     # The mean-pooled view in dynamic int8 (the FFN down-projections kept in float): for CPUs without native bf16,
     # where `small` computes in float32.
     "small-int8": dict(backbones=[dict(_EMBEDDINGGEMMA, dtype="float32", quantization="int8")], **_CPU_HEAD),
