@@ -28,6 +28,7 @@ from llmembed_hf.data import load_classification_splits
 from llmembed_hf.finetuning import finetune
 from llmembed_hf.intent_slot import IntentSlotArguments, finetune_intent_slot
 from llmembed_hf.metrics import load_metric, score_top_level, top_level_groups
+from llmembed_hf.modeling.configuration_llmembed_intent_slot import DEFAULT_SLOT_LOSS_WEIGHT
 from llmembed_hf.training_args import DataArguments, FinetuneArguments
 
 TITLE = "## Fine-tuning vs frozen-embedding fusion (20 Newsgroups, MASSIVE)"
@@ -37,33 +38,44 @@ def cost(measure: Measure, trainable: int) -> dict[str, Any]:
     return {"wall_s": measure.wall, "trainable_parameters": trainable, "peak_rss_mb": measure.peak / 2**20}
 
 
-def newsgroups(args: argparse.Namespace, work: Path) -> list[dict[str, Any]]:
+def newsgroups(args: argparse.Namespace, work: Path, rows: list[dict[str, Any]], save: Callable[[], None]) -> None:
+    """The fused head, ``args.backbone`` fine-tuned (each of ``args.newsgroups_modes``) and TF-IDF + SVM; ``rows``
+    already holding a method (a resumed --json) skip it, and every new row is saved at once."""
     folder = DATASETS / "20newsgroups"
-    rows = []
-    with Measure() as m:
-        model, report = train_head(folder, work / "ng-fusion", preset=args.preset, max_train_samples=args.max_train,
-                                   max_eval_samples=args.max_test, training=HeadTrainingArguments(seed=args.seed))
-    names = [model.config.id2label[i] for i in range(model.config.num_labels)]
-    groups = np.asarray(top_level_groups(names)[0])
-    matrix = np.asarray(report.confusion_matrix)  # rows: true class, columns: predicted class
-    grouped = sum(matrix[i, j] for i in range(len(names)) for j in range(len(names)) if groups[i] == groups[j])
-    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    rows.append({"method": f"LLMEmbed fused head, frozen `{args.preset}` backbones",
-                 "accuracy": report.eval_metrics["accuracy"], "macro_f1": report.eval_metrics["macro_f1"],
-                 "accuracy_top_level": grouped / matrix.sum(),
-                 **cost(m, trainable)})
-    for method in ("lora", "full"):
-        finetune_args = FinetuneArguments(method=method, epochs=args.epochs, max_length=256, seed=args.seed)
+    done = {row["method"] for row in rows}
+    fusion = f"LLMEmbed fused head, frozen `{args.preset}` backbones"
+    if fusion not in done:
+        with Measure() as m:
+            model, report = train_head(folder, work / "ng-fusion", preset=args.preset,
+                                       max_train_samples=args.max_train, max_eval_samples=args.max_test,
+                                       training=HeadTrainingArguments(seed=args.seed))
+        names = [model.config.id2label[i] for i in range(model.config.num_labels)]
+        groups = np.asarray(top_level_groups(names)[0])
+        matrix = np.asarray(report.confusion_matrix)  # rows: true class, columns: predicted class
+        grouped = sum(matrix[i, j] for i in range(len(names)) for j in range(len(names)) if groups[i] == groups[j])
+        trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+        rows.append({"method": fusion, "accuracy": report.eval_metrics["accuracy"],
+                     "macro_f1": report.eval_metrics["macro_f1"], "accuracy_top_level": grouped / matrix.sum(),
+                     **cost(m, trainable)})
+        save()
+    for method in args.newsgroups_modes:
+        label = f"{args.backbone} {method} fine-tuning"
+        if label in done:
+            continue
+        finetune_args = FinetuneArguments(method=method, epochs=args.epochs, max_length=256, seed=args.seed,
+                                          group_by_length=args.group_by_length, bf16=args.bf16)
         with Measure() as m:
             _, _, report = finetune(args.backbone, folder, work / f"ng-{method}", finetune_args,
                                     max_train_samples=args.max_train, max_eval_samples=args.max_test,
                                     score_top_level=True)
-        rows.append({"method": f"{args.backbone} {method} fine-tuning", "accuracy": report.eval_metrics["accuracy"],
+        rows.append({"method": label, "accuracy": report.eval_metrics["accuracy"],
                      "macro_f1": report.eval_metrics["macro_f1"],
                      "accuracy_top_level": report.eval_metrics["top_level_accuracy"],
-                     **cost(m, report.parameters["trainable"])})
-    rows.append(newsgroups_tfidf(args.seed))
-    return rows
+                     "num_train": report.num_train, **cost(m, report.parameters["trainable"])})
+        save()
+    if not any(row["method"].startswith("TF-IDF") for row in rows):
+        rows.append(newsgroups_tfidf(args.seed))
+        save()
 
 
 def newsgroups_tfidf(seed: int) -> dict[str, Any]:
@@ -86,8 +98,9 @@ def newsgroups_tfidf(seed: int) -> dict[str, Any]:
             **cost(m, int(svm.coef_.size + svm.intercept_.size))}
 
 
-#: MASSIVE's three tasks as (intent loss weight, slot loss weight).
-MASSIVE_TASKS = {"intent only": (1.0, 0.0), "slots only": (0.0, 1.0), "multi-task (intent + slots)": (1.0, 1.0)}
+#: MASSIVE's single-task models as (intent loss weight, slot loss weight); the multi-task model's slot weight is
+#: --multi-task-slot-weight.
+SINGLE_TASKS = {"intent only": (1.0, 0.0), "slots only": (0.0, 1.0)}
 
 
 def massive(args: argparse.Namespace, work: Path, rows: list[dict[str, Any]], save: Callable[[], None]) -> None:
@@ -104,8 +117,12 @@ def massive(args: argparse.Namespace, work: Path, rows: list[dict[str, Any]], sa
         rows.append({"method": fusion, "intent_accuracy": report.eval_metrics["accuracy"],
                      **cost(m, sum(p.numel() for p in model.parameters() if p.requires_grad))})
         save()
+    tasks = {label: weights for label, weights in SINGLE_TASKS.items() if label.split()[0] in args.massive_tasks}
+    if "multi-task" in args.massive_tasks:
+        tasks[f"multi-task (intent + slots, slot loss weight {args.multi_task_slot_weight:g})"] = (
+            1.0, args.multi_task_slot_weight)
     for mode in args.massive_modes:
-        for label, (intent_weight, slot_weight) in MASSIVE_TASKS.items():
+        for label, (intent_weight, slot_weight) in tasks.items():
             method = f"{args.backbone} {'LoRA' if mode == 'lora' else 'full fine-tuning'}, {label}"
             if method in done:
                 continue
@@ -173,10 +190,16 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--preset", default="small", help="the frozen fused head's preset")
     parser.add_argument("--massive-modes", nargs="+", default=["lora"], choices=["lora", "full"],
                         help="how the backbone is fine-tuned for MASSIVE's three tasks")
-    parser.add_argument("--group-by-length", action="store_true", help="length-grouped batches (MASSIVE runs)")
-    parser.add_argument("--bf16", action="store_true", help="bf16 mixed precision (MASSIVE runs)")
+    parser.add_argument("--massive-tasks", nargs="+", default=["intent", "slots", "multi-task"],
+                        choices=["intent", "slots", "multi-task"], help="which of MASSIVE's three models are trained")
+    parser.add_argument("--multi-task-slot-weight", type=float, default=DEFAULT_SLOT_LOSS_WEIGHT,
+                        help="the multi-task model's slot loss weight (its intent loss weight is 1)")
+    parser.add_argument("--newsgroups-modes", nargs="+", default=["lora", "full"], choices=["lora", "full"],
+                        help="how the backbone is fine-tuned for 20 Newsgroups")
+    parser.add_argument("--group-by-length", action="store_true", help="length-grouped training batches")
+    parser.add_argument("--bf16", action="store_true", help="bf16 mixed precision")
     parser.add_argument("--resume", action="store_true",
-                        help="keep the MASSIVE rows already in --json and run only the missing ones")
+                        help="keep the rows already in --json and run only the missing ones")
     parser.add_argument("--json", default=None)
     parser.add_argument("--render", default=None, metavar="JSON", help="compute nothing: render an earlier --json")
     parser.add_argument("--output", default=str(RESULTS))
@@ -193,7 +216,8 @@ def main(argv: list[str] | None = None) -> None:
         "newsgroups": [], "massive": [],
     }
     if args.resume and args.json and Path(args.json).is_file():
-        results["massive"] = json.loads(Path(args.json).read_text())["massive"]
+        earlier = json.loads(Path(args.json).read_text())
+        results["newsgroups"], results["massive"] = earlier["newsgroups"], earlier["massive"]
 
     def save() -> None:
         if args.json:
@@ -201,11 +225,8 @@ def main(argv: list[str] | None = None) -> None:
 
     with tempfile.TemporaryDirectory() as work:
         for task in args.tasks:
-            if task == "massive":
-                massive(args, Path(work), results["massive"], save)
-            else:
-                results[task] = newsgroups(args, Path(work))
-            save()
+            run = massive if task == "massive" else newsgroups
+            run(args, Path(work), results[task], save)
     write_sections(Path(args.output), [(args.section, markdown(results))])
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from ..modeling.configuration_llmembed_intent_slot import DEFAULT_SLOT_LOSS_WEIGHT
 from ..training_args import BackboneTrainingArguments, BaseTrainingArguments, DataArguments, arg, default_of
 
 
@@ -29,7 +30,8 @@ class IntentSlotArguments(BackboneTrainingArguments):
     mode: str = arg("lora", "frozen: train the heads only; lora: LoRA adapters + heads; full: everything",
                     choices=["frozen", "lora", "full"])
     intent_loss_weight: float = arg(1.0, "intent loss weight; 0 trains slots alone", aliases=["--intent-weight"])
-    slot_loss_weight: float = arg(1.0, "slot loss weight; 0 trains the intent alone", aliases=["--slot-weight"])
+    slot_loss_weight: float = arg(DEFAULT_SLOT_LOSS_WEIGHT, "slot loss weight (the intent's is 1 by default); 0 trains "
+                                  "the intent alone", aliases=["--slot-weight"])
     pooling: str | None = arg(None, "how the intent head pools the tokens (default: mean for encoders, last token "
                                     "for decoders)")
     classifier_dropout: float = arg(0.1, "dropout before both heads")
