@@ -325,7 +325,7 @@ PRESETS: dict[str, dict[str, Any]] = {
     # and the classification prompt (benchmarks/RESULTS.md, "Text pairs: MRPC", "Regression on pairs: STS-B").
     "small-pairs": dict(backbones=[dict(_EMBEDDINGGEMMA_SIMILARITY), copy.deepcopy(_MPNET), copy.deepcopy(_MINILM)],
                         **_CPU_HEAD),
-    # That sentence-similarity embedding alone (a third of small-pairs' cost per pair).
+    # That sentence-similarity embedding alone (about half of small-pairs' extraction time on CPU).
     "small-similarity": dict(backbones=[dict(_EMBEDDINGGEMMA_SIMILARITY)], **_CPU_HEAD),
     # The mean-pooled view in dynamic int8 (the FFN down-projections kept in float): for CPUs without native bf16,
     # where `small` computes in float32.
