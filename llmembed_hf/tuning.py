@@ -152,6 +152,24 @@ def preset_defaults(config: LLMEmbedConfig, training: HeadTrainingArguments) -> 
     return {f.name: getattr(config if f.name in CONFIG_KEYS else training, f.name) for f in fields(SearchSpace)}
 
 
+def usable_space(config: LLMEmbedConfig, space: SearchSpace) -> SearchSpace:
+    """``space`` without the fusions that leave the MLP nothing to learn from for this head.
+
+    A head whose only view is one encoder's vector (the ``small`` and ``fast`` presets on single texts) gives
+    ``X @ X.T`` a single value, the vector's projected norm; without ``concat_encoder_views`` that number is all the
+    MLP sees, so such trials only waste time (GoEmotions: validation macro-F1 0.17 against 0.53).
+    """
+    single_encoder_view = len(config.view_widths) == 1 and config.backbone_specs[0].role == "encoder"
+    if not single_encoder_view or False not in space.concat_encoder_views:
+        return space
+    if space.concat_encoder_views == [False]:
+        raise ValueError("search space: concat_encoder_views=[False] leaves this head's MLP one number (its only view "
+                         "is one encoder's vector, so X @ X.T is its norm); allow True or add backbones.")
+    logger.info("The head has a single encoder view: searching concat_encoder_views=True only (without its vector the "
+                "MLP would see one number).")
+    return dataclasses.replace(space, concat_encoder_views=[True])
+
+
 def plan_trials(config: LLMEmbedConfig, space: SearchSpace, trials: int, seed: int) -> list[dict[str, Any]]:
     """The trials `tune_head` runs for a head with ``config``: its current defaults first, then seeded draws."""
     return sample_trials(space, trials, seed, first=preset_defaults(config, HeadTrainingArguments()))
@@ -311,6 +329,7 @@ def tune_head(
     else:
         check_model_matches(model.config, problem_type, pairs)
         model.config.problem_type = problem_type
+    space = usable_space(model.config, space)
     planned = plan_trials(model.config, space, trials, seed)
     loaded = time.perf_counter()
 

@@ -11,7 +11,7 @@ from datasets import Dataset, DatasetDict
 
 from helpers import NAMES, head_kwargs, keyword_rows
 from llmembed_hf import LLMEmbedConfig, LLMEmbedForSequenceClassification, SearchSpace, tune_head
-from llmembed_hf.tuning import preset_defaults, run_trial, sample_trials
+from llmembed_hf.tuning import preset_defaults, run_trial, sample_trials, usable_space
 from llmembed_hf.training_args import HeadTrainingArguments
 
 #: A small grid that trains in seconds on the tiny backbones.
@@ -150,6 +150,22 @@ def test_fixing_the_fusion_keeps_the_numeric_draws():
     assert strip(fixed[True]) == strip(fixed[False])
     both = sample_trials(SearchSpace.from_dict(numeric), 16, seed=1)  # default candidates: both fusions
     assert {t["concat_encoder_views"] for t in both} == {True, False}
+
+
+def test_a_single_encoder_view_searches_only_the_fusion_that_sees_its_vector(tiny_backbones):
+    """One encoder view gives X @ X.T one value: without its vector the MLP would learn from one number, so the search
+    drops that fusion for such heads (and refuses a space holding only it); heads with more views keep both."""
+    single = LLMEmbedConfig.from_preset("small", num_labels=2)
+    assert usable_space(single, SearchSpace()).concat_encoder_views == [True]
+    assert usable_space(single, SearchSpace(concat_encoder_views=[True])).concat_encoder_views == [True]
+    with pytest.raises(ValueError, match=r"concat_encoder_views=\[False\] leaves this head's MLP one number"):
+        usable_space(single, SearchSpace(concat_encoder_views=[False]))
+    several = [LLMEmbedConfig(**head_kwargs(tiny_backbones)),  # an LLM and an encoder
+               LLMEmbedConfig.from_preset("small", num_labels=2, pair_encoding="siamese"),  # u, v, |u-v|, u*v
+               LLMEmbedConfig.from_preset("small-gemma3", num_labels=2)]
+    for config in several:
+        assert len(config.view_widths) > 1
+        assert usable_space(config, SearchSpace()).concat_encoder_views == [True, False]
 
 
 def test_the_fusion_searched_is_the_fusion_trained(tiny_model, keyword_dict, tmp_path):
