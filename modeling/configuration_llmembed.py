@@ -477,6 +477,11 @@ class LLMEmbedConfig(PretrainedConfig):
             if clashes:
                 raise ValueError(f"backbones: {clashes} clash with the second-text inputs of a pair head "
                                  "('<name>_pair_input_ids'); rename them.")
+        if not self.concat_encoder_views and len(self.view_widths) == 1 and self.backbone_specs[0].role == "encoder":
+            logger.warning(
+                f"The head's only view is the encoder {names[0]!r}'s vector and concat_encoder_views=False: X @ X.T is "
+                "then one number (its projected norm), all the MLP would see. Set concat_encoder_views=True (as the "
+                "presets do) or add backbones.")
 
     def pair_encoding_of(self, spec: BackboneSpec) -> str | None:
         """How ``spec``'s backbone encodes a text pair (`PAIR_ENCODINGS`), None in a head of single texts."""

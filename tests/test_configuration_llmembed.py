@@ -127,6 +127,23 @@ def test_a_bad_pair_encoding_is_refused(tiny_config, value, message):
         tiny_config(pair_encoding=value)
 
 
+def test_a_lone_encoder_view_without_its_vector_is_warned_about(caplog):
+    """One encoder view and concat_encoder_views=False leave the MLP one number (X @ X.T of one view): said at once."""
+    import logging
+
+    from llmembed_hf import LLMEmbedConfig
+
+    with caplog.at_level(logging.WARNING):
+        LLMEmbedConfig.from_preset("fast", concat_encoder_views=False)
+    assert "only view is the encoder 'minilm''s vector and concat_encoder_views=False" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        LLMEmbedConfig.from_preset("fast")  # its vector reaches the MLP
+        LLMEmbedConfig.from_preset("fast", concat_encoder_views=False, pair_encoding="siamese")  # four views
+        LLMEmbedConfig.from_preset("small-pairs", concat_encoder_views=False)  # three encoders
+    assert "only view" not in caplog.text
+
+
 def test_siamese_backbones_give_four_views_per_view(tiny_config):
     """llm (3 layers of 48) and enc (1 view of 32): a siamese backbone's views appear as u, v, |u-v| and u*v."""
     single, joint = tiny_config(), tiny_config(pair_encoding="joint")
