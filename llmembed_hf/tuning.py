@@ -159,8 +159,7 @@ def usable_space(config: LLMEmbedConfig, space: SearchSpace) -> SearchSpace:
     ``X @ X.T`` a single value, the vector's projected norm; without ``concat_encoder_views`` that number is all the
     MLP sees, so such trials only waste time (GoEmotions: validation macro-F1 0.17 against 0.53).
     """
-    single_encoder_view = len(config.view_widths) == 1 and config.backbone_specs[0].role == "encoder"
-    if not single_encoder_view or False not in space.concat_encoder_views:
+    if not config.single_encoder_view or False not in space.concat_encoder_views:
         return space
     if space.concat_encoder_views == [False]:
         raise ValueError("search space: concat_encoder_views=[False] leaves this head's MLP one number (its only view "

@@ -477,7 +477,7 @@ class LLMEmbedConfig(PretrainedConfig):
             if clashes:
                 raise ValueError(f"backbones: {clashes} clash with the second-text inputs of a pair head "
                                  "('<name>_pair_input_ids'); rename them.")
-        if not self.concat_encoder_views and len(self.view_widths) == 1 and self.backbone_specs[0].role == "encoder":
+        if not self.concat_encoder_views and self.single_encoder_view:
             logger.warning(
                 f"The head's only view is the encoder {names[0]!r}'s vector and concat_encoder_views=False: X @ X.T is "
                 "then one number (its projected norm), all the MLP would see. Set concat_encoder_views=True (as the "
@@ -518,6 +518,12 @@ class LLMEmbedConfig(PretrainedConfig):
         and for a siamese backbone its layers of u, then of v, of |u - v| and of u * v."""
         return [spec.hidden_size for spec in self.backbone_specs for _ in range(self.view_copies(spec))
                 for _ in spec.layers]
+
+    @property
+    def single_encoder_view(self) -> bool:
+        """Whether the head's only view is one encoder's vector: ``X @ X.T`` is then a single number, so the MLP learns
+        from that vector only with ``concat_encoder_views``."""
+        return len(self.view_widths) == 1 and self.backbone_specs[0].role == "encoder"
 
     @property
     def backbone_columns(self) -> dict[str, slice]:
