@@ -63,7 +63,8 @@ def newsgroups(args: argparse.Namespace, work: Path, rows: list[dict[str, Any]],
         if label in done:
             continue
         finetune_args = FinetuneArguments(method=method, epochs=args.epochs, max_length=256, seed=args.seed,
-                                          group_by_length=args.group_by_length, bf16=args.bf16)
+                                          group_by_length=args.group_by_length, bf16=args.bf16,
+                                          learning_rate=args.learning_rate)
         with Measure() as m:
             _, _, report = finetune(args.backbone, folder, work / f"ng-{method}", finetune_args,
                                     max_train_samples=args.max_train, max_eval_samples=args.max_test,
@@ -128,7 +129,7 @@ def massive(args: argparse.Namespace, work: Path, rows: list[dict[str, Any]], sa
                 continue
             task_args = IntentSlotArguments(mode=mode, intent_loss_weight=intent_weight, slot_loss_weight=slot_weight,
                                             epochs=args.epochs, seed=args.seed, group_by_length=args.group_by_length,
-                                            bf16=args.bf16)
+                                            bf16=args.bf16, learning_rate=args.learning_rate)
             with Measure() as m:
                 _, report = finetune_intent_slot(args.backbone, folder, work / f"massive-{mode}-{label[:5]}",
                                                  task_args, max_train_samples=args.max_train,
@@ -186,6 +187,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--epochs", type=int, default=3, help="fine-tuning epochs (the fused head keeps its default)")
     parser.add_argument("--backbone", default="minilm", help="the backbone fine-tuned (a preset name, folder or id)")
     parser.add_argument("--seed", type=int, default=42)
+    parser.add_argument("--learning-rate", type=float, default=None,
+                        help="the fine-tuning learning rate (default: each line's default for its mode)")
     parser.add_argument("--tasks", nargs="+", default=["newsgroups", "massive"], choices=["newsgroups", "massive"])
     parser.add_argument("--preset", default="small", help="the frozen fused head's preset")
     parser.add_argument("--massive-modes", nargs="+", default=["lora"], choices=["lora", "full"],
