@@ -160,6 +160,8 @@ def finetune(
     model, new_modules = load_classifier(weights.folder, id2label, pad_token_id)
     if args.method == "lora":
         model = apply_lora(model, args, new_modules)
+    elif args.freeze_embeddings:
+        model.get_input_embeddings().requires_grad_(False)
     parameters = count_parameters(model)
     logger.info(f"trainable params: {parameters['trainable']:,} || all params: {parameters['total']:,} || "
                 f"trainable%: {100 * parameters['trainable'] / parameters['total']:.4f}")

@@ -378,9 +378,19 @@ class FinetuneArguments(BackboneTrainingArguments):
 
     method: str = arg("lora", "lora: train PEFT LoRA adapters and the classifier head; full: train every weight",
                       choices=["lora", "full"])
+    freeze_embeddings: bool = arg(False, "full fine-tuning: keep the input (word) embedding matrix frozen. Its "
+                                         "gradient and AdamW update span the whole vocabulary while a batch uses a "
+                                         "few hundred rows of it: a fifth of a MiniLM epoch on short texts on a CPU "
+                                         "(benchmarks/RESULTS.md, fine-tuning speed)")
 
     METHOD_FIELD = "method"
     DEFAULT_LEARNING_RATES = {"lora": 5e-4, "full": 5e-5}
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.freeze_embeddings and self.method != "full":
+            raise ValueError("freeze_embeddings=True applies to method='full'; LoRA keeps every backbone weight, the "
+                             "embeddings included, frozen already.")
 
 
 def command_line(program: str, *arguments: Any, **options: Any) -> str:

@@ -190,6 +190,26 @@ def test_full_finetune_learns_the_keywords(full_bert):
     assert full_bert.report.eval_metrics["accuracy"] > 0.6  # chance is 1/3
 
 
+def test_full_finetune_with_frozen_embeddings_trains_everything_else(full_bert, tiny_backbones, finetune_data,
+                                                                     tmp_path):
+    run = run_finetune(tiny_backbones["bert"], finetune_data, tmp_path, method="full", learning_rate=2e-3, epochs=2,
+                       freeze_embeddings=True)
+    embeddings = run.model.get_input_embeddings().weight
+    assert not embeddings.requires_grad
+    assert run.report.parameters["trainable"] == full_bert.report.parameters["total"] - embeddings.numel()
+    assert run.report.hyperparameters["freeze_embeddings"] is True
+    base = AutoModelForSequenceClassification.from_pretrained(tiny_backbones["bert"], num_labels=3)
+    assert torch.equal(embeddings, base.bert.embeddings.word_embeddings.weight)
+    # the position embeddings and the layers still train
+    assert not torch.equal(run.model.bert.embeddings.position_embeddings.weight,
+                           base.bert.embeddings.position_embeddings.weight)
+    assert not torch.equal(run.model.bert.encoder.layer[0].attention.self.query.weight,
+                           base.bert.encoder.layer[0].attention.self.query.weight)
+    # saved whole, like any full fine-tune
+    reloaded = AutoModelForSequenceClassification.from_pretrained(run.output)
+    torch.testing.assert_close(run.logits(reloaded), run.logits(), atol=1e-6, rtol=1e-6)
+
+
 # ----------------------------------------------------------------------------------------------------------------------
 # Decoder pooling on the last non-pad token
 # ----------------------------------------------------------------------------------------------------------------------

@@ -15,6 +15,7 @@ from llmembed_hf.training_args import DataArguments
         (dict(lora_r=0), "lora_r=0 must be a positive integer"),
         (dict(lora_dropout=1.0), "lora_dropout"),
         (dict(fp16=True, bf16=True), "exclusive"),
+        (dict(method="lora", freeze_embeddings=True), "applies to method='full'"),
     ],
 )
 def test_bad_arguments(args, message):
