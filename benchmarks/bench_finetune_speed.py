@@ -62,7 +62,8 @@ def epoch_seconds(log_history: list[dict[str, Any]], epochs: int) -> float:
 
 def run_variant(name: str, args: argparse.Namespace, work: Path) -> dict[str, Any]:
     finetune_args = FinetuneArguments(method=args.method, epochs=args.epochs, batch_size=args.batch_size,
-                                      max_length=args.max_length, seed=args.seed, **VARIANTS[name])
+                                      max_length=args.max_length, seed=args.seed, learning_rate=args.learning_rate,
+                                      **VARIANTS[name])
     with Measure() as measure:
         _, _, report = finetune(args.backbone, DATASETS / "massive_en", work / name, finetune_args,
                                 validation_split="validation", max_train_samples=args.max_train)
@@ -80,7 +81,8 @@ def markdown(results: dict[str, Any]) -> str:
              f"{'yes' if results['native_bf16'] else 'no'}, torch {info['torch']}, transformers "
              f"{info['transformers']}; load average before {info['loadavg_before'][0]:.2f}.  ",
              f"{args['backbone']} {args['method']} fine-tuning on MASSIVE en-US intents: {rows[0]['num_train']:,} "
-             f"training utterances, {args['epochs']} epoch(s), batch {args['batch_size']}, seed {args['seed']}; "
+             f"training utterances, {args['epochs']} epoch(s), batch {args['batch_size']}, learning rate "
+             f"{args.get('learning_rate') or 'the default'}, seed {args['seed']}; "
              "the validation split picks the epoch, the 2,974 test utterances are scored once. `s / epoch`: training "
              "time per epoch without the evaluations. Goal (issue 22): >= 2x faster per epoch than `Trainer`'s "
              "defaults at the same accuracy.", "",
@@ -103,6 +105,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--epochs", type=int, default=1)
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--max-length", type=int, default=64)
+    parser.add_argument("--learning-rate", type=float, default=None,
+                        help="the fine-tuning learning rate (default: FinetuneArguments' for the method)")
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--json", default=None)
     parser.add_argument("--no-write", action="store_true", help="print the table, leave RESULTS.md alone")

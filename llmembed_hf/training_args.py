@@ -380,8 +380,9 @@ class FinetuneArguments(BackboneTrainingArguments):
                       choices=["lora", "full"])
     freeze_embeddings: bool = arg(False, "full fine-tuning: keep the input (word) embedding matrix frozen. Its "
                                          "gradient and AdamW update span the whole vocabulary while a batch uses a "
-                                         "few hundred rows of it: a fifth of a MiniLM epoch on short texts on a CPU "
-                                         "(benchmarks/RESULTS.md, fine-tuning speed)")
+                                         "few hundred rows of it. On a CPU a MiniLM epoch on short texts ran about "
+                                         "1.2x faster, at about half a point of accuracy (benchmarks/RESULTS.md, "
+                                         "fine-tuning speed)")
 
     METHOD_FIELD = "method"
     DEFAULT_LEARNING_RATES = {"lora": 5e-4, "full": 5e-5}
