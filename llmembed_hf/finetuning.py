@@ -92,6 +92,43 @@ def apply_lora(model: PreTrainedModel, args: FinetuneArguments, new_modules: lis
     return get_peft_model(model, args.to_lora_config(task_type=TaskType.SEQ_CLS, modules_to_save=extra or None))
 
 
+class SeenTokenEmbedding(torch.nn.Module):
+    """A word-embedding layer whose only trainable rows are those of ``token_ids`` (the training texts' tokens).
+
+    Training a whole embedding matrix computes its dense gradient over the vocabulary and lets AdamW update all of
+    it at every step, although the rows of tokens that never occur get a zero gradient, hence no update (without
+    weight decay): this layer skips that work and trains the same model. Tokens outside ``token_ids`` (e.g. in
+    validation texts) read their frozen pretrained rows. `merged` writes the trained rows back into the original
+    ``nn.Embedding``, which is what gets saved.
+    """
+
+    def __init__(self, embedding: torch.nn.Embedding, token_ids: torch.Tensor) -> None:
+        super().__init__()
+        self.embedding = embedding.requires_grad_(False)
+        self.register_buffer("token_ids", token_ids, persistent=False)
+        row_of_token = torch.full((embedding.num_embeddings,), -1, dtype=torch.long)
+        row_of_token[token_ids] = torch.arange(len(token_ids))
+        self.register_buffer("row_of_token", row_of_token, persistent=False)
+        self.rows = torch.nn.Parameter(embedding.weight.detach()[token_ids].clone())
+
+    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
+        rows = self.row_of_token[input_ids]
+        trained = torch.nn.functional.embedding(rows.clamp(min=0), self.rows)
+        return torch.where((rows >= 0).unsqueeze(-1), trained, self.embedding(input_ids))
+
+    def merged(self) -> torch.nn.Embedding:
+        """The original embedding layer holding the trained rows, trainable again like any full fine-tune's."""
+        with torch.no_grad():
+            self.embedding.weight[self.token_ids] = self.rows
+        return self.embedding.requires_grad_(True)
+
+    @classmethod
+    def of_texts(cls, embedding: torch.nn.Embedding, input_ids: list[list[int]]) -> SeenTokenEmbedding:
+        """Train the rows of the tokens in ``input_ids``, less the padding row (which an embedding never trains)."""
+        seen = {token for ids in input_ids for token in ids} - {embedding.padding_idx}
+        return cls(embedding, torch.tensor(sorted(seen), dtype=torch.long))
+
+
 def count_parameters(model: torch.nn.Module) -> dict[str, int]:
     """Trainable and total parameters (PEFT's own count for PEFT models, so LoRA numbers match its printout)."""
     if hasattr(model, "get_nb_trainable_parameters"):
@@ -162,13 +199,15 @@ def finetune(
         model = apply_lora(model, args, new_modules)
     elif args.freeze_embeddings:
         model.get_input_embeddings().requires_grad_(False)
+    train = tokenize_split(splits.train, tokenizer, args.max_length)
+    validation = tokenize_split(splits.validation, tokenizer, args.max_length)
+    if args.seen_embeddings_only:
+        model.set_input_embeddings(SeenTokenEmbedding.of_texts(model.get_input_embeddings(), train["input_ids"]))
     parameters = count_parameters(model)
     logger.info(f"trainable params: {parameters['trainable']:,} || all params: {parameters['total']:,} || "
                 f"trainable%: {100 * parameters['trainable'] / parameters['total']:.4f}")
     loaded = time.perf_counter()
 
-    train = tokenize_split(splits.train, tokenizer, args.max_length)
-    validation = tokenize_split(splits.validation, tokenizer, args.max_length)
     if torch.cuda.is_available():
         torch.cuda.reset_peak_memory_stats()
     training_args = args.to_training_arguments(
@@ -182,6 +221,8 @@ def finetune(
     trainer.train(resume_from_checkpoint=output.resume_from_checkpoint())
     trained = time.perf_counter()
     model = trainer.model
+    if args.seen_embeddings_only:
+        model.set_input_embeddings(model.get_input_embeddings().merged())
     model.eval()
 
     report = FinetuneReport(

@@ -210,6 +210,25 @@ def test_full_finetune_with_frozen_embeddings_trains_everything_else(full_bert, 
     torch.testing.assert_close(run.logits(reloaded), run.logits(), atol=1e-6, rtol=1e-6)
 
 
+def test_training_only_the_seen_embedding_rows_gives_the_same_model(full_bert, tiny_backbones, finetune_data,
+                                                                    tmp_path):
+    """Rows of tokens absent from the training texts get no gradient, so leaving them out changes nothing."""
+    run = run_finetune(tiny_backbones["bert"], finetune_data, tmp_path / "out", method="full", learning_rate=2e-3,
+                       epochs=10, seen_embeddings_only=True)
+    assert isinstance(run.model.get_input_embeddings(), torch.nn.Embedding)  # merged back before saving
+    assert run.report.parameters["trainable"] < full_bert.report.parameters["trainable"]
+    whole = dict(full_bert.model.named_parameters())
+    seen = dict(run.model.named_parameters())
+    assert whole.keys() == seen.keys()
+    for name, value in whole.items():
+        torch.testing.assert_close(seen[name], value, atol=1e-5, rtol=1e-4, msg=name)
+    base = AutoModelForSequenceClassification.from_pretrained(tiny_backbones["bert"], num_labels=3)
+    trained_rows = (run.model.get_input_embeddings().weight != base.get_input_embeddings().weight).any(-1)
+    assert 0 < trained_rows.sum() < len(trained_rows)
+    reloaded = AutoModelForSequenceClassification.from_pretrained(run.output)
+    torch.testing.assert_close(run.logits(reloaded), full_bert.logits(), atol=1e-5, rtol=1e-4)
+
+
 # ----------------------------------------------------------------------------------------------------------------------
 # Decoder pooling on the last non-pad token
 # ----------------------------------------------------------------------------------------------------------------------
@@ -312,12 +331,17 @@ def test_unknown_backbone(finetune_data, tmp_path):
         finetune("no-such-org/no-such-model", finetune_data, tmp_path / "out")
 
 
-def test_resumed_finetune_gives_the_same_adapter(tiny_backbones, finetune_data, tmp_path, monkeypatch):
-    """A LoRA fine-tune killed after its first epoch and resumed ends with the adapter of an uninterrupted run."""
+@pytest.mark.parametrize("method", ["lora", "full-seen-embeddings"])
+def test_resumed_finetune_gives_the_same_weights(tiny_backbones, finetune_data, tmp_path, monkeypatch, method):
+    """A fine-tune killed after its first epoch and resumed ends with the weights of an uninterrupted run: the LoRA
+    adapter, or the full model whose checkpoints hold the seen embedding rows apart."""
     import llmembed_hf.finetuning as finetuning_module
+    from llmembed_hf.finetuning import weight_files
     from llmembed_hf.training_args import OutputArguments
 
-    args = FinetuneArguments(epochs=3, batch_size=8, learning_rate=5e-3, lora_r=4, lora_alpha=8, lora_dropout=0.0)
+    method_args = (dict(lora_r=4, lora_alpha=8, lora_dropout=0.0) if method == "lora"
+                   else dict(method="full", seen_embeddings_only=True))
+    args = FinetuneArguments(epochs=3, batch_size=8, learning_rate=5e-3, **method_args)
     finetune(tiny_backbones["llama"], finetune_data, tmp_path / "whole", args)
 
     output = OutputArguments(str(tmp_path / "resumed"), resume=True)
@@ -327,11 +351,12 @@ def test_resumed_finetune_gives_the_same_adapter(tiny_backbones, finetune_data, 
             finetune(tiny_backbones["llama"], finetune_data, output, args)
     finetune(tiny_backbones["llama"], finetune_data, output, args)
 
-    def adapter(folder: Path) -> dict[str, torch.Tensor]:
-        with safe_open(folder / "adapter_model.safetensors", "pt") as handle:
+    def weights(folder: Path) -> dict[str, torch.Tensor]:
+        [path] = weight_files(folder)
+        with safe_open(path, "pt") as handle:
             return {key: handle.get_tensor(key) for key in handle.keys()}
 
-    whole, resumed = adapter(tmp_path / "whole"), adapter(tmp_path / "resumed")
+    whole, resumed = weights(tmp_path / "whole"), weights(tmp_path / "resumed")
     assert whole.keys() == resumed.keys()
     assert all(torch.equal(whole[key], resumed[key]) for key in whole)
 

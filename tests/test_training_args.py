@@ -16,6 +16,8 @@ from llmembed_hf.training_args import DataArguments
         (dict(lora_dropout=1.0), "lora_dropout"),
         (dict(fp16=True, bf16=True), "exclusive"),
         (dict(method="lora", freeze_embeddings=True), "applies to method='full'"),
+        (dict(method="lora", seen_embeddings_only=True), "applies to method='full'"),
+        (dict(method="full", freeze_embeddings=True, seen_embeddings_only=True), "are exclusive"),
     ],
 )
 def test_bad_arguments(args, message):
