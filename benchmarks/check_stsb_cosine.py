@@ -18,25 +18,19 @@ from scipy.stats import spearmanr
 
 from llmembed_hf import LLMEmbedForSequenceClassification, extract_features
 from llmembed_hf.data import load_labelled
+from llmembed_hf.modeling.modeling_llmembed import siamese_cosines
 
 folder = sys.argv[1] if len(sys.argv) > 1 else "outputs/llmembed-stsb"
 model = LLMEmbedForSequenceClassification.from_pretrained(folder)
 config = model.config
-siamese = [spec for spec in config.backbone_specs if config.pair_encoding[spec.role] == "siamese"]
+siamese = config.siamese_specs
 
 
 def cosines(split: str) -> tuple[np.ndarray, np.ndarray]:
     """(pairs x siamese backbones) cosines of the split's two sides, and its gold scores."""
     data = load_labelled("../shared/datasets/stsb", split, problem_type="regression", text_pair_column="text_pair")[0]
     rows = extract_features(model, data.texts, text_pairs=data.pairs, show_progress=False)
-    rows = rows.with_format("numpy")[:]["pooled_features"]
-    columns = []
-    for spec in siamese:
-        start, width = config.backbone_columns[spec.name].start, spec.hidden_size
-        side = width * len(spec.layers)
-        u, v = rows[:, start:start + width], rows[:, start + side:start + side + width]
-        columns.append((u * v).sum(1) / np.linalg.norm(u, axis=1) / np.linalg.norm(v, axis=1))
-    return np.stack(columns, axis=1), np.asarray(data.labels)
+    return siamese_cosines(config, rows.with_format("torch")[:]["pooled_features"]).numpy(), np.asarray(data.labels)
 
 
 test_cosines, test_gold = cosines("test")

@@ -107,6 +107,9 @@ class TrainingReport(RunReport):
     #: Multi-label: each label's decision threshold tuned on validation data, the scores at 0.5 and at them per
     #: split, and each label's F1 (and number of true rows) on the evaluation split (else validation).
     thresholds: dict[str, Any] = field(default_factory=dict)
+    #: Regression on pairs: the weights of the head's score and the siamese cosines fitted on validation data, and
+    #: the scores of the head alone and of the blend per split.
+    similarity_blend: dict[str, Any] = field(default_factory=dict)
     #: Regression: gold and predicted scores of the evaluation split (else validation), for the card's plot.
     scatter: dict[str, Any] = field(default_factory=dict)
 
@@ -395,6 +398,21 @@ def _results_table(report: RunReport, metrics: list[tuple]) -> str:
     return markdown_table(header, rows) if rows else "No evaluation was run."
 
 
+def _similarity_blend(report: RunReport) -> str:
+    """The paragraph on a pair regression's blend of its score with the siamese cosines (its weights, and the
+    Spearman and Pearson correlations of the head alone and of the blend per split)."""
+    blend = getattr(report, "similarity_blend", None)
+    if not blend:
+        return ""
+    weights = ", ".join(f"{name} {weight:.4f}" for name, weight in blend["weights"].items())
+    rows = [[name, f"{m['spearman_before']:.4f}", f"{m['spearman_after']:.4f}", f"{m['pearson_before']:.4f}",
+             f"{m['pearson_after']:.4f}"] for name, m in blend["splits"].items()]
+    return (f"The predicted score blends the head's score with each siamese backbone's cosine of the two texts, "
+            f"weights fitted by least squares on the validation split after training ({weights}).\n\n"
+            + markdown_table(["split", "Spearman, head alone", "Spearman, blend", "Pearson, head alone",
+                              "Pearson, blend"], rows))
+
+
 def _training_fields(folder: Path, labels: Any, report: RunReport, metrics: list[tuple]) -> dict[str, Any]:
     """The card fields every trained model shares: data, hyper-parameters, timings, results, plots, environment."""
     calibration, calibration_plots = _calibration(folder, report)
@@ -411,7 +429,8 @@ def _training_fields(folder: Path, labels: Any, report: RunReport, metrics: list
         eval_split=report.eval_split,
         hyperparameters=", ".join(f"{k}={v}" for k, v in report.hyperparameters.items()),
         timings=", ".join(f"{k} {v:.0f}" for k, v in report.timings.items()) or "not recorded",
-        results_table="\n\n".join(filter(None, [_results_table(report, metrics), calibration, thresholds])),
+        results_table="\n\n".join(filter(None, [_results_table(report, metrics), calibration, thresholds,
+                                                 _similarity_blend(report)])),
         plots="\n\n".join(_plots(folder, labels, report, metric=metrics[0][0]) + calibration_plots + threshold_plots
                            + _scatter(folder, report)),
         environment=", ".join(f"{k} {v}" for k, v in report.environment.items()),

@@ -34,7 +34,7 @@ from .metrics import (
 )
 from .model_card import TrainingReport, environment, save_with_card
 from .modeling.configuration_llmembed import DEFAULT_PAIR_ENCODING, PRESETS, LLMEmbedConfig
-from .modeling.modeling_llmembed import LLMEmbedForSequenceClassification
+from .modeling.modeling_llmembed import LLMEmbedForSequenceClassification, siamese_cosines
 from .training_args import (
     DataArguments,
     HeadArguments,
@@ -143,6 +143,28 @@ def tune_thresholds(model: LLMEmbedForSequenceClassification, scored: dict[str, 
             "per_label_f1": per_label, "support": np.asarray(last_labels).sum(0).astype(int).tolist()}
 
 
+def blend_similarity(model: LLMEmbedForSequenceClassification, scored: dict[str, tuple[np.ndarray, list]],
+                     features: dict[str, Dataset]) -> dict:
+    """Fit ``config.similarity_blend`` by least squares on the validation split: the head's raw score and each
+    siamese backbone's cosine of the two sides (`siamese_cosines`) against the gold scores. A plain cosine often
+    ranks similarity better than a head trained on a few thousand pairs; the blend keeps both. Measures the
+    regression scores of the head alone and of the blend on every scored split."""
+    logits, labels = scored["validation"]
+    cosines = siamese_cosines(model.config, features["validation"].with_format("torch")[:]["pooled_features"])
+    columns = np.column_stack([logits[:, 0], cosines.numpy(), np.ones(len(labels))])
+    weights, *_ = np.linalg.lstsq(columns, np.asarray(labels, dtype=float), rcond=None)
+    model.config.similarity_blend = [float(w) for w in weights]
+    model.config.validate()
+    splits = {name: {f"{key}_{when}": value for when, predictions in (("before", split_logits),
+                                                                      ("after", predict_logits(model, features[name])))
+                     for key, value in COMPUTE_METRICS["regression"]((predictions, split_labels)).items()}
+              for name, (split_logits, split_labels) in scored.items()}
+    names = ["head", *(f"{spec.name} cosine" for spec in model.config.siamese_specs), "bias"]
+    logger.info("Similarity blend: " + ", ".join(
+        f"{name} Spearman {m['spearman_before']:.4f} -> {m['spearman_after']:.4f}" for name, m in splits.items()))
+    return {"weights": dict(zip(names, model.config.similarity_blend)), "splits": splits}
+
+
 #: At most this many (gold, predicted) points of a regression head go into the report for the card's scatter plot.
 SCATTER_POINTS = 2000
 
@@ -178,7 +200,7 @@ def head_config(preset: str | os.PathLike | LLMEmbedConfig, head: HeadArguments 
     overrides = head.overrides() if head is not None else {}
     id2label = dict(enumerate(names))
     labels = {"id2label": id2label, "label2id": {v: k for k, v in id2label.items()}, "problem_type": problem_type,
-              "calibration_temperature": 1.0, "decision_thresholds": None}
+              "calibration_temperature": 1.0, "decision_thresholds": None, "similarity_blend": None}
     if not isinstance(preset, LLMEmbedConfig) and str(preset) not in PRESETS and Path(preset).exists():
         preset = LLMEmbedConfig.from_pretrained(preset)
     if isinstance(preset, LLMEmbedConfig):
@@ -287,23 +309,27 @@ def train_head(
         validation_metrics={k: v for k, v in trainer.evaluate().items() if k.startswith("eval_")},
         environment=environment(),
     )
-    # Raw logits from here on, until `calibrate` fits the temperature or `tune_thresholds` the thresholds.
+    # Raw logits from here on, until `calibrate`, `tune_thresholds` or `blend_similarity` fits what inference applies.
     model.config.calibration_temperature, model.config.decision_thresholds = 1.0, None
-    scored = {"validation": (predict_logits(model, validation_features), splits.validation.labels)}
+    model.config.similarity_blend = None
+    features, gold = {"validation": validation_features}, {"validation": splits.validation.labels}
     if eval_features is not None:
-        scored[data.eval_split] = (predict_logits(model, eval_features), evaluation.labels)
+        features[data.eval_split], gold[data.eval_split] = eval_features, evaluation.labels
+    scored = {name: (predict_logits(model, split), gold[name]) for name, split in features.items()}
     if problem_type == "single_label_classification" and training.calibrate:  # argmax unchanged: scored after
         report.calibration = calibrate(model, scored)
     if problem_type == "multi_label_classification" and training.tune_thresholds:
         report.thresholds = tune_thresholds(model, scored)
-    if eval_features is not None:  # scored as the pipeline scores: with the temperature or the thresholds
+    if problem_type == "regression" and model.config.siamese_specs and training.blend_similarity:
+        report.similarity_blend = blend_similarity(model, scored, features)
+    if eval_features is not None:  # scored as the pipeline scores: with the temperature, thresholds or blend
         logits = predict_logits(model, eval_features)
         report.eval_metrics = COMPUTE_METRICS[problem_type]((logits, np.asarray(evaluation.labels)))
         if problem_type == "single_label_classification":
             report.confusion_matrix = confusion_matrix(evaluation.labels, logits.argmax(-1), len(names))
-    if problem_type == "regression":  # the evaluation split when there is one
-        shown, (logits, labels) = list(scored.items())[-1]
-        report.scatter = scatter_points(logits[:, 0], labels, shown, training.seed)
+    if problem_type == "regression":  # as served (blended when fitted), on the evaluation split when there is one
+        shown = list(features)[-1]
+        report.scatter = scatter_points(predict_logits(model, features[shown])[:, 0], gold[shown], shown, training.seed)
     report.timings = {"load_backbones_s": loaded - started, "extract_s": extracted - loaded,
                       "train_s": trained - extracted, "total_s": time.perf_counter() - started}
     folder = output.publish(lambda staging: save_with_card(model, staging, report, Path(output.output_dir).name))
@@ -313,5 +339,5 @@ def train_head(
     return model, report
 
 
-__all__ = ["calibrate", "check_model_matches", "check_pairs_match", "fit_head", "head_config", "predict_logits",
+__all__ = ["blend_similarity", "calibrate", "check_model_matches", "check_pairs_match", "fit_head", "head_config", "predict_logits",
            "split_features", "train_head", "tune_thresholds"]

@@ -303,6 +303,10 @@ class HeadTrainingArguments(BaseTrainingArguments):
                                 "scores are calibrated probabilities (the predicted labels do not change)")
     tune_thresholds: bool = arg(True, "multi-label: tune each label's decision threshold on the validation split "
                                       "after training, maximising its F1 (false: 0.5 for every label)")
+    blend_similarity: bool = arg(True, "regression on text pairs with siamese backbones: after training, fit on the "
+                                       "validation split a least-squares blend of the head's score and each siamese "
+                                       "backbone's cosine of the two sides, which serving then returns (false: the "
+                                       "head's score alone)")
 
 
 @dataclass

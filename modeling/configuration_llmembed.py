@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import copy
+import math
 import re
 from dataclasses import asdict, dataclass, field, fields, is_dataclass
 from typing import Any
@@ -372,6 +373,13 @@ class LLMEmbedConfig(PretrainedConfig):
             threshold, so the sigmoid score reaches 0.5 exactly when the raw probability reaches the threshold: the
             stock ``pipeline("text-classification")`` output is unchanged in form, and a label applies when its
             score is >= 0.5. The training loss and `Trainer` evaluation see the raw logits.
+        similarity_blend (`list[float]`, *optional*): regression heads of text pairs with siamese backbones only:
+            weights ``[head, cosine of each siamese backbone (in backbone order)..., bias]``, fitted by least squares
+            on validation data after training. At inference (eval mode, no labels) the prediction is the head's
+            output times the first weight, plus each siamese backbone's cosine of the two sides (its first view,
+            see `siamese_cosines`) times its weight, plus the bias: a plain cosine is often the better similarity
+            score, and the blend keeps what the head adds to it. The training loss and `Trainer` evaluation see
+            the head alone. None: the head alone.
         pair_encoding (`dict[str, str]`, *optional*): set for a head that classifies text pairs (``text`` +
             ``text_pair``), None for single texts. By backbone role, ``"joint"`` (the pair in one pass, through the
             backbone's own pair encoding, truncated ``longest_first``) or ``"siamese"`` (each side alone; each of the
@@ -394,6 +402,7 @@ class LLMEmbedConfig(PretrainedConfig):
         concat_encoder_views: bool = False,
         calibration_temperature: float = 1.0,
         decision_thresholds: list[float] | None = None,
+        similarity_blend: list[float] | None = None,
         pair_encoding: str | dict[str, str] | None = None,
         **kwargs: Any,
     ) -> None:
@@ -407,6 +416,7 @@ class LLMEmbedConfig(PretrainedConfig):
         self.concat_encoder_views = concat_encoder_views
         self.calibration_temperature = calibration_temperature
         self.decision_thresholds = list(decision_thresholds) if decision_thresholds is not None else None
+        self.similarity_blend = list(similarity_blend) if similarity_blend is not None else None
         self.pair_encoding = normalize_pair_encoding(pair_encoding)
         super().__init__(**kwargs)
         # A bare LLMEmbedConfig() is what transformers builds to diff defaults on save: only validate real ones.
@@ -469,6 +479,7 @@ class LLMEmbedConfig(PretrainedConfig):
             raise ValueError(f"calibration_temperature={temperature!r} must be a number > 0 (1.0 leaves the logits "
                              "as they are).")
         self._check_decision_thresholds()
+        self._check_similarity_blend()
         if not all(isinstance(h, int) and h > 0 for h in self.mlp_hidden_sizes):
             raise ValueError(f"mlp_hidden_sizes={self.mlp_hidden_sizes!r} must be positive integers, e.g. [512, 128].")
         if self.pair_encoding is not None:
@@ -507,6 +518,25 @@ class LLMEmbedConfig(PretrainedConfig):
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 < value < 1.0:
                 raise ValueError(f"decision_thresholds[{index}]={value!r} (label {self.id2label.get(index)!r}) must "
                                  "be a probability strictly between 0 and 1, e.g. 0.5.")
+
+    def _check_similarity_blend(self) -> None:
+        blend = self.similarity_blend
+        if blend is None:
+            return
+        if self.problem_type != "regression" or not self.siamese_specs:
+            raise ValueError(
+                f"similarity_blend is set but the head is not a regression head of text pairs with a siamese backbone "
+                f"(problem_type={self.problem_type!r}, pair_encoding={self.pair_encoding!r}); remove it.")
+        expected = len(self.siamese_specs) + 2
+        if not isinstance(blend, (list, tuple)) or len(blend) != expected or not all(
+                isinstance(w, (int, float)) and not isinstance(w, bool) and math.isfinite(w) for w in blend):
+            raise ValueError(f"similarity_blend={blend!r} must be {expected} finite numbers: the head's weight, one "
+                             f"per siamese backbone ({[spec.name for spec in self.siamese_specs]}) and the bias.")
+
+    @property
+    def siamese_specs(self) -> list[BackboneSpec]:
+        """The backbones that encode each side of a pair alone (none in a head of single texts)."""
+        return [spec for spec in self.backbone_specs if self.pair_encoding_of(spec) == "siamese"]
 
     @property
     def backbone_specs(self) -> list[BackboneSpec]:

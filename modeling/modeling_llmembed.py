@@ -613,6 +613,19 @@ def siamese_features(u: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
     return torch.cat([u, v, (u - v).abs(), u * v], dim=-1)
 
 
+def siamese_cosines(config: LLMEmbedConfig, pooled_features: torch.Tensor) -> torch.Tensor:
+    """(batch, siamese backbones) cosines between the two sides of each pair: each siamese backbone's first view of
+    ``u`` and of ``v``, read from its `siamese_features` columns of ``pooled_features``."""
+    columns = config.backbone_columns
+    cosines = []
+    for spec in config.siamese_specs:
+        start, side = columns[spec.name].start, spec.hidden_size * len(spec.layers)
+        u = pooled_features[:, start:start + spec.hidden_size].float()
+        v = pooled_features[:, start + side:start + side + spec.hidden_size].float()
+        cosines.append(F.cosine_similarity(u, v, dim=-1))
+    return torch.stack(cosines, dim=-1)
+
+
 # ----------------------------------------------------------------------------------------------------------------------
 # Fusion head
 # ----------------------------------------------------------------------------------------------------------------------
@@ -1174,17 +1187,22 @@ class LLMEmbedForSequenceClassification(OneCommitPushMixin, LLMEmbedPreTrainedMo
         logits = self.head(pooled_features.to(head_dtype))
         loss = self._loss(logits, labels) if labels is not None else None
         if labels is None and not self.training:
-            logits = self._inference_logits(logits)
+            logits = self._inference_logits(logits, pooled_features)
         if return_dict is False:
             return (loss, logits) if loss is not None else (logits,)
         return SequenceClassifierOutput(loss=loss, logits=logits)
 
-    def _inference_logits(self, logits: torch.Tensor) -> torch.Tensor:
+    def _inference_logits(self, logits: torch.Tensor, pooled_features: torch.Tensor) -> torch.Tensor:
         """The logits inference returns (eval mode, no labels), fitted on validation data after training: single-label
         logits divided by ``calibration_temperature`` (calibrated softmax scores, same arg-max); multi-label logits
         minus the logit of each label's ``decision_thresholds`` entry (sigmoid >= 0.5 exactly where the raw
-        probability reaches the label's threshold, the decision rule of every multi-label pipeline)."""
+        probability reaches the label's threshold, the decision rule of every multi-label pipeline); a pair
+        regression's score blended with its siamese cosines by ``similarity_blend``."""
         problem_type = self.config.problem_type
+        if problem_type == "regression" and self.config.similarity_blend is not None:
+            head, *cosine_weights, bias = self.config.similarity_blend
+            cosines = siamese_cosines(self.config, pooled_features).to(logits.dtype)
+            return head * logits + cosines @ cosines.new_tensor(cosine_weights).unsqueeze(-1) + bias
         if problem_type in (None, "single_label_classification") and self.config.calibration_temperature != 1.0:
             return logits / self.config.calibration_temperature
         if problem_type == "multi_label_classification" and self.config.decision_thresholds is not None:
@@ -1288,6 +1306,7 @@ __all__ = [
     "first_token_pool",
     "last_token_pool",
     "pool_backbone_outputs",
+    "siamese_cosines",
     "siamese_features",
     "prompt_excluded_mask",
     "native_bf16_supported",

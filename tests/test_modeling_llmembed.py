@@ -25,6 +25,7 @@ from llmembed_hf.modeling.modeling_llmembed import (
     mean_pool,
     native_bf16_supported,
     quantize_backbone,
+    siamese_cosines,
 )
 
 TEXTS = ["the cat sat on the mat", "a very good movie!", "bad film"]
@@ -519,6 +520,55 @@ def test_decision_thresholds_round_trip_through_save_and_load(tiny_config, tmp_p
     # Other labels: the saved thresholds go with the saved labels.
     other = AutoModelForSequenceClassification.from_pretrained(tmp_path, num_labels=5, ignore_mismatched_sizes=True)
     assert other.config.decision_thresholds is None and other.config.num_labels == 5
+
+
+def pair_regression_config(tiny_config, **kwargs) -> LLMEmbedConfig:
+    """Regression on pairs, the encoder siamese ([u, v, |u-v|, u*v] of its 32 wide view), the LLM joint."""
+    return tiny_config(num_labels=1, problem_type="regression", pair_encoding="llm=joint,encoder=siamese", **kwargs)
+
+
+def test_siamese_cosines_read_each_side_of_the_pair(tiny_config):
+    config = pair_regression_config(tiny_config)
+    features = torch.randn(5, config.feature_size, generator=torch.Generator().manual_seed(0))
+    start = config.backbone_columns["enc"].start
+    u, v = features[:, start:start + 32], features[:, start + 32:start + 64]
+    expected = (u * v).sum(-1) / u.norm(dim=-1) / v.norm(dim=-1)
+    torch.testing.assert_close(siamese_cosines(config, features), expected[:, None])
+
+
+def test_similarity_blend_applies_at_inference_only(tiny_config, tmp_path):
+    """Inference returns head * w0 + cosine * w1 + bias; the loss, `Trainer` evaluation (labels given) and
+    training see the head alone; the blend round-trips through save and load."""
+    torch.manual_seed(0)
+    model = LLMEmbedForSequenceClassification(pair_regression_config(tiny_config)).eval()
+    features = torch.randn(6, model.config.feature_size, generator=torch.Generator().manual_seed(1))
+    labels = torch.rand(6) * 5
+    raw = model(pooled_features=features).logits
+    raw_loss = model(pooled_features=features, labels=labels).loss
+    model.config.similarity_blend = [0.5, 3.0, -1.0]
+    blended = model(pooled_features=features).logits
+    torch.testing.assert_close(blended, 0.5 * raw + 3.0 * siamese_cosines(model.config, features) - 1.0)
+    assert torch.equal(model(pooled_features=features, labels=labels).loss, raw_loss)
+    model.save_pretrained(tmp_path)
+    loaded = AutoModelForSequenceClassification.from_pretrained(tmp_path).eval()
+    assert loaded.config.similarity_blend == [0.5, 3.0, -1.0]
+    torch.testing.assert_close(loaded(pooled_features=features).logits, blended)
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(similarity_blend=[1.0, 0.0]), "must be 3 finite numbers"),
+    (dict(similarity_blend=[1.0, float("nan"), 0.0]), "must be 3 finite numbers"),
+    (dict(similarity_blend=[1.0, 0.0, 0.0], pair_encoding="joint"), "not a regression head of text pairs"),
+])
+def test_a_bad_similarity_blend_is_refused(tiny_config, kwargs, message):
+    values = dict(num_labels=1, problem_type="regression", pair_encoding="llm=joint,encoder=siamese") | kwargs
+    with pytest.raises(ValueError, match=message):
+        tiny_config(**values)
+
+
+def test_a_similarity_blend_on_a_classifier_is_refused(tiny_config):
+    with pytest.raises(ValueError, match="not a regression head of text pairs"):
+        tiny_config(pair_encoding="siamese", similarity_blend=[1.0, 0.0, 0.0, 0.0])
 
 
 def _structure(output):

@@ -453,6 +453,13 @@ def test_train_head_regression_on_text_pairs_end_to_end(tiny_preset, tmp_path):
     assert report.text_pair_column == "text_pair" and report.label_column == "label"
     assert set(report.eval_metrics) == {"pearson", "spearman", "mse"}
     assert report.eval_metrics["spearman"] >= 0.7  # the count of "good" in the second text decides the score
+    # both backbones siamese: the head's score and two cosines blended, fitted on validation by least squares, so
+    # no worse there in squared error than the head alone (weights [1, 0, 0, 0])
+    assert len(config["similarity_blend"]) == 4 and list(report.similarity_blend["weights"]) == [
+        "head", "llm cosine", "enc cosine", "bias"]
+    fitted = report.similarity_blend["splits"]["validation"]
+    assert fitted["mse_after"] <= fitted["mse_before"] + 1e-9
+    assert report.similarity_blend["splits"]["test"]["spearman_after"] == pytest.approx(report.eval_metrics["spearman"])
 
     test = load_labelled(data, "test", text_pair_column="auto")[0]
     assert test.problem_type == "regression" and test.pairs is not None
@@ -463,6 +470,14 @@ def test_train_head_regression_on_text_pairs_end_to_end(tiny_preset, tmp_path):
     assert regression_scores(predicted, test.labels) == pytest.approx(report.eval_metrics, abs=1e-5)
     card = (output / "README.md").read_text()
     assert "paired with the column `text_pair`" in card and "spearmanr" in card and "function_to_apply" in card
+    assert "blends the head's score with each siamese backbone's cosine" in card
+
+    unblended, plain = train_head(data, tmp_path / "plain", preset=tiny_preset,
+                                  head=HeadArguments(pair_encoding="siamese"),
+                                  training=HeadTrainingArguments(epochs=TRAINED_EPOCHS, batch_size=16,
+                                                                 learning_rate=3e-3, blend_similarity=False))
+    assert unblended.config.similarity_blend is None and not plain.similarity_blend
+    assert plain.eval_metrics["spearman"] == pytest.approx(report.similarity_blend["splits"]["test"]["spearman_before"])
 
 
 def test_train_head_multi_label_on_text_pairs(tiny_preset, tmp_path):
