@@ -349,6 +349,11 @@ class BackboneTrainingArguments(LoraArguments, BaseTrainingArguments):
                             "slow on other CPUs)")
     group_by_length: bool = arg(False, "batch training texts of similar length together (transformers' "
                                        "LengthGroupedSampler): less padding per batch, faster epochs")
+    seen_embeddings_only: bool = arg(False, "full fine-tuning: train only the word-embedding rows of tokens that "
+                                            "occur in the training texts. The other rows get a zero gradient at "
+                                            "every step, so with weight_decay=0 (the default) the model is the "
+                                            "same as when training the whole matrix, for less work per step (with "
+                                            "weight decay they keep their pretrained values instead of shrinking)")
 
     def __post_init__(self) -> None:
         BaseTrainingArguments.__post_init__(self)
@@ -358,6 +363,10 @@ class BackboneTrainingArguments(LoraArguments, BaseTrainingArguments):
             raise ValueError("fp16 and bf16 are exclusive; choose one mixed precision.")
         if self.fp16 and not torch.cuda.is_available():
             raise ValueError("fp16=True needs a CUDA GPU; on a CPU train in fp32 (the default) or bf16.")
+        method = getattr(self, self.METHOD_FIELD)
+        if self.seen_embeddings_only and method != "full":
+            raise ValueError(f"seen_embeddings_only=True applies to {self.METHOD_FIELD}='full'; with "
+                             f"{self.METHOD_FIELD}={method!r} the word embeddings are frozen already.")
 
     def to_training_arguments(self, output_dir: str | os.PathLike, **kwargs: Any) -> TrainingArguments:
         """`BaseTrainingArguments.to_training_arguments` plus this line's mixed precision and batch sampling; bf16
@@ -387,21 +396,15 @@ class FinetuneArguments(BackboneTrainingArguments):
                                          "few hundred rows of it. On a CPU a MiniLM epoch on short texts ran about "
                                          "1.2x faster, at about half a point of accuracy (benchmarks/RESULTS.md, "
                                          "fine-tuning speed); seen_embeddings_only saves as much at no cost")
-    seen_embeddings_only: bool = arg(False, "full fine-tuning: train only the word-embedding rows of tokens that "
-                                            "occur in the training texts. The other rows get a zero gradient at "
-                                            "every step, so with weight_decay=0 (the default) the model is the "
-                                            "same as when training the whole matrix, for less work per step (with "
-                                            "weight decay they keep their pretrained values instead of shrinking)")
 
     METHOD_FIELD = "method"
     DEFAULT_LEARNING_RATES = {"lora": 5e-4, "full": 5e-5}
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        for name in ("freeze_embeddings", "seen_embeddings_only"):
-            if getattr(self, name) and self.method != "full":
-                raise ValueError(f"{name}=True applies to method='full'; LoRA keeps every backbone weight, the "
-                                 "embeddings included, frozen already.")
+        if self.freeze_embeddings and self.method != "full":
+            raise ValueError("freeze_embeddings=True applies to method='full'; LoRA keeps every backbone weight, the "
+                             "embeddings included, frozen already.")
         if self.freeze_embeddings and self.seen_embeddings_only:
             raise ValueError("freeze_embeddings=True and seen_embeddings_only=True are exclusive: the first freezes "
                              "every word-embedding row, the second trains the rows of the training texts' tokens; "

@@ -133,15 +133,32 @@ def test_keep_best_writes_the_best_epoch_and_a_new_callback_reads_it_back(tmp_pa
     assert sorted(p.name for p in tmp_path.iterdir()) == [KeepBestCallback.BEST_FILE]  # no temporary file left
 
 
-@pytest.mark.parametrize("mode", ["frozen", "lora"])
-def test_resumed_intent_slot_run_ends_like_an_uninterrupted_one(tiny_backbones, tmp_path, monkeypatch, mode):
+def test_full_training_of_the_seen_embedding_rows_only_gives_the_same_model(tiny_backbones, tmp_path):
+    """Rows of tokens absent from the training utterances get no gradient: leaving them out changes no weight."""
+    data = in_memory_data({"train": 12, "validation": 6, "test": 3})
+    models = {}
+    for seen in (False, True):
+        args = IntentSlotArguments(mode="full", epochs=3, batch_size=4, learning_rate=1e-3, seen_embeddings_only=seen)
+        models[seen], _ = finetune_intent_slot(tiny_backbones["bert"], data, tmp_path / f"seen-{seen}", args)
+    assert isinstance(models[True].backbone.get_input_embeddings(), torch.nn.Embedding)  # merged back
+    whole, seen = models[False].trained_state_dict(), models[True].trained_state_dict()
+    assert whole.keys() == seen.keys()
+    for key, value in whole.items():
+        torch.testing.assert_close(seen[key], value, atol=1e-5, rtol=1e-4, msg=key)
+    reloaded = type(models[True]).from_pretrained(tmp_path / "seen-True")
+    embeddings = reloaded.backbone.get_input_embeddings().weight
+    torch.testing.assert_close(embeddings, models[False].backbone.get_input_embeddings().weight, atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("mode, extra", [("frozen", {}), ("lora", {}), ("full", {"seen_embeddings_only": True})])
+def test_resumed_intent_slot_run_ends_like_an_uninterrupted_one(tiny_backbones, tmp_path, monkeypatch, mode, extra):
     """Killed after its first epoch and resumed, a run ends with the same weights and best epoch as a whole run."""
     import llmembed_hf.intent_slot.trainer as trainer_module
     from helpers import interrupted_after
     from llmembed_hf.training_args import OutputArguments
 
     data = in_memory_data({"train": 12, "validation": 6, "test": 3})
-    args = IntentSlotArguments(mode=mode, epochs=3, batch_size=4, learning_rate=5e-3)
+    args = IntentSlotArguments(mode=mode, epochs=3, batch_size=4, learning_rate=5e-3, **extra)
     whole_model, whole = finetune_intent_slot(tiny_backbones["bert"], data, tmp_path / "whole", args)
 
     output = OutputArguments(str(tmp_path / "resumed"), resume=True)

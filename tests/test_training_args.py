@@ -25,6 +25,15 @@ def test_bad_arguments(args, message):
         FinetuneArguments(**args)
 
 
+@pytest.mark.parametrize("mode", ["frozen", "lora"])
+def test_intent_slot_trains_seen_embedding_rows_only_in_full_mode(mode):
+    from llmembed_hf.intent_slot import IntentSlotArguments
+
+    with pytest.raises(ValueError, match=f"applies to mode='full'; with mode='{mode}'"):
+        IntentSlotArguments(mode=mode, seen_embeddings_only=True)
+    assert IntentSlotArguments(mode="full", seen_embeddings_only=True).seen_embeddings_only
+
+
 @pytest.mark.parametrize("fraction", [0.0, 1.0, -0.1])
 def test_bad_validation_fraction(fraction):
     with pytest.raises(ValueError, match="validation_fraction"):

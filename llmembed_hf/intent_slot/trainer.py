@@ -24,6 +24,7 @@ from transformers.utils import logging
 from ..backbones import locate_backbone
 from ..data import describe_source, validation_cut
 from ..file_utils import atomic_save
+from ..finetuning import SeenTokenEmbedding
 from ..metrics import load_metric
 from ..model_card import IntentSlotReport, environment, save_with_card
 from ..modeling.modeling_llmembed_intent_slot import LLMEmbedForIntentAndSlotFilling
@@ -178,6 +179,9 @@ def finetune_intent_slot(
     tokenizer = model.tokenizer
     encode = lambda raw, intents: encode_intent_slot(tokenizer, raw, intents, data, slot_names, args.max_length)  # noqa: E731
     train_data = encode(train_raw, train_intents)
+    if args.seen_embeddings_only:
+        embeddings = model.backbone.get_input_embeddings()
+        model.backbone.set_input_embeddings(SeenTokenEmbedding.of_texts(embeddings, train_data["input_ids"]))
     validation_data = encode(validation_raw, validation_intents)
     eval_data = encode(*evaluation[:2]) if evaluation is not None else None
     loaded = time.perf_counter()
@@ -196,6 +200,8 @@ def finetune_intent_slot(
         callbacks=[keep_best],
     )
     trainer.train(resume_from_checkpoint=resume_from_checkpoint)
+    if args.seen_embeddings_only:
+        model.backbone.set_input_embeddings(model.backbone.get_input_embeddings().merged())
     trained = time.perf_counter()
     log_history = list(trainer.state.log_history)
     speed = ("eval_runtime", "eval_samples_per_second", "eval_steps_per_second")
