@@ -339,5 +339,5 @@ def train_head(
     return model, report
 
 
-__all__ = ["blend_similarity", "calibrate", "check_model_matches", "check_pairs_match", "fit_head", "head_config", "predict_logits",
-           "split_features", "train_head", "tune_thresholds"]
+__all__ = ["blend_similarity", "calibrate", "check_model_matches", "check_pairs_match", "fit_head", "head_config",
+           "predict_logits", "split_features", "train_head", "tune_thresholds"]
