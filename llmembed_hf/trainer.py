@@ -322,14 +322,16 @@ def train_head(
         report.thresholds = tune_thresholds(model, scored)
     if problem_type == "regression" and model.config.siamese_specs and training.blend_similarity:
         report.similarity_blend = blend_similarity(model, scored, features)
-    if eval_features is not None:  # scored as the pipeline scores: with the temperature, thresholds or blend
-        logits = predict_logits(model, eval_features)
-        report.eval_metrics = COMPUTE_METRICS[problem_type]((logits, np.asarray(evaluation.labels)))
+    # The last split (the evaluation split when there is one) scored as the pipeline scores it: with the
+    # temperature, the thresholds or the blend.
+    shown = list(features)[-1]
+    served = predict_logits(model, features[shown])
+    if eval_features is not None:
+        report.eval_metrics = COMPUTE_METRICS[problem_type]((served, np.asarray(evaluation.labels)))
         if problem_type == "single_label_classification":
-            report.confusion_matrix = confusion_matrix(evaluation.labels, logits.argmax(-1), len(names))
-    if problem_type == "regression":  # as served (blended when fitted), on the evaluation split when there is one
-        shown = list(features)[-1]
-        report.scatter = scatter_points(predict_logits(model, features[shown])[:, 0], gold[shown], shown, training.seed)
+            report.confusion_matrix = confusion_matrix(evaluation.labels, served.argmax(-1), len(names))
+    if problem_type == "regression":
+        report.scatter = scatter_points(served[:, 0], gold[shown], shown, training.seed)
     report.timings = {"load_backbones_s": loaded - started, "extract_s": extracted - loaded,
                       "train_s": trained - extracted, "total_s": time.perf_counter() - started}
     folder = output.publish(lambda staging: save_with_card(model, staging, report, Path(output.output_dir).name))

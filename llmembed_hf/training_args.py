@@ -355,6 +355,9 @@ class BackboneTrainingArguments(LoraArguments, BaseTrainingArguments):
                                             "same as when training the whole matrix, for less work per step (with "
                                             "weight decay they keep their pretrained values instead of shrinking)")
 
+    #: Options on how the word embeddings train: only a full fine-tune trains them at all.
+    FULL_ONLY_OPTIONS: ClassVar[tuple[str, ...]] = ("seen_embeddings_only",)
+
     def __post_init__(self) -> None:
         BaseTrainingArguments.__post_init__(self)
         LoraArguments.__post_init__(self)
@@ -364,9 +367,10 @@ class BackboneTrainingArguments(LoraArguments, BaseTrainingArguments):
         if self.fp16 and not torch.cuda.is_available():
             raise ValueError("fp16=True needs a CUDA GPU; on a CPU train in fp32 (the default) or bf16.")
         method = getattr(self, self.METHOD_FIELD)
-        if self.seen_embeddings_only and method != "full":
-            raise ValueError(f"seen_embeddings_only=True applies to {self.METHOD_FIELD}='full'; with "
-                             f"{self.METHOD_FIELD}={method!r} the word embeddings are frozen already.")
+        for name in self.FULL_ONLY_OPTIONS:
+            if getattr(self, name) and method != "full":
+                raise ValueError(f"{name}=True applies to {self.METHOD_FIELD}='full'; with "
+                                 f"{self.METHOD_FIELD}={method!r} the word embeddings are frozen already.")
 
     def to_training_arguments(self, output_dir: str | os.PathLike, **kwargs: Any) -> TrainingArguments:
         """`BaseTrainingArguments.to_training_arguments` plus this line's mixed precision and batch sampling; bf16
@@ -399,12 +403,10 @@ class FinetuneArguments(BackboneTrainingArguments):
 
     METHOD_FIELD = "method"
     DEFAULT_LEARNING_RATES = {"lora": 5e-4, "full": 5e-5}
+    FULL_ONLY_OPTIONS = ("freeze_embeddings", "seen_embeddings_only")
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if self.freeze_embeddings and self.method != "full":
-            raise ValueError("freeze_embeddings=True applies to method='full'; LoRA keeps every backbone weight, the "
-                             "embeddings included, frozen already.")
         if self.freeze_embeddings and self.seen_embeddings_only:
             raise ValueError("freeze_embeddings=True and seen_embeddings_only=True are exclusive: the first freezes "
                              "every word-embedding row, the second trains the rows of the training texts' tokens; "
