@@ -11,6 +11,7 @@ and its training order).
 
     python benchmarks/bench_multilabel.py --preset small --seeds 42 43 44
     python benchmarks/bench_multilabel.py --preset small --max-train 5000 --json goemotions.json
+    python benchmarks/bench_multilabel.py --preset small --add-backbones minilm mpnet   # three views fused
     # on a GPU machine with the backbones in local folders <root>/<name> (e.g. fp16 copies):
     python benchmarks/bench_multilabel.py --device cuda --backbone-root /root/wx/weights
 """
@@ -39,6 +40,7 @@ from llmembed_hf import (
     LLMEmbedForSequenceClassification,
     train_head,
 )
+from llmembed_hf.backbones import preset_backbone_spec
 from llmembed_hf.data import load_classification_splits
 from llmembed_hf.metrics import fit_thresholds, multi_label_scores
 from llmembed_hf.trainer import head_config
@@ -53,12 +55,18 @@ TFIDF_SHARED = "TF-IDF 1-2-grams + one-vs-rest logistic regression (one threshol
 
 
 def preset_config(args: argparse.Namespace) -> LLMEmbedConfig | str:
-    """The preset by name or config.json, with each backbone loaded from ``<backbone_root>/<name>`` if asked."""
-    if not args.backbone_root:
+    """The preset by name or config.json, plus the ``--add-backbones`` views, with each backbone loaded from
+    ``<backbone_root>/<name>`` if asked."""
+    if not args.backbone_root and not args.add_backbones:
         return args.preset
     config = (LLMEmbedConfig.from_preset(args.preset) if args.preset in PRESETS
               else LLMEmbedConfig.from_pretrained(args.preset))
-    for spec in config.backbones:  # e.g. fp16 copies on a GPU machine: other weights, sha256 not checked
+    for name in args.add_backbones:
+        spec = preset_backbone_spec(name)
+        if spec is None:
+            raise SystemExit(f"--add-backbones: no preset has a backbone called {name!r}")
+        config.backbones = [*config.backbones, spec.to_dict()]
+    for spec in config.backbones if args.backbone_root else ():  # e.g. fp16 copies on a GPU: sha256 not checked
         spec.update(model_id=str(Path(args.backbone_root) / spec["name"]), weights_sha256=None, revision=None)
     return config
 
@@ -161,6 +169,8 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--dataset", default=str(DATASETS / "goemotions"), help="a GoEmotions-like folder")
     parser.add_argument("--preset", default="small", help="a preset's name or an LLMEmbedConfig's config.json")
+    parser.add_argument("--add-backbones", nargs="+", default=[], metavar="NAME",
+                        help="views fused with the preset's: backbones of other presets by name (minilm, mpnet, ...)")
     parser.add_argument("--max-train", type=int, default=None, help="seeded training subset (default: all rows)")
     parser.add_argument("--max-test", type=int, default=None, help="seeded test subset (default: all rows)")
     parser.add_argument("--seeds", type=int, nargs="+", default=[42])
@@ -177,7 +187,8 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
 
     command = "python benchmarks/bench_multilabel.py " + shlex.join(sys.argv[1:] if argv is None else argv)
-    run = {"command": command, "preset": args.preset if args.preset in PRESETS else Path(args.preset).name,
+    preset = args.preset if args.preset in PRESETS else Path(args.preset).name
+    run = {"command": command, "preset": " + ".join([preset, *args.add_backbones]),
            "epochs": args.epochs, "results": [],
            "machine": {**machine(), "date": f"{dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M} UTC"}}
     keep: list[Any] = []
