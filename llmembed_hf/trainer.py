@@ -143,17 +143,29 @@ def tune_thresholds(model: LLMEmbedForSequenceClassification, scored: dict[str, 
             "per_label_f1": per_label, "support": np.asarray(last_labels).sum(0).astype(int).tolist()}
 
 
+#: `blend_similarity` leaves out a siamese cosine whose standard deviation over the validation pairs is below this
+#: (real sentence encoders' cosines on STS-B spread by about 0.1-0.2).
+MIN_COSINE_SPREAD = 1e-3
+
+
 def blend_similarity(model: LLMEmbedForSequenceClassification, scored: dict[str, tuple[np.ndarray, list]],
                      features: dict[str, Dataset]) -> dict:
     """Fit ``config.similarity_blend`` by least squares on the validation split: the head's raw score and each
     siamese backbone's cosine of the two sides (`siamese_cosines`) against the gold scores. A plain cosine often
     ranks similarity better than a head trained on a few thousand pairs; the blend keeps both. Measures the
-    regression scores of the head alone and of the blend on every scored split."""
+    regression scores of the head alone and of the blend on every scored split.
+
+    A cosine that hardly varies over the validation pairs (spread below `MIN_COSINE_SPREAD`) ranks nothing, and least
+    squares would pair it with a huge weight and an opposite bias (about 1/spread) that turn float noise in the
+    features into visible noise in the served score: it gets weight 0."""
     logits, labels = scored["validation"]
-    cosines = siamese_cosines(model.config, features["validation"].with_format("torch")[:]["pooled_features"])
-    columns = np.column_stack([logits[:, 0], cosines.numpy(), np.ones(len(labels))])
-    weights, *_ = np.linalg.lstsq(columns, np.asarray(labels, dtype=float), rcond=None)
-    model.config.similarity_blend = [float(w) for w in weights]
+    cosines = siamese_cosines(model.config, features["validation"].with_format("torch")[:]["pooled_features"]).numpy()
+    informative = cosines.std(axis=0) > MIN_COSINE_SPREAD
+    columns = np.column_stack([logits[:, 0], cosines[:, informative], np.ones(len(labels))])
+    fitted, *_ = np.linalg.lstsq(columns, np.asarray(labels, dtype=float), rcond=None)
+    cosine_weights = np.zeros(cosines.shape[1])
+    cosine_weights[informative] = fitted[1:-1]
+    model.config.similarity_blend = [float(fitted[0]), *(float(w) for w in cosine_weights), float(fitted[-1])]
     model.config.validate()
     splits = {name: {f"{key}_{when}": value for when, predictions in (("before", split_logits),
                                                                       ("after", predict_logits(model, features[name])))
