@@ -226,3 +226,12 @@ def test_a_specs_own_revision_wins_over_the_pin():
     assert hub_revision("sentence-transformers/all-MiniLM-L6-v2") == pin
     assert hub_revision("sentence-transformers/all-MiniLM-L6-v2", "main") == "main"
     assert hub_revision("org/not-pinned") is None
+
+
+def test_small_clustering_is_small_with_embeddinggemmas_clustering_prompt():
+    small, clustering = (LLMEmbedConfig.from_preset(name) for name in ("small", "small-clustering"))
+    (small_spec,), (clustering_spec,) = small.backbones, clustering.backbones
+    assert clustering_spec["prompt"] == "task: clustering | query: " != small_spec["prompt"]
+    assert {**clustering_spec, "prompt": small_spec["prompt"]} == small_spec  # the same view otherwise
+    head = ("projection_dim", "sigma", "dropout", "mlp_hidden_sizes", "concat_encoder_views")
+    assert [getattr(clustering, key) for key in head] == [getattr(small, key) for key in head]
