@@ -66,8 +66,9 @@ def preset_config(args: argparse.Namespace) -> LLMEmbedConfig | str:
         if spec is None:
             raise SystemExit(f"--add-backbones: no preset has a backbone called {name!r}")
         config.backbones = [*config.backbones, spec.to_dict()]
-    for spec in config.backbones if args.backbone_root else ():  # e.g. fp16 copies on a GPU: sha256 not checked
-        spec.update(model_id=str(Path(args.backbone_root) / spec["name"]), weights_sha256=None, revision=None)
+    if args.backbone_root:  # e.g. fp16 copies on a GPU machine: other weights, sha256 not checked
+        for spec in config.backbones:
+            spec.update(model_id=str(Path(args.backbone_root) / spec["name"]), weights_sha256=None, revision=None)
     return config
 
 

@@ -297,8 +297,11 @@ _EMBEDDINGGEMMA = dict(name="embeddinggemma", model_id="google/embeddinggemma-30
                        dtype="auto")
 
 
+#: EmbeddingGemma's own sentence embedding: that mean through its two Dense modules, L2-normalised.
+_EMBEDDINGGEMMA_SENTENCE = dict(_EMBEDDINGGEMMA, dense_modules=True, normalize=True)
+
 #: EmbeddingGemma's sentence embedding for comparing two texts: its sentence-similarity prompt (from its model card).
-_EMBEDDINGGEMMA_SIMILARITY = dict(_EMBEDDINGGEMMA, dense_modules=True, normalize=True,
+_EMBEDDINGGEMMA_SIMILARITY = dict(_EMBEDDINGGEMMA_SENTENCE,
                                   prompt="task: sentence similarity | query: ")
 
 
@@ -318,7 +321,7 @@ PRESETS: dict[str, dict[str, Any]] = {
     # EmbeddingGemma-300M's own sentence embedding (its mean-pooled last state with the classification prompt through
     # its two Dense modules, L2-normalised; 94.1 mean against the plain mean's 93.6, at the same cost), bf16 where the
     # CPU has it. It shares every stored vector with `small-mean` (the store keeps the state before the Dense modules).
-    "small": dict(backbones=[dict(_EMBEDDINGGEMMA, dense_modules=True, normalize=True)], **_CPU_HEAD),
+    "small": dict(backbones=[dict(_EMBEDDINGGEMMA_SENTENCE)], **_CPU_HEAD),
     # The default before the Dense modules were a spec option: the mean-pooled last state itself.
     "small-mean": dict(backbones=[copy.deepcopy(_EMBEDDINGGEMMA)], **_CPU_HEAD),
     # Text pairs (paraphrase, similarity: MRPC, STS-B): EmbeddingGemma's sentence embedding with its own prompt for
@@ -331,8 +334,8 @@ PRESETS: dict[str, dict[str, Any]] = {
     # Topics from a few examples per class: EmbeddingGemma's sentence embedding with its clustering prompt (from its
     # model card) instead of the classification one; on AG News at 8 rows per class it lifted the head by 4.5 points,
     # level with SetFit (benchmarks/RESULTS.md, "Few-shot ... the clustering prompt").
-    "small-clustering": dict(backbones=[dict(_EMBEDDINGGEMMA, dense_modules=True, normalize=True,
-                                             prompt="task: clustering | query: ")], **_CPU_HEAD),
+    "small-clustering": dict(backbones=[dict(_EMBEDDINGGEMMA_SENTENCE, prompt="task: clustering | query: ")],
+                             **_CPU_HEAD),
     # The mean-pooled view in dynamic int8 (the FFN down-projections kept in float): for CPUs without native bf16,
     # where `small` computes in float32.
     "small-int8": dict(backbones=[dict(_EMBEDDINGGEMMA, dtype="float32", quantization="int8")], **_CPU_HEAD),
