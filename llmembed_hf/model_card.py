@@ -335,8 +335,11 @@ def _thresholds(folder: Path, report: RunReport) -> tuple[str, list[str]]:
 
     labels = [[name, f"{threshold:.3f}", tuned["support"][i], f1("before", i), f1("after", i)]
               for i, (name, threshold) in enumerate(tuned["thresholds"].items())]
-    text = ("A label applies when its score is at least 0.5: each label's decision threshold was tuned on the "
-            "validation split after training (maximising its F1) and is folded into the scores.\n\n"
+    folds = tuned.get("folds", 0)
+    fitted_on = (f"the validation split and on out-of-fold scores of the training rows ({folds} folds, each scored by "
+                 "a head trained on the other folds)" if folds else "the validation split")
+    text = (f"A label applies when its score is at least 0.5: each label's decision threshold was tuned after training "
+            f"on {fitted_on}, maximising its F1, and is folded into the scores.\n\n"
             + markdown_table(["split", "macro-F1 at 0.5", "macro-F1 tuned", "micro-F1 at 0.5", "micro-F1 tuned"], rows)
             + f"\n\nPer label on `{shown}` (true rows, F1 at 0.5 and at the tuned threshold):\n\n"
             + markdown_table(["label", "threshold", "true rows", "F1 at 0.5", "F1 tuned"], labels))

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import os
+import tempfile
 import time
 import warnings
 from dataclasses import asdict
@@ -120,13 +122,41 @@ def calibrate(model: LLMEmbedForSequenceClassification, scored: dict[str, tuple[
     return {"temperature": temperature, "splits": splits, "reliability_split": shown, "reliability": bins}
 
 
-def tune_thresholds(model: LLMEmbedForSequenceClassification, scored: dict[str, tuple[np.ndarray, list]]) -> dict:
-    """Tune each label's decision threshold on the raw ``scored["validation"]`` logits (`fit_thresholds`: its F1
-    maximised), store them in the config (the pipeline's scores then reach 0.5 exactly at them), and measure the
-    multi-label scores at 0.5 and at the tuned thresholds on every scored split, with each label's F1 on the last
-    one (the evaluation split when there is one) for the card's plot."""
+def out_of_fold_logits(model: LLMEmbedForSequenceClassification, train_features: Dataset,
+                       validation_features: Dataset, args: HeadTrainingArguments) -> np.ndarray:
+    """Raw logits of every training row from a head that never trained on it: the rows are split into
+    ``args.threshold_folds`` seeded folds, and per fold a fresh head of ``model``'s config is trained by `fit_head` on
+    the other folds (its epoch chosen on the validation split, as for ``model``) and scores the fold. Thresholds
+    tuned on these scores too see several times the positive rows of a rare label that the validation split has."""
+    config = copy.deepcopy(model.config)
+    config.calibration_temperature, config.decision_thresholds, config.similarity_blend = 1.0, None, None
+    folds = np.array_split(np.random.default_rng(args.seed).permutation(len(train_features)), args.threshold_folds)
+    logits = np.zeros((len(train_features), config.num_labels), dtype=np.float32)
+    with tempfile.TemporaryDirectory(prefix="llmembed-threshold-folds-") as work:
+        for index, held_out in enumerate(folds):
+            logger.info(f"Threshold fold {index + 1}/{len(folds)}: a head on {len(train_features) - len(held_out)} "
+                        f"training rows scores the other {len(held_out)}.")
+            fold_args = dataclasses.replace(args, seed=args.seed + 1 + index)
+            set_seed(fold_args.seed)  # the fold head's initial weights
+            fold_model = LLMEmbedForSequenceClassification(config)
+            others = train_features.select(np.setdiff1d(np.arange(len(train_features)), held_out))
+            fit_head(fold_model, others, validation_features, Path(work) / f"fold-{index}", fold_args)
+            logits[held_out] = predict_logits(fold_model, train_features.select(held_out))
+    return logits
+
+
+def tune_thresholds(model: LLMEmbedForSequenceClassification, scored: dict[str, tuple[np.ndarray, list]],
+                    out_of_fold: tuple[np.ndarray, list] | None = None) -> dict:
+    """Tune each label's decision threshold on the raw ``scored["validation"]`` logits, and the training rows'
+    ``out_of_fold`` ones (`out_of_fold_logits`) if given (`fit_thresholds`: its F1 maximised), store them in the
+    config (the pipeline's scores then reach 0.5 exactly at them), and measure the multi-label scores at 0.5 and at
+    the tuned thresholds on every scored split, with each label's F1 on the last one (the evaluation split when there
+    is one) for the card's plot."""
     logits, labels = scored["validation"]
-    thresholds = fit_thresholds(sigmoid(logits), np.asarray(labels))
+    labels = np.asarray(labels)
+    if out_of_fold is not None:
+        logits, labels = np.concatenate([logits, out_of_fold[0]]), np.concatenate([labels, np.asarray(out_of_fold[1])])
+    thresholds = fit_thresholds(sigmoid(logits), labels)
     model.config.decision_thresholds = thresholds
     model.config.validate()
     splits = {name: {f"{key}_{when}": value for when, cut in (("before", None), ("after", thresholds))
@@ -139,7 +169,8 @@ def tune_thresholds(model: LLMEmbedForSequenceClassification, scored: dict[str, 
                  for when, cut in (("before", 0.5), ("after", np.asarray(thresholds)))}
     logger.info("Decision thresholds: " + ", ".join(
         f"{name} macro-F1 {m['macro_f1_before']:.4f} -> {m['macro_f1_after']:.4f}" for name, m in splits.items()))
-    return {"thresholds": dict(zip(names, thresholds)), "splits": splits, "per_label_split": shown,
+    return {"thresholds": dict(zip(names, thresholds)), "fitted_rows": len(labels), "splits": splits,
+            "per_label_split": shown,
             "per_label_f1": per_label, "support": np.asarray(last_labels).sum(0).astype(int).tolist()}
 
 
@@ -331,7 +362,15 @@ def train_head(
     if problem_type == "single_label_classification" and training.calibrate:  # argmax unchanged: scored after
         report.calibration = calibrate(model, scored)
     if problem_type == "multi_label_classification" and training.tune_thresholds:
-        report.thresholds = tune_thresholds(model, scored)
+        tuning_started = time.perf_counter()
+        folds = training.threshold_folds if len(train_features) >= 2 * training.threshold_folds else 0
+        if training.threshold_folds and not folds:
+            logger.warning(f"{len(train_features)} training rows are too few for {training.threshold_folds} "
+                           "threshold folds (2 rows a fold at least): thresholds from the validation split alone.")
+        out_of_fold = (out_of_fold_logits(model, train_features, validation_features, training),
+                       splits.train.labels) if folds else None
+        report.thresholds = {**tune_thresholds(model, scored, out_of_fold), "folds": folds,
+                             "tuning_s": time.perf_counter() - tuning_started}
     if problem_type == "regression" and model.config.siamese_specs and training.blend_similarity:
         report.similarity_blend = blend_similarity(model, scored, features)
     # The last split (the evaluation split when there is one) scored as the pipeline scores it: with the
@@ -354,4 +393,4 @@ def train_head(
 
 
 __all__ = ["blend_similarity", "calibrate", "check_model_matches", "check_pairs_match", "fit_head", "head_config",
-           "predict_logits", "split_features", "train_head", "tune_thresholds"]
+           "out_of_fold_logits", "predict_logits", "split_features", "train_head", "tune_thresholds"]

@@ -303,10 +303,21 @@ class HeadTrainingArguments(BaseTrainingArguments):
                                 "scores are calibrated probabilities (the predicted labels do not change)")
     tune_thresholds: bool = arg(True, "multi-label: tune each label's decision threshold on the validation split "
                                       "after training, maximising its F1 (false: 0.5 for every label)")
+    threshold_folds: int = arg(5, "multi-label: also tune the thresholds on out-of-fold scores of the training rows: "
+                                  "train this many extra heads, each on the training rows outside one fold and "
+                                  "scoring that fold: more positive rows per label than the validation split has "
+                                  "(0: the validation split alone)")
     blend_similarity: bool = arg(True, "regression on text pairs with siamese backbones: after training, fit on the "
                                        "validation split a least-squares blend of the head's score and each siamese "
                                        "backbone's cosine of the two sides, which serving then returns (false: the "
                                        "head's score alone)")
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if isinstance(self.threshold_folds, bool) or not isinstance(self.threshold_folds, int) \
+                or self.threshold_folds == 1 or self.threshold_folds < 0:
+            raise ValueError(f"threshold_folds={self.threshold_folds!r} must be 0 (thresholds from the validation "
+                             "split alone) or an integer >= 2 (the number of folds of the training rows).")
 
 
 @dataclass

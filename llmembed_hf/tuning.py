@@ -17,8 +17,8 @@ seconds on cached features, so a plain seeded search is just as good and has no 
   seeded); the test split is never loaded;
 * every trial trains a fresh head with `fit_head` (which keeps the epoch with the best validation score, as
   `train_head` does) and is scored on the validation part; the best trial is the highest ``metric`` (by default the
-  problem type's: accuracy, multi-label macro-F1 at thresholds tuned on the validation part as `train_head` tunes
-  them, regression Spearman), ties going to the problem type's other metrics in order, then to the earlier trial.
+  problem type's: accuracy, multi-label macro-F1 at thresholds tuned on the validation part, regression Spearman),
+  ties going to the problem type's other metrics in order, then to the earlier trial.
 
 Same seed, same data, same machine: same trials, same heads, same scores (`fit_head` seeds everything).
 """
@@ -200,8 +200,9 @@ class TuningReport:
         notes = {
             "single_label_classification": " ECE: expected calibration error of the head's scores (10 bins) before "
                                            "`llmembed train` fits its temperature.",
-            "multi_label_classification": " The F1 scores are at per-label thresholds tuned on the validation texts, "
-                                          "as `llmembed train` tunes them.",
+            "multi_label_classification": " The F1 scores are at per-label thresholds tuned on the validation texts "
+                                          "(`llmembed train` tunes them there and on out-of-fold scores of the "
+                                          "training rows).",
             "regression": "",
         }
         lines = [

@@ -376,8 +376,8 @@ class LLMEmbedConfig(PretrainedConfig):
             are calibrated probabilities; fitted on validation data after training (1.0: not calibrated). The
             arg-max, the training loss and `Trainer` evaluation are unaffected. Single-label classification only.
         decision_thresholds (`list[float]`, *optional*): multi-label classification only: one probability threshold
-            per label in (0, 1), tuned on validation data after training (each label's F1 maximised; None: 0.5 for
-            every label). At inference (eval mode, no labels) each label's logit is shifted by the logit of its
+            per label in (0, 1), tuned after training on validation data and out-of-fold scores of the training
+            rows (each label's F1 maximised; None: 0.5 for every label). At inference (eval mode, no labels) each label's logit is shifted by the logit of its
             threshold, so the sigmoid score reaches 0.5 exactly when the raw probability reaches the threshold: the
             stock ``pipeline("text-classification")`` output is unchanged in form, and a label applies when its
             score is >= 0.5. The training loss and `Trainer` evaluation see the raw logits.

@@ -373,6 +373,66 @@ def test_train_head_multi_label_end_to_end(trained_multi_label, multi_label_data
     assert not (output / "confusion_matrix.png").exists() and not (output / "reliability_diagram.png").exists()
 
 
+def test_multi_label_thresholds_are_tuned_on_validation_and_out_of_fold_training_rows(trained_multi_label,
+                                                                                       multi_label_data):
+    """By default (`threshold_folds=5`) each label's threshold is `fit_thresholds` on the head's validation logits
+    together with the training rows' out-of-fold logits; the card says so."""
+    from llmembed_hf.data import load_classification_splits
+    from llmembed_hf.features import ExtractionConfig
+    from llmembed_hf.metrics import fit_thresholds, sigmoid
+    from llmembed_hf.trainer import out_of_fold_logits, split_features
+    from llmembed_hf.training_args import DataArguments
+
+    output, model, report = trained_multi_label
+    splits = load_classification_splits(DataArguments(str(multi_label_data)), seed=42)
+    assert report.thresholds["folds"] == HeadTrainingArguments().threshold_folds == 5
+    assert report.thresholds["fitted_rows"] == len(splits.validation.texts) + len(splits.train.texts) == 160
+    features = {name: split_features(model, split, ExtractionConfig())
+                for name, split in (("train", splits.train), ("validation", splits.validation))}
+    raw = LLMEmbedForSequenceClassification(model.config.__class__.from_dict(model.config.to_dict()))
+    raw.load_state_dict(model.state_dict())
+    raw.config.decision_thresholds = None
+    training = HeadTrainingArguments(**{key: report.hyperparameters[key] for key in
+                                        ("epochs", "batch_size", "learning_rate", "seed", "threshold_folds")})
+    out_of_fold = out_of_fold_logits(model, features["train"], features["validation"], training)
+    logits = np.concatenate([predict_logits(raw, features["validation"]), out_of_fold])
+    labels = np.concatenate([np.asarray(splits.validation.labels), np.asarray(splits.train.labels)])
+    expected = fit_thresholds(sigmoid(logits), labels)
+    assert model.config.decision_thresholds == pytest.approx(expected, abs=1e-6)
+    assert fit_thresholds(sigmoid(logits[:16]), labels[:16]) != pytest.approx(expected, abs=1e-6)
+    assert "out-of-fold scores of the training rows (5 folds" in (output / "README.md").read_text()
+
+
+def test_out_of_fold_logits_come_from_heads_that_never_saw_those_rows(tiny_config, monkeypatch):
+    """Every training row is scored once, by the head of the one fold that left it out."""
+    import llmembed_hf.trainer as trainer_module
+
+    model = LLMEmbedForSequenceClassification(tiny_config(num_labels=3, problem_type="multi_label_classification"))
+    generator = torch.Generator().manual_seed(0)
+    rows = Dataset.from_dict({FEATURES_COLUMN: torch.randn(50, FEATURE_SIZE, generator=generator).tolist(),
+                              "labels": torch.randint(0, 2, (50, 3), generator=generator).float().tolist(),
+                              "row": list(range(50))}).with_format("torch")
+    validation = rows.select(range(10))
+    trained_on, scored = [], []
+    fit_head, predict = trainer_module.fit_head, trainer_module.predict_logits
+    monkeypatch.setattr(trainer_module, "fit_head", lambda m, train, *a, **k: (
+        trained_on.append({int(r) for r in train[:]["row"]}), fit_head(m, train, *a, **k))[1])
+    monkeypatch.setattr(trainer_module, "predict_logits", lambda m, features: (
+        scored.append({int(r) for r in features[:]["row"]}), predict(m, features))[1])
+    logits = trainer_module.out_of_fold_logits(model, rows, validation, HeadTrainingArguments(
+        epochs=1, batch_size=16, threshold_folds=4))
+    assert logits.shape == (50, 3) and len(trained_on) == len(scored) == 4
+    assert sorted(row for fold in scored for row in fold) == list(range(50))
+    assert all(not (train & held_out) and train | held_out == set(range(50))
+               for train, held_out in zip(trained_on, scored))
+
+
+@pytest.mark.parametrize("folds", [1, -2, 2.5, True])
+def test_threshold_folds_must_be_zero_or_at_least_two(folds):
+    with pytest.raises(ValueError, match=r"threshold_folds=.* must be 0 .* or an integer >= 2"):
+        HeadTrainingArguments(threshold_folds=folds)
+
+
 def test_train_head_regression_end_to_end(trained_regression, regression_data):
     """Non-integer scores: one output, MSE, Pearson/Spearman/MSE, no temperature; the pipeline returns the score."""
     from transformers import pipeline
