@@ -182,7 +182,9 @@ BACKBONE_LICENCES = {
 
 
 def _licences(model_ids: list[str]) -> tuple[dict[str, str], str]:
-    """The card's licence metadata and a markdown list of every backbone's terms (unknown ones say so)."""
+    """The card's licence metadata and a markdown list of every backbone's terms (unknown ones say so), each model
+    once (a preset may pool two views of one model, e.g. `small-layers`)."""
+    model_ids = list(dict.fromkeys(model_ids))
     known = [BACKBONE_LICENCES.get(model_id) for model_id in model_ids]
     lines = [f"- `{hub_base_model(model_id) or 'a local folder'}`: "
              + (f"[{licence[1]}]({licence[2]})" if licence else "unknown to llmembed-hf: check the model's own terms")
@@ -528,7 +530,7 @@ def write_model_card(folder: str | os.PathLike, config: Any, report: RunReport, 
     }
     base_models = [hub_base_model(spec.model_id) for spec in config.backbone_specs]
     if any(base_models):
-        meta["base_model"] = [model_id for model_id in base_models if model_id]
+        meta["base_model"] = list(dict.fromkeys(model_id for model_id in base_models if model_id))
     problem_type = config.problem_type or getattr(report, "problem_type", None) or "single_label_classification"
     metrics = METRICS_BY_PROBLEM_TYPE[problem_type]
     _add_results_metadata(meta, report, name, {"type": "text-classification", "name": "Text Classification"},

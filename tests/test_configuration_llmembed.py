@@ -235,3 +235,15 @@ def test_small_clustering_is_small_with_embeddinggemmas_clustering_prompt():
     assert {**clustering_spec, "prompt": small_spec["prompt"]} == small_spec  # the same view otherwise
     head = ("projection_dim", "sigma", "dropout", "mlp_hidden_sizes", "concat_encoder_views")
     assert [getattr(clustering, key) for key in head] == [getattr(small, key) for key in head]
+
+
+def test_small_layers_is_small_plus_the_same_models_middle_states_as_an_llm_view():
+    small, layers = (LLMEmbedConfig.from_preset(name) for name in ("small", "small-layers"))
+    sentence, middle = layers.backbones
+    assert sentence == small.backbones[0]  # the same sentence embedding: its stored vectors are shared
+    same_text_view = ("model_id", "prompt", "pool_prompt", "max_length", "dtype", "pooling", "hidden_size")
+    assert {key: middle[key] for key in same_text_view} == {key: sentence[key] for key in same_text_view}
+    assert middle["role"] == "llm" and middle["name"] != sentence["name"]
+    assert middle["layers"] == [-16, -13, -10] and not middle["dense_modules"] and not middle["normalize"]
+    head = ("projection_dim", "sigma", "dropout", "mlp_hidden_sizes", "concat_encoder_views")
+    assert [getattr(layers, key) for key in head] == [getattr(small, key) for key in head]

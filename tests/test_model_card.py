@@ -120,6 +120,20 @@ def test_card_states_every_backbones_licence(tmp_path):
     assert ModelCard(fast).data.to_dict()["license"] == "apache-2.0"
 
 
+def test_card_names_a_model_pooled_twice_once(tmp_path):
+    """`small-layers` pools two views of one model: two backbone rows, but one base model and one licence line."""
+    from llmembed_hf import LLMEmbedConfig
+    from llmembed_hf.model_card import TrainingReport, write_model_card
+
+    config = LLMEmbedConfig.from_preset("small-layers", num_labels=2)
+    text = write_model_card(tmp_path, config, TrainingReport.untrained(), repo_id="org/head").read_text()
+    assert ModelCard(text).data.to_dict()["base_model"] == ["google/embeddinggemma-300m"]
+    licences = text.split("## Licences", 1)[1]
+    assert licences.count("`google/embeddinggemma-300m`: [Gemma Terms of Use]") == 1
+    table = text.split("## Backbones (frozen)", 1)[1].split("##", 1)[0]
+    assert "| embeddinggemma |" in table and "| embeddinggemma_mid |" in table and "[-16, -13, -10]" in table
+
+
 def test_card_names_the_hub_commit_of_each_backbone(tiny_config, tmp_path):
     """Beside the advice to pin the head's own revision, the card says at which commit each backbone's weights come
     from the Hub (its default branch where none is pinned); a head over local folders says nothing of the kind."""
