@@ -177,11 +177,11 @@ def limit_units(model, texts: list[str], lengths: dict[str, np.ndarray], weights
 
 
 def run_limit_unit(model, unit: dict) -> None:
-    """One forward and pooling of a grid batch, exactly as ours runs each of its batches (`_pool_backbone`: under
+    """One forward and pooling of a grid batch, exactly as ours runs each of its batches (`_pool_pass`: under
     `torch.inference_mode()`, ``output_hidden_states=True``, masked mean of the configured layers), with no pads."""
     spec = next(s for s in model.config.backbone_specs if s.name == unit["backbone"])
     ids = unit["ids"]
-    model._pool_backbone(spec, model.backbones[spec.name], ids, torch.ones_like(ids))
+    model._pool_pass([spec], model.backbones[spec.name], ids, torch.ones_like(ids))
 
 
 def limit_summary(shapes: dict[str, list[tuple[int, int]]], times: dict, lengths: dict[str, np.ndarray],
@@ -303,10 +303,10 @@ def run_interleaved(model, texts: list[str], ref_n: int, settings: dict, limit_r
             state["r_done"] += unit["work"]
             state["r"] += 1
 
-    original_encode = model.encode_backbone
+    original_encode = model.encode_backbones
 
-    def encode_backbone(*args, **kwargs):
-        result = encode_clock.time(functools.partial(original_encode, **kwargs), *args, label=args[0],
+    def encode_backbones(*args, **kwargs):
+        result = encode_clock.time(functools.partial(original_encode, **kwargs), *args, label="+".join(args[0]),
                                    size=len(args[1]))
         batch = plan[state["batch"]] if state["batch"] < len(plan) else {}
         state["ours_done"] += sum(weights[n] * t for n, t in batch.items())
@@ -318,7 +318,7 @@ def run_interleaved(model, texts: list[str], ref_n: int, settings: dict, limit_r
         return result
 
     loads = [os.getloadavg()[0]]
-    model.encode_backbone = encode_backbone  # instance attribute: extract_features' forward batches come here
+    model.encode_backbones = encode_backbones  # instance attribute: extract_features' forward batches come here
     try:
         with tempfile.TemporaryDirectory(prefix="bench-features-") as folder:
             w0, c0 = time.perf_counter(), time.process_time()
@@ -327,7 +327,7 @@ def run_interleaved(model, texts: list[str], ref_n: int, settings: dict, limit_r
             ours_wall = time.perf_counter() - w0 - state["hooks_wall"]
             ours_cpu = time.process_time() - c0 - state["hooks_cpu"]
     finally:
-        del model.encode_backbone
+        del model.encode_backbones
     loads.append(os.getloadavg()[0])
     leftover = {"limit_batches": len(l_units) - state["l"], "reference_batches": len(r_units) - state["r"]}
     catch_up(final=True)  # whatever is left (rounding); normally nothing or one batch
@@ -727,8 +727,8 @@ def extraction_section(results: dict, command: str, info: dict) -> str:
             lines.append(f"| {name} | {label} | {_tok(st['tokens_processed'])} | {_tok(st['tokens_real'])} |")
     lines += ["", "Method:", "",
               "- Interleaved timing: ours is ONE ordinary `extract_features(model, texts, cache_folder=<fresh temp "
-              "dir>, show_progress=False)` call; its `model.encode_backbone` is wrapped (an instance attribute set by the "
-              "benchmark, the library is unchanged) so that after each of ours' forward batches the reference and the "
+              "dir>, show_progress=False)` call; its `model.encode_backbones` is wrapped (an instance attribute; the "
+              "library is unchanged) so that after each of ours' forward batches the reference and the "
               "limit's grid run their own next batches until they have done the same fraction of their work (work = "
               "tokens × the backbone's non-embedding parameters). Every batch is timed on its own and charged to its "
               "variant; ours' time is the whole call minus the time spent in the others' batches, so it includes "
@@ -742,7 +742,7 @@ def extraction_section(results: dict, command: str, info: dict) -> str:
               f"lengths as in the per-backbone table, rows {', '.join(map(str, LIMIT_ROWS))}, at most "
               f"{results['limit_max_tokens']:,} tokens a batch (one row at least); every row is real token ids (ours' "
               "tokenizer and truncation) from the start of a text of the run onwards, cut to the length. Each batch "
-              "runs exactly as one of ours' batches does (the model's `_pool_backbone`: `torch.inference_mode()`, "
+              "runs exactly as one of ours' batches does (the model's `_pool_pass`: `torch.inference_mode()`, "
               "`output_hidden_states=True`, masked mean of the configured layers, normalised where configured), with "
               f"an all-ones mask. The grid ran {results['limit_rounds']} times (rounds alternate the order of the "
               "shapes), interleaved with ours as above; a shape's time is its fastest round, so one-off kernel set-up "

@@ -10,7 +10,7 @@ On the first SST-2 training texts, in one process on CPU, with a fresh store:
    smollm2 should run;
 5. for scale, each preset on the N2 texts in an empty store of its own (everything computed).
 
-Texts computed per backbone are counted by wrapping ``model.encode_backbone`` (the one place `extract_features` runs
+Texts computed per backbone are counted by wrapping ``model.encode_backbones`` (the one place `extract_features` runs
 a backbone); wall and CPU time cover the whole `extract_features` call (store look-up, tokenisation, forwards,
 segment writes, assembly). Backbone loading is not timed.
 
@@ -41,13 +41,13 @@ def load(preset: str):
 
     model = LLMEmbedForSequenceClassification.from_preset(preset).eval()
     counts = Counter({spec.name: 0 for spec in model.config.backbone_specs})
-    real = model.encode_backbone
+    real = model.encode_backbones
 
-    def counted(name, input_ids, attention_mask, **kwargs):
-        counts[name] += len(input_ids)
-        return real(name, input_ids, attention_mask, **kwargs)
+    def counted(names, input_ids, attention_mask, **kwargs):
+        counts.update({name: len(input_ids) for name in names})
+        return real(names, input_ids, attention_mask, **kwargs)
 
-    model.encode_backbone = counted  # instance attribute: extract_features' forwards come here
+    model.encode_backbones = counted  # instance attribute: extract_features' forwards come here
     return model, counts
 
 
@@ -138,7 +138,7 @@ def section(result: dict, command: str, started: str, took: float, info: dict) -
     for b in result["store"]["backbones"]:
         lines.append(f"| {b['name']} | `{b['model_id']}` | {b['layers']} | {b['vectors']:,} | {b['segments']} | "
                      f"{b['bytes'] / 2**20:.1f} |")
-    lines += ["", "Computed counts are backbone forwards counted by wrapping `model.encode_backbone` (the script also "
+    lines += ["", "Computed counts are backbone forwards counted by wrapping `model.encode_backbones` (the script also "
               "checks they equal what `missing_texts` predicted from the store's index). Wall/CPU time: the whole "
               "`extract_features` call (store look-up and checksums, tokenisation of the missing texts, forwards, "
               "segment writes, assembly of the `datasets.Dataset`), backbones already loaded. Load: the 1-minute load "

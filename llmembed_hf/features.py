@@ -7,6 +7,9 @@ Extraction is almost all of LLMEmbed's cost, so every vector is kept and reused 
   and int8 quantisation as loaded, the tokenizer's identity, the storage dtype) and keyed by the sha256 of each text.
   A request reads every vector that is already there and computes only the missing (text, backbone) pairs: a
   superset or another subset of texts, another preset sharing a backbone, a second head on the same texts;
+* specs of one model that differ only in what they pool (e.g. its sentence embedding and its middle layers) share
+  its forward passes: a text both miss is computed once and each store gets its views
+  (`LLMEmbedForSequenceClassification.pass_groups`); a text only one misses runs through that spec's own backbone;
 * the missing texts of a backbone are tokenised once, sorted by that backbone's own token counts and cut into batches
   under a token budget (dynamic padding: a batch is padded to its own longest text, long documents get small batches
   so memory stays bounded). The budget is small on CPU, where batches beyond ~1k tokens fall out of cache and get
@@ -53,7 +56,7 @@ from tqdm.auto import tqdm
 from transformers.utils import logging
 
 from . import feature_store
-from .feature_store import BackboneStore, default_store_root, pair_sha256, text_sha256
+from .feature_store import BackboneStore, Claim, default_store_root, pair_sha256, text_sha256
 from .file_utils import sha256_of_file
 from .modeling.configuration_llmembed import BackboneSpec
 from .modeling.modeling_llmembed import (  # the batching constants and helper are re-exported here
@@ -283,7 +286,9 @@ def extraction_plan(
     """The forward batches `extract_features` runs on distinct ``texts`` with an empty store in one process, in
     order, as ``(backbone name, indices into texts)``; and each backbone's token counts of the texts.
 
-    Backbones take turns, one segment each (whole batches, about ``shard_size`` texts), longest texts first."""
+    Backbones take turns, one segment each (whole batches, about ``shard_size`` texts), longest texts first. Specs
+    sharing a forward pass (`LLMEmbedForSequenceClassification.pass_groups`) have their views computed in the batches
+    of their group's runner, the only one of them named here."""
     config = config or ExtractionConfig()
     if not model.backbones:
         model.load_backbones()
@@ -291,9 +296,10 @@ def extraction_plan(
     lengths, queues = {}, {}
     for spec in model.config.backbone_specs:
         lengths[spec.name] = np.array([len(ids) for ids in _tokenize(model, spec.name, texts)], dtype=np.int64)
-        budget = config.token_budget(model.backbones[spec.name].device)
-        queues[spec.name] = deque(length_sorted_batches(lengths[spec.name], np.arange(len(texts)), budget,
-                                                        config.max_batch_size))
+    for name, *_ in model.pass_groups([spec.name for spec in model.config.backbone_specs]):
+        budget = config.token_budget(model.backbones[name].device)
+        queues[name] = deque(length_sorted_batches(lengths[name], np.arange(len(texts)), budget,
+                                                   config.max_batch_size))
     order = []
     while any(queues.values()):
         for name, queue in queues.items():
@@ -320,6 +326,10 @@ class _BackboneJob:
         self.ids: dict[int, list[int]] = {}
         self.reused = self.computed = 0
         self.progress = None
+        #: Jobs of specs sharing this one's forward pass (`pass_groups`): this job's forwards compute their missing
+        #: views of the same texts too; ``leader`` is that job for a rider.
+        self.riders: list[_BackboneJob] = []
+        self.leader: _BackboneJob | None = None
 
     def _fill(self, keys: list[bytes]) -> None:
         for key in keys:
@@ -343,13 +353,19 @@ class _BackboneJob:
         budget = self.config.token_budget(self.device)
         self.queue = deque(length_sorted_batches(lengths, rows, budget, self.config.max_batch_size))
 
+    def _rides(self, key: bytes) -> bool:
+        """Whether ``key`` is left to the leader's forwards (it misses the text too, so one pass gives both views)."""
+        return self.leader is not None and key in self.leader.missing
+
     def _take_chunk(self, claimed: set[bytes]) -> list[np.ndarray]:
-        """Whole batches from the plan, about ``shard_size`` texts, without texts stored or claimed meanwhile."""
+        """Whole batches from the plan, about ``shard_size`` texts, without texts stored or claimed meanwhile, nor
+        texts a leader will compute."""
         chunk, total = [], 0
         while self.queue and total < self.config.shard_size:
             batch = self.queue.popleft()
             keep = np.array([row for row in batch if (key := self.keys[row]) in self.missing
-                             and key not in self.store.index and key not in claimed], dtype=np.int64)
+                             and key not in self.store.index and key not in claimed and not self._rides(key)],
+                            dtype=np.int64)
             if len(keep):
                 chunk.append(keep)
                 total += len(keep)
@@ -364,7 +380,8 @@ class _BackboneJob:
             claimed = self.store.live_claims()
             self.store.refresh()
             available = {key: row for key, row in self.missing.items() if key in self.store.index}
-            if not self.queue and any(k not in claimed and k not in available for k in self.missing):
+            if not self.queue and any(k not in claimed and k not in available and not self._rides(k)
+                                      for k in self.missing):
                 # texts of a process that died, or of a segment set aside: plan them again
                 self.plan(exclude=claimed | set(available))
             chunk = self._take_chunk(claimed)
@@ -376,39 +393,70 @@ class _BackboneJob:
             self.reused += len(filled)
             progressed = True  # read, or a segment set aside: its texts are planned again at once
         if claim is not None:
+            parts = [_Part(self, np.concatenate(chunk), claim)]
+            parts += [ride for rider in self.riders if (ride := rider._claim_ride(chunk)) is not None]
             try:
-                vectors = self._compute(chunk)
-                self.store.write_segment(claim, vectors)
+                vectors = self._compute(chunk, parts)
+                for part, part_vectors in zip(parts, vectors):
+                    part.job.store.write_segment(part.claim, part_vectors)
             finally:
-                claim.release()
-            rows = np.concatenate(chunk)
-            self.out[rows] = vectors
-            self._fill([self.keys[row] for row in rows])
-            self.computed += len(rows)
+                for part in parts:
+                    part.claim.release()
+            for part, part_vectors in zip(parts, vectors):
+                part.job.out[part.rows] = part_vectors
+                part.job._fill([part.job.keys[row] for row in part.rows])
+                part.job.computed += len(part.rows)
             progressed = True
         return progressed
 
-    def _compute(self, chunk: list[np.ndarray]) -> np.ndarray:
+    def _claim_ride(self, chunk: list[np.ndarray]) -> _Part | None:
+        """Claim the texts of a leader's ``chunk`` this rider misses too (not stored or claimed meanwhile)."""
+        with self.store.lock():
+            claimed = self.store.live_claims()
+            self.store.refresh()
+            rows = np.array([row for batch in chunk for row in batch if (key := self.keys[row]) in self.missing
+                             and key not in self.store.index and key not in claimed], dtype=np.int64)
+            return _Part(self, rows, self.store.claim([self.keys[row] for row in rows])) if len(rows) else None
+
+    def _compute(self, chunk: list[np.ndarray], parts: list[_Part]) -> list[np.ndarray]:
+        """Each part's vectors (its rows of ``chunk``, in order), from one forward of this job's backbone per batch:
+        the first part is this job's own (every row), the others its riders' (`LLMEmbedForSequenceClassification.
+        encode_backbones` pools their views from the same hidden states)."""
         tokenizer = self.model.tokenizer
         dtype = STORAGE_DTYPES[self.config.dtype]
-        vectors = torch.empty(sum(len(batch) for batch in chunk), self.out.shape[1], dtype=dtype)
-        budget = self.config.token_budget(self.device)  # the plan's batches fit it: encode_backbone runs each whole
-        start = 0
+        wanted = [set(part.rows.tolist()) for part in parts]
+        vectors = [torch.empty(len(part.rows), part.job.out.shape[1], dtype=dtype) for part in parts]
+        done = [0] * len(parts)
+        budget = self.config.token_budget(self.device)  # the plan's batches fit it: encode_backbones runs each whole
         with torch.inference_mode():
             for batch in chunk:
                 inputs = tokenizer.pad({f"{self.name}_input_ids": [self.ids[int(row)] for row in batch]},
                                        return_tensors="pt", backbones=[self.name]).to(self.device)
-                pooled = self.model.encode_backbone(self.name, inputs[f"{self.name}_input_ids"],
-                                                    inputs[f"{self.name}_attention_mask"], token_budget=budget)
-                vectors[start : start + len(batch)] = pooled.to("cpu", dtype)
-                start += len(batch)
+                takes = [(i, rows) for i in range(len(parts))
+                         if (rows := [j for j, row in enumerate(batch) if int(row) in wanted[i]])]
+                pooled = self.model.encode_backbones([parts[i].job.name for i, _ in takes],
+                                                     inputs[f"{self.name}_input_ids"],
+                                                     inputs[f"{self.name}_attention_mask"], token_budget=budget)
+                for i, rows in takes:
+                    vectors[i][done[i] : done[i] + len(rows)] = pooled[parts[i].job.name][rows].to("cpu", dtype)
+                    done[i] += len(rows)
                 if self.progress is not None:
-                    self.progress.update(len(batch))
-        if not torch.isfinite(vectors.float()).all():
-            raise FloatingPointError(
-                f"NaN or inf in the features of backbone {self.name!r}; try dtype float32 / a float32 backbone."
-            )
-        return vectors.numpy()
+                    self.progress.update(sum(len(rows) for _, rows in takes))
+        for part, part_vectors in zip(parts, vectors):
+            if not torch.isfinite(part_vectors.float()).all():
+                raise FloatingPointError(f"NaN or inf in the features of backbone {part.job.name!r}; try dtype "
+                                         "float32 / a float32 backbone.")
+        return [part_vectors.numpy() for part_vectors in vectors]
+
+
+@dataclass
+class _Part:
+    """The rows of one forward chunk a job computes (all of them for the job running it, some for a rider), and the
+    store's claim on them."""
+
+    job: _BackboneJob
+    rows: np.ndarray
+    claim: Claim
 
 
 def _finished(model: LLMEmbedForSequenceClassification, spec: BackboneSpec, stored: np.ndarray,
@@ -436,8 +484,8 @@ def extract_features(
     """Pooled features of ``texts`` as a `datasets.Dataset` with a ``pooled_features`` column (torch format).
 
     Every (backbone, text) vector already in the feature store is reused; only the missing ones are computed, by
-    calling ``model.encode_backbone(name, input_ids, attention_mask)`` once per batch (the one place backbones run:
-    wrap it to count forwards).
+    calling ``model.encode_backbones(names, input_ids, attention_mask)`` once per batch (the one place backbones run:
+    wrap it to count forwards; ``names`` are the specs whose views one forward gives).
 
     Args:
         model: an LLMEmbed model; its backbones are loaded if they are not yet.
@@ -474,6 +522,12 @@ def extract_features(
         out = rows[:, columns[spec.name]] if in_place[spec.name] else np.empty(
             (len(request.keys), stored_width(model, spec)), dtype=dtype)
         jobs.append(_BackboneJob(model, spec, stores[spec.name], request, out, config))
+    by_name = {job.name: job for job in jobs}
+    for runner, *others in model.pass_groups(list(by_name)):
+        for name in others:
+            if inputs[name] is inputs[runner]:  # the same inputs (a joint and a siamese spec of one model differ)
+                by_name[name].leader = by_name[runner]
+                by_name[runner].riders.append(by_name[name])
 
     for job in jobs:
         job.read_stored()

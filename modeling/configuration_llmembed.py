@@ -343,7 +343,7 @@ PRESETS: dict[str, dict[str, Any]] = {
     # `small` plus three of the same model's middle states (blocks 9, 12 and 15 of 24, mean-pooled with the same prompt),
     # fused as LLMEmbed fuses an LLM's layers: on GoEmotions (multi-label, 3 seeds) macro-F1 50.55 -> 50.92 and
     # micro-F1 58.18 -> 58.58 over `small` (+1.1 / +0.6 with thresholds from validation alone; benchmarks/RESULTS.md,
-    # "Multi-label"). A second, shorter pass over each text: about 1.7x `small`'s extraction time.
+    # "Multi-label"). Both views come from one forward pass (`pass_groups`): `small`'s extraction and serving cost.
     "small-layers": dict(backbones=[dict(_EMBEDDINGGEMMA_SENTENCE), dict(_EMBEDDINGGEMMA_MIDDLE)], **_CPU_HEAD),
     # The mean-pooled view in dynamic int8 (the FFN down-projections kept in float): for CPUs without native bf16,
     # where `small` computes in float32.

@@ -17,7 +17,7 @@ import re
 import threading
 import warnings
 import weakref
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -219,6 +219,15 @@ def prompt_excluded_mask(attention_mask: torch.Tensor, input_ids: torch.Tensor, 
     masked[:, :count] = 0
     empty = masked.sum(dim=1) == 0
     return torch.where(empty.unsqueeze(1), attention_mask, masked)
+
+
+def forward_pass_key(spec: BackboneSpec) -> tuple:
+    """What decides a backbone's forward pass over a text: its weights, compute dtype, quantisation and the token ids it
+    is given (the tokenizer of the same weights, ``max_length``, ``prompt``). Specs with equal keys differ only in what
+    they pool from the hidden states (e.g. one model's sentence embedding and its middle layers, preset
+    ``small-layers``), so one forward serves them all (`LLMEmbedForSequenceClassification.encode_backbones`)."""
+    return (spec.model_id, spec.revision, spec.gguf_file, spec.weights_sha256, spec.max_length, spec.prompt,
+            spec.quantization, spec.dtype)
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -1064,7 +1073,8 @@ class LLMEmbedForSequenceClassification(OneCommitPushMixin, LLMEmbedPreTrainedMo
     def encode(self, **backbone_inputs: torch.Tensor) -> torch.Tensor:
         """Pooled features (batch, ``config.feature_size``, float32) of tokenised text, backbones loaded lazily.
 
-        A siamese backbone of a pair head runs on both texts in one batch and gives `siamese_features` of the two."""
+        A siamese backbone of a pair head runs on both texts in one batch and gives `siamese_features` of the two.
+        Specs that share a forward pass (`pass_groups`) and were given the same tokens run it once."""
         specs = self.config.backbone_specs
         parts = {spec.name: [spec.name] + ([f"{spec.name}_pair"] if self.config.pair_encoding_of(spec) == "siamese"
                                            else []) for spec in specs}
@@ -1079,25 +1089,67 @@ class LLMEmbedForSequenceClassification(OneCommitPushMixin, LLMEmbedPreTrainedMo
                 f"LLMEmbedForSequenceClassification got unexpected inputs {unknown} and lacks {missing}. Pass "
                 f"`pooled_features`, or the composite tokenizer's output with keys {sorted(expected)} ({pairs})."
             )
-        views = []
+        inputs = {}
         for spec in specs:
             ids = [backbone_inputs[f"{prefix}_input_ids"] for prefix in parts[spec.name]]
             masks = [backbone_inputs[f"{prefix}_attention_mask"] for prefix in parts[spec.name]]
-            if len(ids) == 1:
-                views.append(self.finish_views(spec.name, self.encode_backbone(spec.name, ids[0], masks[0])))
-                continue
             # Both texts of every pair in one batch, right-padded to the longer side (pooling is mask-aware).
             width = max(t.shape[1] for t in ids)
-            pooled = self.encode_backbone(spec.name, torch.cat([F.pad(t, (0, width - t.shape[1])) for t in ids]),
-                                          torch.cat([F.pad(m, (0, width - m.shape[1])) for m in masks]))
-            views.append(siamese_features(*self.finish_views(spec.name, pooled).split(ids[0].shape[0])))
+            inputs[spec.name] = (torch.cat([F.pad(t, (0, width - t.shape[1])) for t in ids]),
+                                 torch.cat([F.pad(m, (0, width - m.shape[1])) for m in masks]))
+        if not self._backbones:
+            self._load_backbones_on_first_use()
+        pooled: dict[str, torch.Tensor] = {}
+        for runner, *others in self.pass_groups([spec.name for spec in specs]):
+            ids, mask = inputs[runner]
+            riders = [name for name in others
+                      if torch.equal(inputs[name][0], ids) and torch.equal(inputs[name][1], mask)]
+            pooled.update(self.encode_backbones([runner, *riders], ids, mask))
+            for name in (name for name in others if name not in riders):
+                pooled[name] = self.encode_backbone(name, *inputs[name])
+        views = []
+        for spec in specs:
+            finished = self.finish_views(spec.name, pooled[spec.name])
+            if len(parts[spec.name]) == 2:
+                finished = siamese_features(*finished.split(backbone_inputs[f"{spec.name}_input_ids"].shape[0]))
+            views.append(finished)
         return torch.cat([view.to(self.device) for view in views], dim=-1)
+
+    def _load_backbones_on_first_use(self) -> None:
+        with _LOADING:  # another thread may be loading them right now: wait, then use its copy
+            if not self._backbones:
+                logger.info("Loading the frozen backbones on first use.")
+                self.load_backbones()
+
+    def pass_groups(self, names: Sequence[str]) -> list[list[str]]:
+        """``names`` grouped by `forward_pass_key` (in first-seen order), each group's *runner* first: the loaded
+        backbone that computes the deepest hidden state any of them pools (a spec's unused top blocks are not loaded,
+        `llmembed_hf.backbones.drop_unused_layers`), so every view of the group can come from its one forward."""
+        specs = {spec.name: spec for spec in self.config.backbone_specs}
+        groups: dict[tuple, list[str]] = {}
+        for name in names:
+            groups.setdefault(forward_pass_key(specs[name]), []).append(name)
+
+        def depth(name: str) -> int:
+            spec, count = specs[name], full_hidden_state_count(self._backbones[name])
+            return count if spec.pooling == "pooler" else max(spec.hidden_state_indices(count))
+
+        return [sorted(group, key=depth, reverse=True) if len(group) > 1 else group for group in groups.values()]
 
     def encode_backbone(
         self, name: str, input_ids: torch.Tensor, attention_mask: torch.Tensor, token_budget: int | None = None
     ) -> torch.Tensor:
         """One backbone's pooled views, concatenated (batch, num_views * hidden), on its device: what the feature store
         keeps, and for a spec without ``dense_modules`` its share of ``feature_size`` (else `finish_views` makes it).
+        `encode_backbones` of one name."""
+        return self.encode_backbones([name], input_ids, attention_mask, token_budget=token_budget)[name]
+
+    def encode_backbones(
+        self, names: Sequence[str], input_ids: torch.Tensor, attention_mask: torch.Tensor,
+        token_budget: int | None = None,
+    ) -> dict[str, torch.Tensor]:
+        """The pooled views of several specs of one forward pass (one `pass_groups` group, e.g. a model's sentence
+        embedding and its middle layers) from a single forward of their runner, by name (see `encode_backbone`).
 
         Lets a caller batch each backbone by its own token lengths (`llmembed_hf.extract_features` does). A
         right-padded batch (a pipeline's or `Trainer`'s, padded to its longest text) runs as sub-batches of rows of
@@ -1105,27 +1157,30 @@ class LLMEmbedForSequenceClassification(OneCommitPushMixin, LLMEmbedPreTrainedMo
         `default_token_budget`), so no compute goes to the pads of short texts beside long ones.
         """
         if not self._backbones:
-            with _LOADING:  # another thread may be loading them right now: wait, then use its copy
-                if not self._backbones:
-                    logger.info("Loading the frozen backbones on first use.")
-                    self.load_backbones()
-        spec = next(spec for spec in self.config.backbone_specs if spec.name == name)
-        backbone = self._backbones[name]
+            self._load_backbones_on_first_use()
+        groups = self.pass_groups(names)
+        if len(groups) != 1 or len(set(names)) != len(names):
+            raise ValueError(f"encode_backbones: backbones {list(names)} do not share one forward pass (their weights, "
+                             "dtype, quantisation or tokenisation differ, see forward_pass_key); encode them apart.")
+        specs = {spec.name: spec for spec in self.config.backbone_specs}
+        group = [specs[name] for name in groups[0]]
+        backbone = self._backbones[group[0].name]
         input_ids, attention_mask = input_ids.to(backbone.device), attention_mask.to(backbone.device)
         budget = token_budget if token_budget is not None else default_token_budget(backbone.device)
         # One forward as given where the batch already fits the budget (extraction's planned batches do): sorting
         # would give the same single batch at the same width, only copied.
         if input_ids.numel() <= budget or input_ids.shape[0] < 2 or not is_right_padded(attention_mask):
-            return self._pool_backbone(spec, backbone, input_ids, attention_mask)
+            return self._pool_pass(group, backbone, input_ids, attention_mask)
         lengths = attention_mask.sum(dim=1).cpu().numpy()
-        pooled = None
+        pooled: dict[str, torch.Tensor] = {}
         for rows in length_sorted_batches(lengths, np.arange(len(lengths)), budget, len(lengths)):
             longest = max(int(lengths[rows[0]]), 1)
             index = torch.from_numpy(rows).to(backbone.device)
-            part = self._pool_backbone(spec, backbone, input_ids[index, :longest], attention_mask[index, :longest])
-            if pooled is None:
-                pooled = part.new_empty((len(lengths), part.shape[1]))
-            pooled[index] = part
+            parts = self._pool_pass(group, backbone, input_ids[index, :longest], attention_mask[index, :longest])
+            for name, part in parts.items():
+                if name not in pooled:
+                    pooled[name] = part.new_empty((len(lengths), part.shape[1]))
+                pooled[name][index] = part
         return pooled
 
     def finish_views(self, name: str, pooled: torch.Tensor) -> torch.Tensor:
@@ -1139,10 +1194,9 @@ class LLMEmbedForSequenceClassification(OneCommitPushMixin, LLMEmbedPreTrainedMo
             views = dense(pooled.to(torch.float32))
         return F.normalize(views, p=2, dim=-1) if spec.normalize else views
 
-    def _pool_backbone(self, spec: BackboneSpec, backbone: PreTrainedModel, input_ids: torch.Tensor,
-                       attention_mask: torch.Tensor) -> torch.Tensor:
-        """One forward of ``backbone`` on a batch and its pooled views, concatenated."""
-        name = spec.name
+    def _pool_pass(self, specs: list[BackboneSpec], backbone: PreTrainedModel, input_ids: torch.Tensor,
+                   attention_mask: torch.Tensor) -> dict[str, torch.Tensor]:
+        """One forward of ``backbone`` on a batch and each spec's pooled views, concatenated, by spec name."""
         # inference_mode, not no_grad: the backbones are frozen and their outputs are never differentiated (the head
         # trains on the pooled features), so skipping autograd's version counters costs nothing and is a bit faster.
         with torch.inference_mode():
@@ -1151,15 +1205,19 @@ class LLMEmbedForSequenceClassification(OneCommitPushMixin, LLMEmbedPreTrainedMo
             unpadded = bool(attention_mask.all())
             outputs = backbone(input_ids=input_ids, attention_mask=None if unpadded else attention_mask,
                                output_hidden_states=True)
-            pool_mask = attention_mask
-            if spec.prompt is not None and not spec.pool_prompt:
-                if self.tokenizer is None:
-                    raise ValueError(f"backbones[{name!r}] leaves its prompt out of pooling (pool_prompt=False), "
-                                     "which needs the head's tokenizer to know the prompt's tokens; set "
-                                     "model.tokenizer (load_backbones() does).")
-                pool_mask = prompt_excluded_mask(attention_mask, input_ids, self.tokenizer.prompt_ids(name), spec)
-            views = pool_backbone_outputs(outputs, pool_mask, spec, full_hidden_state_count(backbone))
-        return torch.cat(views, dim=-1)
+            pooled = {}
+            for spec in specs:
+                pool_mask = attention_mask
+                if spec.prompt is not None and not spec.pool_prompt:
+                    if self.tokenizer is None:
+                        raise ValueError(f"backbones[{spec.name!r}] leaves its prompt out of pooling (pool_prompt="
+                                         "False), which needs the head's tokenizer to know the prompt's tokens; set "
+                                         "model.tokenizer (load_backbones() does).")
+                    pool_mask = prompt_excluded_mask(attention_mask, input_ids, self.tokenizer.prompt_ids(spec.name),
+                                                     spec)
+                views = pool_backbone_outputs(outputs, pool_mask, spec, full_hidden_state_count(backbone))
+                pooled[spec.name] = torch.cat(views, dim=-1)
+        return pooled
 
     # -- forward ---------------------------------------------------------------------------------------------------
 

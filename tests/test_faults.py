@@ -115,15 +115,16 @@ def _slow_forwards(pause: float, counts: dict[str, int]) -> None:
     """Count (and slow down by ``pause`` s) every backbone forward of every head in this process."""
     from llmembed_hf import LLMEmbedForSequenceClassification
 
-    real = LLMEmbedForSequenceClassification.encode_backbone
+    real = LLMEmbedForSequenceClassification.encode_backbones
 
-    def encode_backbone(self, name, input_ids, attention_mask, **kwargs):
-        counts[name] = counts.get(name, 0) + len(input_ids)
+    def encode_backbones(self, names, input_ids, attention_mask, **kwargs):
+        for name in names:
+            counts[name] = counts.get(name, 0) + len(input_ids)
         if pause:
             time.sleep(pause)
-        return real(self, name, input_ids, attention_mask, **kwargs)
+        return real(self, names, input_ids, attention_mask, **kwargs)
 
-    LLMEmbedForSequenceClassification.encode_backbone = encode_backbone
+    LLMEmbedForSequenceClassification.encode_backbones = encode_backbones
 
 
 def _kill_self() -> None:
@@ -518,17 +519,18 @@ def disk_full_then_resume(model, texts: list[str], workdir: Path, where: str, fa
     after_fault = leftovers(store)
     missing = missing_texts(model, texts, config, store)
     counts: dict[str, int] = {}
-    real = model.encode_backbone
+    real = model.encode_backbones
 
-    def counted(name, input_ids, attention_mask, **kwargs):
-        counts[name] = counts.get(name, 0) + len(input_ids)
-        return real(name, input_ids, attention_mask, **kwargs)
+    def counted(names, input_ids, attention_mask, **kwargs):
+        for name in names:
+            counts[name] = counts.get(name, 0) + len(input_ids)
+        return real(names, input_ids, attention_mask, **kwargs)
 
-    model.encode_backbone = counted
+    model.encode_backbones = counted
     try:
         resumed = extract_features(model, texts, cache_folder=store, config=config, show_progress=False)
     finally:
-        del model.encode_backbone
+        del model.encode_backbones
     return {
         "errno": getattr(error, "errno", None), "message": str(error) if error else None,
         "leftovers_after_fault": after_fault, "missing_after_fault": missing, "recomputed": counts,

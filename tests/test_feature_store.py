@@ -41,13 +41,13 @@ def extract(model, folder, texts=TEXTS, config=SMALL):
 def count_forwards(model, monkeypatch) -> Counter:
     """Rows each backbone runs on (the real forwards still run)."""
     counts = Counter({spec.name: 0 for spec in model.config.backbone_specs})
-    real = model.encode_backbone
+    real = model.encode_backbones
 
-    def counted(name, input_ids, attention_mask, **kwargs):
-        counts[name] += len(input_ids)
-        return real(name, input_ids, attention_mask, **kwargs)
+    def counted(names, input_ids, attention_mask, **kwargs):
+        counts.update({name: len(input_ids) for name in names})
+        return real(names, input_ids, attention_mask, **kwargs)
 
-    monkeypatch.setattr(model, "encode_backbone", counted)
+    monkeypatch.setattr(model, "encode_backbones", counted)
     return counts
 
 
@@ -206,14 +206,14 @@ def _extract_in_process(config_json: str, texts: list[str], root: str, barrier, 
     """Spawned worker: build the tiny model from the config, count forwards, extract into the shared store."""
     model = LLMEmbedForSequenceClassification.from_backbones(LLMEmbedConfig.from_dict(json.loads(config_json))).eval()
     counts = Counter()
-    real = model.encode_backbone
+    real = model.encode_backbones
 
-    def slow(name, input_ids, attention_mask, **kwargs):  # slow enough for the two processes to overlap
-        counts[name] += len(input_ids)
+    def slow(names, input_ids, attention_mask, **kwargs):  # slow enough for the two processes to overlap
+        counts.update({name: len(input_ids) for name in names})
         time.sleep(delay)
-        return real(name, input_ids, attention_mask, **kwargs)
+        return real(names, input_ids, attention_mask, **kwargs)
 
-    model.encode_backbone = slow
+    model.encode_backbones = slow
     barrier.wait(timeout=120)
     features = extract_features(model, texts, cache_folder=root, config=SMALL, show_progress=False)
     results.put((os.getpid(), features.with_format("numpy")[:][FEATURES_COLUMN], dict(counts)))

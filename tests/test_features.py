@@ -31,6 +31,8 @@ from llmembed_hf.features import (
 )
 from llmembed_hf.modeling.modeling_llmembed import INT8_METHOD
 
+from helpers import middle_layer_spec, tiny_specs
+
 #: Words of the tiny vocabularies (not "not": conftest gives it an id beyond the tiny models' vocab_size).
 _WORDS = "the a cat dog sat on mat movie film good bad very".split()
 #: Word counts in no sorted order; the tiny backbones truncate at 32 tokens, so lengths range from 2 to 32.
@@ -64,13 +66,13 @@ def extract(model, folder, texts=TEXTS, config=SMALL, **kwargs):
 def spy_batches(model, monkeypatch) -> list[tuple[str, torch.Tensor]]:
     """Record ``(backbone, attention_mask)`` of every forward batch of the extraction (the real one still runs)."""
     batches: list[tuple[str, torch.Tensor]] = []
-    real = model.encode_backbone
+    real = model.encode_backbones
 
-    def spy(name, input_ids, attention_mask, **kwargs):
-        batches.append((name, attention_mask.clone()))
-        return real(name, input_ids, attention_mask, **kwargs)
+    def spy(names, input_ids, attention_mask, **kwargs):
+        batches.extend((name, attention_mask.clone()) for name in names)
+        return real(names, input_ids, attention_mask, **kwargs)
 
-    monkeypatch.setattr(model, "encode_backbone", spy)
+    monkeypatch.setattr(model, "encode_backbones", spy)
     return batches
 
 
@@ -90,7 +92,7 @@ def forbid_encode(model, monkeypatch) -> None:
     def fail(*args, **kwargs):
         raise AssertionError("a backbone ran although the features are cached")
 
-    monkeypatch.setattr(model, "encode_backbone", fail)
+    monkeypatch.setattr(model, "encode_backbones", fail)
 
 
 def stores(model, root: Path, dtype: str = "float32") -> dict[str, BackboneStore]:
@@ -146,6 +148,43 @@ def test_features_equal_direct_forward_in_original_order(model, tmp_path, monkey
         rows = segment_rows(store)
         assert sum(rows) == len(TEXTS) and len(rows) > 2
         assert all(n >= SMALL.shard_size for n in rows[:-1]) or len(rows) == 1
+
+
+def spy_passes(model, monkeypatch) -> list[tuple[tuple[str, ...], int]]:
+    """Record ``(names, rows)`` of every forward of the extraction: the specs whose views one forward gives."""
+    passes: list[tuple[tuple[str, ...], int]] = []
+    real = model.encode_backbones
+
+    def spy(names, input_ids, attention_mask, **kwargs):
+        passes.append((tuple(names), len(input_ids)))
+        return real(names, input_ids, attention_mask, **kwargs)
+
+    monkeypatch.setattr(model, "encode_backbones", spy)
+    return passes
+
+
+def test_specs_of_one_model_share_the_forwards_of_texts_both_miss(tiny_config, tiny_backbones, tmp_path,
+                                                                    monkeypatch):
+    """A text both specs of the tiny Llama miss runs once, its views going to both stores; a text only one of them
+    misses runs through that spec's own copy (block 1's: two blocks of three) and gives the same vectors."""
+    torch.manual_seed(0)
+    both = LLMEmbedForSequenceClassification.from_backbones(
+        tiny_config(backbones=tiny_specs(tiny_backbones) + [middle_layer_spec(tiny_backbones)])).eval()
+    passes = spy_passes(both, monkeypatch)
+    shared = values(extract(both, tmp_path / "shared"))
+    assert {names for names, _ in passes} == {("llm", "mid"), ("enc",)}
+    assert sum(rows for names, rows in passes if names == ("llm", "mid")) == len(TEXTS)
+    torch.testing.assert_close(shared, direct_features(both), atol=1e-5, rtol=0)
+    for store in stores(both, tmp_path / "shared").values():  # each store holds every text once
+        assert sum(segment_rows(store)) == len(TEXTS)
+    # The same stores filled in two steps: a head without the middle layer first, then the middle layer alone.
+    torch.manual_seed(0)
+    extract(LLMEmbedForSequenceClassification.from_backbones(tiny_config()).eval(), tmp_path / "apart")
+    passes.clear()
+    apart = values(extract(both, tmp_path / "apart"))
+    assert {names for names, _ in passes} == {("mid",)}
+    assert sum(rows for _, rows in passes) == len(TEXTS)
+    torch.testing.assert_close(apart, shared, atol=1e-6, rtol=0)
 
 
 def test_extraction_plan_is_the_order_of_the_forwards(model, tmp_path, monkeypatch):
@@ -534,14 +573,14 @@ def test_dataset_without_text_column_lists_columns(model, tmp_path):
 
 
 def test_nan_features_raise_and_write_no_segment(model, tmp_path, monkeypatch):
-    real = model.encode_backbone
+    real = model.encode_backbones
 
     def nan_encode(*args, **kwargs):
         features = real(*args, **kwargs)
-        features[0, 5] = float("nan")
+        next(iter(features.values()))[0, 5] = float("nan")
         return features
 
-    monkeypatch.setattr(model, "encode_backbone", nan_encode)
+    monkeypatch.setattr(model, "encode_backbones", nan_encode)
     with pytest.raises(FloatingPointError, match="NaN"):
         extract(model, tmp_path)
     assert list(tmp_path.rglob("seg-*")) == [] and list(tmp_path.rglob("*.claim")) == []
@@ -552,12 +591,12 @@ def test_nan_features_raise_and_write_no_segment(model, tmp_path, monkeypatch):
 
 def test_float16_overflow_is_caught(model, tmp_path, monkeypatch):
     """Values beyond float16's range become inf when stored as float16: an error, not a silent inf."""
-    real = model.encode_backbone
+    real = model.encode_backbones
 
     def huge(*args, **kwargs):
-        return real(*args, **kwargs) * 1e6
+        return {name: views * 1e6 for name, views in real(*args, **kwargs).items()}
 
-    monkeypatch.setattr(model, "encode_backbone", huge)
+    monkeypatch.setattr(model, "encode_backbones", huge)
     with pytest.raises(FloatingPointError, match="float32"):
         extract(model, tmp_path, config=ExtractionConfig(shard_size=3, max_tokens_per_batch=64, dtype="float16"))
     assert list(tmp_path.rglob("seg-*")) == [] and list(tmp_path.rglob("*.claim")) == []

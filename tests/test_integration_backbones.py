@@ -8,7 +8,6 @@ checked to hit the cache. fp32 throughout.
 from __future__ import annotations
 
 import contextlib
-import gzip
 import json
 import logging
 import math
@@ -27,6 +26,7 @@ from transformers import (
     pipeline,
 )
 
+from helpers import sst2_texts
 from llmembed_hf import PRESETS, BackboneSpec, LLMEmbedConfig, LLMEmbedForSequenceClassification, LLMEmbedTokenizer
 from llmembed_hf.backbones import (
     PYPI_ARTEFACTS,
@@ -39,7 +39,6 @@ from llmembed_hf.modeling.modeling_llmembed import ALLOW_MISMATCH_ENV
 
 pytestmark = pytest.mark.integration
 
-DATASETS = Path(__file__).resolve().parents[2] / "shared" / "datasets"
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 TARGET = "A gripping, beautifully acted film about grief and the people who stay."
@@ -66,16 +65,6 @@ def small_specs(*names: str) -> list[dict[str, Any]]:
     specs = [dict(b) for b in PRESETS["small-smollm2"]["backbones"] if b["name"] in names]
     assert [s["name"] for s in specs] == [n for n in ("smollm2", "minilm", "mpnet") if n in names]
     return specs
-
-
-def sst2_texts(n: int) -> list[str]:
-    texts = []
-    with gzip.open(DATASETS / "sst2" / "train.jsonl.gz", "rt", encoding="utf-8") as handle:
-        for line in handle:
-            texts.append(json.loads(line)["text"])
-            if len(texts) == n:
-                return texts
-    raise AssertionError(f"sst2/train.jsonl.gz has fewer than {n} rows")
 
 
 @contextlib.contextmanager

@@ -28,6 +28,8 @@ from llmembed_hf.modeling.modeling_llmembed import (
     siamese_cosines,
 )
 
+from helpers import middle_layer_spec, tiny_specs
+
 TEXTS = ["the cat sat on the mat", "a very good movie!", "bad film"]
 LONG_TEXT = "the dog sat on a mat and the cat sat on the dog " * 3
 FEATURE_SIZE = 3 * 48 + 32  # tiny_config: three Llama views and one BERT view
@@ -117,6 +119,35 @@ def test_one_backbone_padded_and_encoded_alone_matches_its_share_of_the_features
     torch.testing.assert_close(view, full[:, -view.shape[1] :], atol=1e-5, rtol=0)
     with pytest.raises(ValueError, match=r"unknown backbones \['bert'\]; this tokenizer has \['llm', 'enc'\]"):
         model.tokenizer.pad(ragged, backbones=["bert"])
+
+
+def test_specs_of_one_model_pool_their_views_from_one_forward(text_model, tiny_backbones):
+    """Two specs of the tiny Llama (its last three states; its block 1, loaded with 2 of 3 blocks) differ only in what
+    they pool: `encode` runs the deeper copy once for both, and each gets exactly the views its own copy gives."""
+    model = text_model(backbones=tiny_specs(tiny_backbones) + [middle_layer_spec(tiny_backbones)])
+    assert len(model.backbones["mid"].layers) == 2 and len(model.backbones["llm"].layers) == 3
+    assert model.pass_groups(["mid", "enc", "llm"]) == [["llm", "mid"], ["enc"]]  # the runner first
+    calls = {name: 0 for name in model.backbones}
+
+    def count(name: str) -> Any:
+        return lambda module, args: calls.__setitem__(name, calls[name] + 1)
+
+    handles = [backbone.register_forward_pre_hook(count(name)) for name, backbone in model.backbones.items()]
+    batch = model.tokenizer(TEXTS + [LONG_TEXT], return_tensors="pt")
+    try:
+        features = model.encode(**batch)
+        assert calls == {"llm": 1, "enc": 1, "mid": 0}
+        alone = model.encode_backbone("mid", batch["mid_input_ids"], batch["mid_attention_mask"])
+        assert calls["mid"] == 1  # alone, it runs its own two blocks
+    finally:
+        for handle in handles:
+            handle.remove()
+    torch.testing.assert_close(features[:, -48:], alone, atol=1e-6, rtol=0)
+    both = model.encode_backbones(["llm", "mid"], batch["llm_input_ids"], batch["llm_attention_mask"])
+    torch.testing.assert_close(both["mid"], alone, atol=1e-6, rtol=0)
+    torch.testing.assert_close(both["llm"], features[:, : 3 * 48], atol=1e-6, rtol=0)
+    with pytest.raises(ValueError, match=r"\['llm', 'enc'\] do not share one forward pass"):
+        model.encode_backbones(["llm", "enc"], batch["llm_input_ids"], batch["llm_attention_mask"])
 
 
 def test_a_padded_batch_runs_in_length_sorted_sub_batches_cut_to_their_longest_row(text_model):

@@ -59,13 +59,13 @@ def test_one_pass_for_every_head_equals_each_head_alone(tiny_config, monkeypatch
         alone.append([(ID2LABEL[int(p.argmax())], float(p.max())) for p in probabilities])
 
     passes: list[tuple[str, int]] = []
-    original = LLMEmbedForSequenceClassification.encode_backbone
+    original = LLMEmbedForSequenceClassification.encode_backbones
 
-    def counted(self, name, input_ids, attention_mask, **kwargs):
-        passes.append((name, input_ids.shape[0]))
-        return original(self, name, input_ids, attention_mask, **kwargs)
+    def counted(self, names, input_ids, attention_mask, **kwargs):
+        passes.extend((name, input_ids.shape[0]) for name in names)
+        return original(self, names, input_ids, attention_mask, **kwargs)
 
-    monkeypatch.setattr(LLMEmbedForSequenceClassification, "encode_backbone", counted)
+    monkeypatch.setattr(LLMEmbedForSequenceClassification, "encode_backbones", counted)
     together = MultiHeadClassifier(three, names=["a", "b", "c"])(TEXTS)
     assert sorted(passes) == [("enc", 4), ("llm", 4)]  # each backbone ran once for all three heads
     for name, expected in zip("abc", alone):

