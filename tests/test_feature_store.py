@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 import torch
 
+from helpers import middle_layer_spec, tiny_specs
 from llmembed_hf import ExtractionConfig, LLMEmbedConfig, LLMEmbedForSequenceClassification, extract_features
 from llmembed_hf.feature_store import BackboneStore, cache_info, cache_prune, text_sha256
 from llmembed_hf.features import FEATURES_COLUMN, backbone_stores, missing_texts
@@ -209,7 +210,7 @@ def _extract_in_process(config_json: str, texts: list[str], root: str, barrier, 
     real = model.encode_backbones
 
     def slow(names, input_ids, attention_mask, **kwargs):  # slow enough for the two processes to overlap
-        counts.update({name: len(input_ids) for name in names})
+        counts["+".join(names)] += len(input_ids)  # the specs whose views one forward gives
         time.sleep(delay)
         return real(names, input_ids, attention_mask, **kwargs)
 
@@ -219,14 +220,18 @@ def _extract_in_process(config_json: str, texts: list[str], root: str, barrier, 
     results.put((os.getpid(), features.with_format("numpy")[:][FEATURES_COLUMN], dict(counts)))
 
 
-def test_two_processes_on_overlapping_texts(model, tiny_config, tmp_path):
+@pytest.mark.parametrize("middle", [False, True], ids=["own-passes", "with-a-view-sharing-a-pass"])
+def test_two_processes_on_overlapping_texts(tiny_config, tiny_backbones, tmp_path, middle):
     """Two processes extracting overlapping texts into one store at the same time: identical vectors for the shared
-    texts, and every (backbone, text) computed exactly once in total."""
+    texts, and every (backbone, text) computed exactly once in total, also for a view computed in another spec's pass
+    (the tiny Llama's block 1 beside its last three states)."""
+    config = tiny_config(backbones=tiny_specs(tiny_backbones) + ([middle_layer_spec(tiny_backbones)] if middle else []))
+    model = LLMEmbedForSequenceClassification.from_backbones(config).eval()
     first, second = TEXTS[:14], TEXTS[6:] + ["very good film", "the bad cat sat"]
     union = set(first) | set(second)
     context = multiprocessing.get_context("spawn")
     barrier, results = context.Barrier(2), context.Queue()
-    config_json = json.dumps(tiny_config().to_dict())
+    config_json = json.dumps(config.to_dict())
     workers = [context.Process(target=_extract_in_process,
                                args=(config_json, texts, str(tmp_path), barrier, results, 0.05))
                for texts in (first, second)]
@@ -238,13 +243,16 @@ def test_two_processes_on_overlapping_texts(model, tiny_config, tmp_path):
         assert worker.exitcode == 0
     by_pid = {pid: (features, counts) for pid, features, counts in outputs}
     (one, counts_one), (two, counts_two) = (by_pid[worker.pid] for worker in workers)
-    assert one.shape == (len(first), 3 * 48 + 32) and two.shape == (len(second), 3 * 48 + 32)
+    width = model.config.feature_size
+    assert one.shape == (len(first), width) and two.shape == (len(second), width)
     shared = [text for text in first if text in second]
     assert len(shared) == 8
     assert np.array_equal(one[[first.index(t) for t in shared]], two[[second.index(t) for t in shared]])
-    for name in ("llm", "enc"):
-        assert counts_one.get(name, 0) + counts_two.get(name, 0) == len(union)
-        assert counts_one.get(name, 0) > 0 and counts_two.get(name, 0) > 0  # both did part of the work
+    passes = {"llm+mid", "enc"} if middle else {"llm", "enc"}  # the middle view only ever in the llm spec's pass
+    assert set(counts_one) == set(counts_two) == passes
+    for name in passes:
+        assert counts_one[name] + counts_two[name] == len(union)
+        assert counts_one[name] > 0 and counts_two[name] > 0  # both did part of the work
     torch.testing.assert_close(torch.from_numpy(one), direct_features(model, first), atol=1e-5, rtol=0)
     assert all(not list(store.claims.iterdir()) for store in backbone_stores(model, "float32", tmp_path).values())
 
