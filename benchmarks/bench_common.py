@@ -4,15 +4,18 @@ benchmark owns some sections and rewrites only those)."""
 from __future__ import annotations
 
 import ctypes
+import datetime as dt
 import gc
 import gzip
 import json
 import os
 import platform
+import shlex
+import sys
 import threading
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import psutil
 import torch
@@ -80,6 +83,29 @@ def write_sections(path: Path, sections: list[tuple[str, str]]) -> None:
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     tmp.write_text(text, encoding="utf-8")
     os.replace(tmp, path)
+
+
+def timed_run(script: str, run: Callable[[], dict[str, Any]]) -> tuple[dict[str, Any], dict[str, Any], str, float, str]:
+    """Run a benchmark: its result, the machine it ran on, when it started (UTC), its wall seconds and the command line
+    that reproduces it (``python <script> <this process's arguments>``)."""
+    started = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M")
+    info = machine()
+    t0 = time.perf_counter()
+    result = run()
+    took = time.perf_counter() - t0
+    command = "python " + " ".join(shlex.quote(a) for a in [script, *sys.argv[1:]])
+    return result, info, started, took, command
+
+
+def publish(title: str, body: str, record: dict[str, Any], json_path: str | None, output: str | Path,
+            write: bool) -> None:
+    """Keep a run's raw ``record`` at ``json_path`` (if given), print its section and, with ``write``, replace the
+    section ``title`` of ``output`` (a RESULTS.md)."""
+    if json_path:
+        Path(json_path).write_text(json.dumps(record, indent=1, default=str))
+    print(body)
+    if write:
+        write_sections(Path(output), [(title, body)])
 
 
 def _trim_memory() -> None:

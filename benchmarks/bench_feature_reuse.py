@@ -20,18 +20,15 @@ segment writes, assembly). Backbone loading is not timed.
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import gc
 import json
 import os
-import shlex
-import sys
 import tempfile
 import time
 from collections import Counter
 from pathlib import Path
 
-from bench_common import RESULTS, machine, read_texts, write_sections
+from bench_common import RESULTS, publish, read_texts, timed_run
 
 TITLE = "## Feature store: reuse"
 
@@ -163,19 +160,10 @@ def main() -> None:
         info, result, started, took, command = (saved["machine"], saved, saved["started"], saved["took_s"],
                                                 saved["command"])
     else:
-        started = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M")
-        info = machine()
-        t0 = time.perf_counter()
-        result = run(args)
-        took = time.perf_counter() - t0
-        command = "python " + " ".join(shlex.quote(a) for a in ["benchmarks/bench_feature_reuse.py", *sys.argv[1:]])
-    if args.json and not args.from_json:
-        Path(args.json).write_text(json.dumps({"machine": info, "started": started, "took_s": took,
-                                               "command": command, **result}, indent=1, default=str))
-    body = section(result, command, started, took, info)
-    print(body)
-    if not args.no_write:
-        write_sections(Path(args.output), [(TITLE, body)])
+        result, info, started, took, command = timed_run("benchmarks/bench_feature_reuse.py", lambda: run(args))
+    record = {"machine": info, "started": started, "took_s": took, "command": command, **result}
+    publish(TITLE, section(result, command, started, took, info), record, None if args.from_json else args.json,
+            args.output, not args.no_write)
 
 
 if __name__ == "__main__":

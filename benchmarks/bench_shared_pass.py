@@ -24,17 +24,12 @@ before). Backbone loading is not timed.
 from __future__ import annotations
 
 import argparse
-import datetime as dt
-import json
-import shlex
 import statistics
-import sys
 import tempfile
 import time
-from pathlib import Path
 
 import torch
-from bench_common import RESULTS, machine, read_texts, write_sections
+from bench_common import RESULTS, publish, read_texts, timed_run
 
 from llmembed_hf import LLMEmbedForSequenceClassification, extract_features
 
@@ -137,19 +132,9 @@ def main() -> None:
     parser.add_argument("--output", default=str(RESULTS), help="RESULTS.md to update (section " + TITLE + ")")
     parser.add_argument("--no-write", action="store_true", help="print only")
     args = parser.parse_args()
-    started = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M")
-    info = machine()
-    t0 = time.perf_counter()
-    result = run(args)
-    took = time.perf_counter() - t0
-    command = "python " + " ".join(shlex.quote(a) for a in ["benchmarks/bench_shared_pass.py", *sys.argv[1:]])
-    if args.json:
-        Path(args.json).write_text(json.dumps({"machine": info, "started": started, "took_s": took,
-                                               "command": command, **result}, indent=1))
-    body = section(result, command, started, took, info)
-    print(body)
-    if not args.no_write:
-        write_sections(Path(args.output), [(TITLE, body)])
+    result, info, started, took, command = timed_run("benchmarks/bench_shared_pass.py", lambda: run(args))
+    record = {"machine": info, "started": started, "took_s": took, "command": command, **result}
+    publish(TITLE, section(result, command, started, took, info), record, args.json, args.output, not args.no_write)
 
 
 if __name__ == "__main__":

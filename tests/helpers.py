@@ -138,6 +138,19 @@ def middle_layer_spec(backbones: dict[str, str]) -> dict:
                 max_length=32)
 
 
+def spy_passes(model, monkeypatch) -> list[tuple[tuple[str, ...], int]]:
+    """Record ``(names, rows)`` of every backbone forward of ``model``: the specs whose views one forward gives."""
+    passes: list[tuple[tuple[str, ...], int]] = []
+    real = model.encode_backbones
+
+    def spy(names, input_ids, attention_mask, **kwargs):
+        passes.append((tuple(names), len(input_ids)))
+        return real(names, input_ids, attention_mask, **kwargs)
+
+    monkeypatch.setattr(model, "encode_backbones", spy)
+    return passes
+
+
 def head_kwargs(backbones: dict[str, str]) -> dict:
     return dict(backbones=tiny_specs(backbones), projection_dim=16, mlp_hidden_sizes=[32, 16])
 

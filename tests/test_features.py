@@ -31,7 +31,7 @@ from llmembed_hf.features import (
 )
 from llmembed_hf.modeling.modeling_llmembed import INT8_METHOD
 
-from helpers import middle_layer_spec, tiny_specs
+from helpers import middle_layer_spec, spy_passes, tiny_specs
 
 #: Words of the tiny vocabularies (not "not": conftest gives it an id beyond the tiny models' vocab_size).
 _WORDS = "the a cat dog sat on mat movie film good bad very".split()
@@ -148,19 +148,6 @@ def test_features_equal_direct_forward_in_original_order(model, tmp_path, monkey
         rows = segment_rows(store)
         assert sum(rows) == len(TEXTS) and len(rows) > 2
         assert all(n >= SMALL.shard_size for n in rows[:-1]) or len(rows) == 1
-
-
-def spy_passes(model, monkeypatch) -> list[tuple[tuple[str, ...], int]]:
-    """Record ``(names, rows)`` of every forward of the extraction: the specs whose views one forward gives."""
-    passes: list[tuple[tuple[str, ...], int]] = []
-    real = model.encode_backbones
-
-    def spy(names, input_ids, attention_mask, **kwargs):
-        passes.append((tuple(names), len(input_ids)))
-        return real(names, input_ids, attention_mask, **kwargs)
-
-    monkeypatch.setattr(model, "encode_backbones", spy)
-    return passes
 
 
 def test_specs_of_one_model_share_the_forwards_of_texts_both_miss(tiny_config, tiny_backbones, tmp_path,

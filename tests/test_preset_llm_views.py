@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from transformers import AutoModel
 
-from helpers import cache_reusing_weights, sst2_texts
+from helpers import cache_reusing_weights, spy_passes, sst2_texts
 from llmembed_hf import PRESETS, BackboneSpec, LLMEmbedForSequenceClassification, extract_features, resolve_backbone
 from llmembed_hf.backbones import PYPI_ARTEFACTS, locate_weights, preset_backbone_spec
 from llmembed_hf.modeling.modeling_llmembed import full_hidden_state_count, pool_backbone_outputs
@@ -115,14 +115,7 @@ def test_small_layers_views_of_embeddinggemma_come_from_one_pass(tmp_path, monke
     assert [len(model.backbones[name].layers) for name in names] == [24, 16]
     assert model.pass_groups(names[::-1]) == [names]
     texts = sst2_texts(6)
-    passes: list[tuple[tuple[str, ...], int]] = []
-    real = model.encode_backbones
-
-    def spy(group, input_ids, attention_mask, **kwargs):
-        passes.append((tuple(group), len(input_ids)))
-        return real(group, input_ids, attention_mask, **kwargs)
-
-    monkeypatch.setattr(model, "encode_backbones", spy)
+    passes = spy_passes(model, monkeypatch)
     extracted = extract_features(model, texts, cache_folder=tmp_path / "store", show_progress=False)
     assert {group for group, _ in passes} == {tuple(names)} and sum(rows for _, rows in passes) == len(texts)
     batch = model.tokenizer(texts, return_tensors="pt")
