@@ -254,7 +254,7 @@ def cmd_predict(args: argparse.Namespace) -> list[dict[str, Any]]:
     texts, text_pairs = _read_inputs(args, pairs)
     inputs = texts if text_pairs is None else [{"text": t, "text_pair": p} for t, p in zip(texts, text_pairs)]
     echoed = [{"text": t} for t in texts] if text_pairs is None else inputs
-    if len(args.model) > 1:  # several heads on the same backbones: one backbone pass for all of them
+    if len(args.model) > 1:  # several heads: each distinct view, and each backbone's pass, once for all of them
         from .multi_head import MultiHeadClassifier
 
         classifier = MultiHeadClassifier(args.model)
@@ -386,8 +386,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = command("predict", cmd_predict, "classify texts with pipeline('text-classification'); JSONL out: text, label "
                 "and score; multi-label: the labels that apply and every label's score; regression: the score")
     p.add_argument("--model", required=True, action="append",
-                   help="a saved head folder or Hub id; repeat it for several heads on the same backbones, which then "
-                        "share one backbone pass (each row gets every head's label and score)")
+                   help="a saved head folder or Hub id; repeat it for several heads, which then share their backbones' "
+                        "passes (each row gets every head's label and score)")
     p.add_argument("--text", action="append", help="a text to classify (repeatable)")
     p.add_argument("--text-pair", action="append", help="a head of text pairs: the second text of the pair of the "
                    "--text at the same position (repeatable)")

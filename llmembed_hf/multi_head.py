@@ -1,8 +1,11 @@
-"""Several heads, one backbone pass: heads trained on the same frozen backbones classify a text together.
+"""Several heads, one backbone pass: heads trained on frozen views of the same backbones classify a text together.
 
-Frozen backbones are most of the cost of a prediction; heads on the same backbones (same specs, same weights) can
-share both the loaded copy (`shared_backbone`: loading a second head loads nothing again) and the pass itself:
-`MultiHeadClassifier` tokenises once, runs each backbone once, and feeds the pooled features to every head.
+Frozen backbones are most of the cost of a prediction. `MultiHeadClassifier` tokenises once, computes every distinct
+view the heads use once (a view: what a spec pools from which backbone, however the head names it), and gives each
+head its views: heads on the same preset share every view; heads on different views of one model (``small`` and
+``small-layers``: EmbeddingGemma's sentence embedding, and that plus its middle states) share its forward pass too
+(`LLMEmbedForSequenceClassification.pass_groups`); loaded backbones are shared through the registry
+(`shared_backbone`), so nothing loads twice.
 """
 
 from __future__ import annotations
@@ -12,18 +15,20 @@ from typing import Any, Sequence
 
 import torch
 
+from .modeling.configuration_llmembed import LLMEmbedConfig
 from .modeling.modeling_llmembed import LLMEmbedForSequenceClassification
 
-#: Spec fields that must agree for heads to share a backbone pass (the views they pool and how they tokenise).
-_SHARED_FIELDS = ("name", "model_id", "revision", "gguf_file", "layers", "pooling", "normalize", "max_length",
-                  "prompt", "pool_prompt", "quantization", "dtype")
+#: Spec fields that decide a view's vectors of a text (how the backbone tokenises, computes and pools it, and what the
+#: head reads of the pooled state); the spec's name does not, and its role only through a pair head's encoding.
+_VIEW_FIELDS = ("model_id", "revision", "gguf_file", "weights_sha256", "layers", "pooling", "normalize", "max_length",
+                "prompt", "pool_prompt", "quantization", "dtype", "dense_modules", "hidden_size")
 
 
 class MultiHeadClassifier:
-    """Classify texts with several LLMEmbed heads from one backbone pass.
+    """Classify texts with several LLMEmbed heads from one pass of their backbones.
 
-    ``heads``: loaded heads (or folders / Hub ids) whose backbones are the same; a head over other backbones is an
-    error naming the spec field that differs. ``names``: how results call each head (default: its folder name).
+    ``heads``: loaded heads (or folders / Hub ids) of single texts, or all of text pairs encoded alike (else an error
+    says so). ``names``: how results call each head (default: its folder name).
     """
 
     def __init__(self, heads: Sequence[LLMEmbedForSequenceClassification | str | os.PathLike],
@@ -37,31 +42,37 @@ class MultiHeadClassifier:
             else (h.name_or_path or f"head{i}") for i, h in enumerate(heads)]
         if len(self.names) != len(loaded) or len(set(self.names)) != len(self.names):
             raise ValueError(f"names {self.names} must give each of the {len(loaded)} heads its own name.")
-        first = loaded[0].config.backbone_specs
+        pair_encoding = loaded[0].config.pair_encoding
         for name, head in zip(self.names[1:], loaded[1:]):
-            specs = head.config.backbone_specs
-            if len(specs) != len(first):
-                raise ValueError(f"head {name!r} has {len(specs)} backbones, {self.names[0]!r} has {len(first)}: "
-                                 "heads share a pass only over the same backbones.")
-            if head.config.pair_encoding != loaded[0].config.pair_encoding:
+            if head.config.pair_encoding != pair_encoding:
                 raise ValueError(f"head {name!r} has pair_encoding={head.config.pair_encoding!r}, {self.names[0]!r} "
-                                 f"has {loaded[0].config.pair_encoding!r}: heads share a pass only when they encode "
-                                 "their inputs alike.")
-            for ours, theirs in zip(first, specs):
-                for field in _SHARED_FIELDS + ("weights_sha256",):
-                    if getattr(ours, field) != getattr(theirs, field):
-                        raise ValueError(
-                            f"head {name!r}: backbones[{theirs.name!r}].{field}={getattr(theirs, field)!r} differs "
-                            f"from head {self.names[0]!r}: {getattr(ours, field)!r}; heads share a pass only over the "
-                            "same backbones."
-                        )
+                                 f"has {pair_encoding!r}: heads share a pass only when they encode their inputs "
+                                 "alike.")
         self.heads = loaded
-        self.encoder = loaded[0]
-        if not self.encoder.backbones:
-            self.encoder.load_backbones()
-        for head in loaded[1:]:  # the registry hands them the encoder's copies: nothing loads twice
-            if not head.backbones:
-                head.load_backbones()
+        self.encoder, self.views = self._encoder_of(loaded)
+
+    @staticmethod
+    def _encoder_of(heads: list[LLMEmbedForSequenceClassification]) -> tuple[LLMEmbedForSequenceClassification,
+                                                                            list[list[str]]]:
+        """A model over every distinct view of ``heads`` (its own head unused), and each head's views by their names
+        there, in the head's order."""
+        specs: dict[tuple, dict[str, Any]] = {}
+        views = []
+        for head in heads:
+            views.append([])
+            for spec in head.config.backbone_specs:
+                values = [getattr(spec, field) for field in _VIEW_FIELDS] + [head.config.pair_encoding_of(spec)]
+                key = tuple(tuple(value) if isinstance(value, list) else value for value in values)
+                if key not in specs:
+                    taken = {entry["name"] for entry in specs.values()}
+                    name = spec.name if spec.name not in taken else next(
+                        f"{spec.name}_{i}" for i in range(2, len(taken) + 2) if f"{spec.name}_{i}" not in taken)
+                    specs[key] = dict(spec.to_dict(), name=name)
+                views[-1].append(specs[key]["name"])
+        config = LLMEmbedConfig(backbones=list(specs.values()), pair_encoding=heads[0].config.pair_encoding)
+        encoder = LLMEmbedForSequenceClassification(config).eval()
+        encoder.load_backbones()  # the registry hands it the copies the heads hold, if they loaded theirs
+        return encoder, views
 
     @torch.inference_mode()
     def __call__(self, texts: str | Sequence[str], batch_size: int = 32,
@@ -73,6 +84,7 @@ class MultiHeadClassifier:
         texts = [texts] if single else list(texts)
         if text_pairs is not None:
             text_pairs = [text_pairs] if isinstance(text_pairs, str) else list(text_pairs)
+        columns = self.encoder.config.backbone_columns
         results: list[dict[str, dict[str, Any]]] = []
         for start in range(0, len(texts), batch_size):
             pairs = None if text_pairs is None else text_pairs[start : start + batch_size]
@@ -80,9 +92,10 @@ class MultiHeadClassifier:
                                            return_tensors="pt")
             features = self.encoder.encode(**batch)
             outputs = {}
-            for name, head in zip(self.names, self.heads):
+            for name, head, views in zip(self.names, self.heads, self.views):
                 head.eval()
-                outputs[name] = pipeline_scores(head.config, head(pooled_features=features.to(head.device)).logits)
+                own = torch.cat([features[:, columns[view]] for view in views], dim=-1)
+                outputs[name] = pipeline_scores(head.config, head(pooled_features=own.to(head.device)).logits)
             results += [{name: prediction_of(head.config, outputs[name][row])
                          for name, head in zip(self.names, self.heads)} for row in range(features.shape[0])]
         return results[0] if single else results

@@ -9,7 +9,7 @@ import threading
 import pytest
 import torch
 
-from helpers import ID2LABEL
+from helpers import ID2LABEL, middle_layer_spec, spy_passes, tiny_specs
 from llmembed_hf import LLMEmbedForSequenceClassification, MultiHeadClassifier
 from llmembed_hf.modeling import modeling_llmembed
 
@@ -49,42 +49,56 @@ def test_heads_on_the_same_backbones_share_one_loaded_copy(tiny_config, monkeypa
     assert not [k for k in modeling_llmembed._LOADED_BACKBONES.keys() if k[0] == "counting_loader.<locals>.loader"]
 
 
-def test_one_pass_for_every_head_equals_each_head_alone(tiny_config, monkeypatch):
-    three = heads(tiny_config, 3)
+def predictions_alone(heads: list[LLMEmbedForSequenceClassification]) -> list[list[tuple[str, float]]]:
+    """Each head's top label and score of every text, from its own forward (its own tokenizer and backbones)."""
     alone = []
-    for head in three:
+    for head in heads:
         batch = head.tokenizer(TEXTS, padding=True, return_tensors="pt")
         with torch.inference_mode():
             probabilities = head(**batch).logits.softmax(-1)
         alone.append([(ID2LABEL[int(p.argmax())], float(p.max())) for p in probabilities])
+    return alone
 
-    passes: list[tuple[str, int]] = []
-    original = LLMEmbedForSequenceClassification.encode_backbones
 
-    def counted(self, names, input_ids, attention_mask, **kwargs):
-        passes.extend((name, input_ids.shape[0]) for name in names)
-        return original(self, names, input_ids, attention_mask, **kwargs)
-
-    monkeypatch.setattr(LLMEmbedForSequenceClassification, "encode_backbones", counted)
-    together = MultiHeadClassifier(three, names=["a", "b", "c"])(TEXTS)
-    assert sorted(passes) == [("enc", 4), ("llm", 4)]  # each backbone ran once for all three heads
-    for name, expected in zip("abc", alone):
+def assert_answers_as_alone(together: list[dict], names: list[str], alone: list[list[tuple[str, float]]]) -> None:
+    for name, expected in zip(names, alone):
         got = [(row[name]["label"], row[name]["score"]) for row in together]
         assert [label for label, _ in got] == [label for label, _ in expected]
         assert [score for _, score in got] == pytest.approx([score for _, score in expected], abs=1e-6)
 
 
-@pytest.mark.parametrize("enc, message", [
-    ({"max_length": 16}, r"max_length=16 differs from head 'a': 32"),
-    ({"prompt": "the film, "}, r"prompt='the film, ' differs from head 'a': None"),
-    ({"quantization": "int8"}, r"quantization='int8' differs from head 'a': None"),
-])
-def test_heads_over_other_backbones_are_refused_with_the_differing_field(tiny_config, enc, message):
+def test_one_pass_for_every_head_equals_each_head_alone(tiny_config, monkeypatch):
+    three = heads(tiny_config, 3)
+    alone = predictions_alone(three)
+    classifier = MultiHeadClassifier(three, names=["a", "b", "c"])
+    passes = spy_passes(classifier.encoder, monkeypatch)
+    together = classifier(TEXTS)
+    assert sorted(passes) == [(("enc",), 4), (("llm",), 4)]  # each backbone ran once for all three heads
+    assert_answers_as_alone(together, ["a", "b", "c"], alone)
+
+
+def test_heads_over_different_views_share_the_views_and_passes_they_have_in_common(tiny_config, tiny_backbones,
+                                                                                     monkeypatch):
+    """The tiny preset's head, one whose encoder reads 16 tokens (another view of it), and one that adds the Llama's
+    block 1 (a view of the Llama's pass): every distinct view runs once, the Llama's two in one pass, and every head
+    answers as it does alone."""
     torch.manual_seed(0)
-    first = LLMEmbedForSequenceClassification.from_backbones(tiny_config())
-    other = LLMEmbedForSequenceClassification.from_backbones(tiny_config(enc=enc))
-    with pytest.raises(ValueError, match=r"head 'b': backbones\['enc'\]\." + message):
-        MultiHeadClassifier([first, other], names=["a", "b"])
+    plain, short, layered = (LLMEmbedForSequenceClassification.from_backbones(config).eval() for config in (
+        tiny_config(num_labels=2, id2label=ID2LABEL),
+        tiny_config(enc={"max_length": 16}, num_labels=2, id2label=ID2LABEL),
+        tiny_config(backbones=tiny_specs(tiny_backbones) + [middle_layer_spec(tiny_backbones)], num_labels=2,
+                    id2label=ID2LABEL)))
+    names = ["plain", "short", "layered"]
+    alone = predictions_alone([plain, short, layered])
+    classifier = MultiHeadClassifier([plain, short, layered], names=names)
+    assert classifier.views == [["llm", "enc"], ["llm", "enc_2"], ["llm", "enc", "mid"]]
+    passes = spy_passes(classifier.encoder, monkeypatch)
+    together = classifier(TEXTS)
+    assert sorted(passes) == [(("enc",), 4), (("enc_2",), 4), (("llm", "mid"), 4)]
+    assert_answers_as_alone(together, names, alone)
+    pairs = LLMEmbedForSequenceClassification.from_backbones(tiny_config(pair_encoding="siamese")).eval()
+    with pytest.raises(ValueError, match=r"head 'pairs' has pair_encoding=.*heads share a pass only when they encode"):
+        MultiHeadClassifier([plain, pairs], names=["plain", "pairs"])
 
 
 def test_concurrent_first_calls_load_each_backbone_once(saved_head, monkeypatch):
