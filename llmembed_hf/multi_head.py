@@ -16,12 +16,11 @@ from typing import Any, Sequence
 import torch
 
 from .modeling.configuration_llmembed import LLMEmbedConfig
-from .modeling.modeling_llmembed import LLMEmbedForSequenceClassification
+from .modeling.modeling_llmembed import LLMEmbedForSequenceClassification, forward_pass_key
 
-#: Spec fields that decide a view's vectors of a text (how the backbone tokenises, computes and pools it, and what the
-#: head reads of the pooled state); the spec's name does not, and its role only through a pair head's encoding.
-_VIEW_FIELDS = ("model_id", "revision", "gguf_file", "weights_sha256", "layers", "pooling", "normalize", "max_length",
-                "prompt", "pool_prompt", "quantization", "dtype", "dense_modules", "hidden_size")
+#: Spec fields that, beside its forward pass (`forward_pass_key`), decide a view's vectors of a text: what it pools and
+#: what the head reads of the pooled state. The spec's name does not, and its role only through a pair head's encoding.
+_POOLING_FIELDS = ("layers", "pooling", "normalize", "pool_prompt", "dense_modules", "hidden_size")
 
 
 class MultiHeadClassifier:
@@ -61,8 +60,9 @@ class MultiHeadClassifier:
         for head in heads:
             views.append([])
             for spec in head.config.backbone_specs:
-                values = [getattr(spec, field) for field in _VIEW_FIELDS] + [head.config.pair_encoding_of(spec)]
-                key = tuple(tuple(value) if isinstance(value, list) else value for value in values)
+                pooling = (tuple(value) if isinstance(value, list) else value
+                           for value in (getattr(spec, field) for field in _POOLING_FIELDS))
+                key = (forward_pass_key(spec), *pooling, head.config.pair_encoding_of(spec))
                 if key not in specs:
                     taken = {entry["name"] for entry in specs.values()}
                     name = spec.name if spec.name not in taken else next(

@@ -1093,6 +1093,9 @@ class LLMEmbedForSequenceClassification(OneCommitPushMixin, LLMEmbedPreTrainedMo
         for spec in specs:
             ids = [backbone_inputs[f"{prefix}_input_ids"] for prefix in parts[spec.name]]
             masks = [backbone_inputs[f"{prefix}_attention_mask"] for prefix in parts[spec.name]]
+            if len(ids) == 1:
+                inputs[spec.name] = (ids[0], masks[0])
+                continue
             # Both texts of every pair in one batch, right-padded to the longer side (pooling is mask-aware).
             width = max(t.shape[1] for t in ids)
             inputs[spec.name] = (torch.cat([F.pad(t, (0, width - t.shape[1])) for t in ids]),
