@@ -1,14 +1,16 @@
 """Multi-label accuracy on GoEmotions: the fused head against TF-IDF one-vs-rest logistic regression.
 
 The fused head is what ``llmembed train`` makes of a multi-label data set (`train_head`: BCE, the epoch chosen on
-the official validation split, each label's decision threshold tuned there and on the training rows' out-of-fold
-scores, ``threshold_folds``), once per seed; its test scores are at the tuned thresholds, and, for reference, at
-thresholds tuned on the validation split alone and at 0.5. The anchor is TF-IDF 1-2-grams (sublinear tf, min_df=2) with
-one logistic regression per label on the same training rows, its thresholds tuned on the same validation split:
-one threshold per label (the head's procedure, `metrics.fit_thresholds`) and one shared threshold (the best of a
-0.01 grid by validation macro-F1). Everything is scored on the test split, which nothing else reads; the table
-gives mean ± standard deviation over the seeds (a seed draws the ``--max-train`` subset, the head's initial weights
-and its training order).
+the official validation split, ``threshold_folds`` more heads each trained without one fold of the training rows,
+kept beside the head (the model's logits are the mean of all of them), each label's decision threshold tuned on the
+validation split and the training rows' out-of-fold scores), once per seed; its test scores are at the tuned
+thresholds, and, for reference, at thresholds tuned on the validation split alone and at 0.5, and those of its head
+alone (the model without the fold heads, from the same training). The anchor is TF-IDF 1-2-grams (sublinear tf,
+min_df=2) with one logistic regression per label on the same training rows, its thresholds tuned on the same
+validation split: one threshold per label (the head's procedure, `metrics.fit_thresholds`) and one shared threshold
+(the best of a 0.01 grid by validation macro-F1). Everything is scored on the test split, which nothing else
+reads; the table gives mean ± standard deviation over the seeds (a seed draws the ``--max-train`` subset, the head's
+initial weights and its training order).
 
     python benchmarks/bench_multilabel.py --preset small --seeds 42 43 44
     python benchmarks/bench_multilabel.py --preset small --max-train 5000 --json goemotions.json
@@ -30,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 from bench_common import DATASETS, RESULTS, machine, write_sections
 from transformers import set_seed
 
@@ -44,14 +47,16 @@ from llmembed_hf import (
 from llmembed_hf.backbones import preset_backbone_spec
 from llmembed_hf.data import load_classification_splits
 from llmembed_hf.metrics import fit_thresholds, multi_label_scores, sigmoid
-from llmembed_hf.trainer import head_config, predict_logits, split_features
+from llmembed_hf.trainer import head_config, predict_logits, split_features, threshold_fold_rows
 from llmembed_hf.training_args import DataArguments, OutputArguments
 
 TITLE = "## Multi-label: GoEmotions, fused head vs TF-IDF one-vs-rest logistic regression"
 SCORES = ("macro_f1", "micro_f1", "samples_f1", "subset_accuracy")
-HEAD = "LLMEmbed fused head (thresholds tuned on validation + out-of-fold training rows)"
-HEAD_VALIDATION_ONLY = "LLMEmbed fused head (thresholds tuned on validation alone)"
-HEAD_AT_HALF = "LLMEmbed fused head (threshold 0.5)"
+HEAD = "LLMEmbed fused head + its fold heads, averaged (thresholds tuned on validation + out-of-fold training rows)"
+HEAD_VALIDATION_ONLY = "LLMEmbed fused head + its fold heads, averaged (thresholds tuned on validation alone)"
+HEAD_AT_HALF = "LLMEmbed fused head + its fold heads, averaged (threshold 0.5)"
+ONE_HEAD = "LLMEmbed fused head alone (thresholds tuned on validation + out-of-fold training rows)"
+ONE_HEAD_VALIDATION_ONLY = "LLMEmbed fused head alone (thresholds tuned on validation alone)"
 TFIDF_PER_LABEL = "TF-IDF 1-2-grams + one-vs-rest logistic regression (thresholds tuned per label)"
 TFIDF_SHARED = "TF-IDF 1-2-grams + one-vs-rest logistic regression (one threshold tuned)"
 
@@ -102,18 +107,63 @@ def tfidf_rows(splits: Any, C: float, seed: int) -> dict[str, dict[str, float]]:
             TFIDF_SHARED: {**multi_label_scores(probabilities["test"] >= shared, test_y), "threshold": float(shared)}}
 
 
-def validation_only_scores(model: LLMEmbedForSequenceClassification, splits: Any,
-                           extraction: ExtractionConfig) -> dict[str, float]:
-    """Test scores of the trained head at thresholds tuned on its validation logits alone (``threshold_folds=0``),
-    beside the default's: the same head, only its thresholds differ."""
-    tuned, model.config.decision_thresholds = model.config.decision_thresholds, None
+def one_row_ms(model: LLMEmbedForSequenceClassification, row: torch.Tensor, calls: int = 300) -> float:
+    """Median wall milliseconds of ``model``'s forward on one row of pooled features (after 20 warm-up calls)."""
+    model.eval()
+    times = []
+    with torch.inference_mode():
+        for call in range(calls + 20):
+            started = time.perf_counter()
+            model(pooled_features=row)
+            if call >= 20:
+                times.append(1000 * (time.perf_counter() - started))
+    return float(np.median(times))
+
+
+def head_rows(model: LLMEmbedForSequenceClassification, splits: Any, extraction: ExtractionConfig,
+              training: HeadTrainingArguments, default: dict[str, float]
+              ) -> tuple[dict[str, dict[str, float]], dict[str, float]]:
+    """Test scores of the trained model (the mean of its head and fold heads) at thresholds tuned on its validation
+    logits alone, and of its head alone at thresholds tuned as `train_head` tunes them (validation + the training
+    rows' out-of-fold logits, here re-scored by the kept fold heads) and on validation alone: what the fold heads
+    add, beside the default's scores (``default``), from the same training; and the median milliseconds of both on one
+    row (the head's share of serving one text, beside its backbones'). A model that did not keep its fold heads
+    (`trainer.fold_heads_help`) is its head alone: those rows are the model's."""
+    features = {name: split_features(model, split, extraction)
+                for name, split in (("train", splits.train), ("validation", splits.validation),
+                                    ("test", splits.evaluation))}
+    gold = {name: np.asarray(split.labels) for name, split in (("train", splits.train),
+                                                               ("validation", splits.validation),
+                                                               ("test", splits.evaluation))}
+    tuned, kept = model.config.decision_thresholds, model.fold_heads
+    model.config.decision_thresholds = None
     try:
-        validation, test = (predict_logits(model, split_features(model, split, extraction))
-                            for split in (splits.validation, splits.evaluation))
+        row = features["test"][:1]["pooled_features"]
+        ensemble = {name: predict_logits(model, features[name]) for name in ("validation", "test")}
+        latency = {"one_row_ms": one_row_ms(model, row)} if kept else {}
+        model.fold_heads = torch.nn.ModuleList()
+        alone = {name: predict_logits(model, features[name]) for name in ("validation", "test")}
+        latency["one_row_head_alone_ms"] = one_row_ms(model, row)
     finally:
-        model.config.decision_thresholds = tuned
-    thresholds = np.asarray(fit_thresholds(sigmoid(validation), np.asarray(splits.validation.labels)))
-    return multi_label_scores(sigmoid(test) >= thresholds, np.asarray(splits.evaluation.labels))
+        model.config.decision_thresholds, model.fold_heads = tuned, kept
+
+    def scores(logits: dict[str, np.ndarray], extra: np.ndarray | None = None) -> dict[str, float]:
+        fitted, labels = logits["validation"], gold["validation"]
+        if extra is not None:
+            fitted, labels = np.concatenate([fitted, extra]), np.concatenate([labels, gold["train"]])
+        thresholds = np.asarray(fit_thresholds(sigmoid(fitted), labels))
+        return multi_label_scores(sigmoid(logits["test"]) >= thresholds, gold["test"])
+
+    if not kept:
+        return {HEAD_VALIDATION_ONLY: scores(ensemble), ONE_HEAD: default,
+                ONE_HEAD_VALIDATION_ONLY: scores(alone)}, latency
+    out_of_fold = np.zeros_like(gold["train"], dtype=np.float32)
+    pooled = features["train"][:]["pooled_features"]
+    with torch.inference_mode():
+        for head, rows in zip(kept, threshold_fold_rows(len(pooled), training.threshold_folds, training.seed)):
+            out_of_fold[rows] = head.eval()(pooled[rows].to(torch.float32)).numpy()
+    return {HEAD_VALIDATION_ONLY: scores(ensemble), ONE_HEAD: scores(alone, out_of_fold),
+            ONE_HEAD_VALIDATION_ONLY: scores(alone)}, latency
 
 
 def run_seed(seed: int, args: argparse.Namespace, work: Path, keep: list[Any]) -> dict[str, Any]:
@@ -136,8 +186,11 @@ def run_seed(seed: int, args: argparse.Namespace, work: Path, keep: list[Any]) -
                                training=training, extraction=extraction)
         test_split = report.thresholds["splits"]["test"]
         result["rows"][HEAD] = dict(report.eval_metrics)
-        result["rows"][HEAD_VALIDATION_ONLY] = validation_only_scores(model, splits, extraction)
         result["rows"][HEAD_AT_HALF] = {key: test_split[f"{key}_before"] for key in SCORES}
+        rows, latency = head_rows(model, splits, extraction, training, result["rows"][HEAD])
+        result["rows"].update(rows)
+        result.update(latency, fold_heads=report.thresholds["fold_heads"],
+                      fold_heads_validation=report.thresholds["fold_heads_validation_loss"])
         result.update(extract_s=report.timings["extract_s"], head_train_s=report.timings["train_s"],
                       threshold_tuning_s=report.thresholds["tuning_s"], threshold_folds=report.thresholds["folds"],
                       validation_macro_f1=report.validation_metrics["eval_macro_f1"])
@@ -179,9 +232,23 @@ def markdown(run: dict[str, Any]) -> str:
         seconds = [result[key] for result in results if key in result]
         if seconds:
             times.append(f"{name} {seconds[0] if key == 'extract_s' else np.mean(seconds):.0f} s")
+    ensembles = [r for r in results if "one_row_ms" in r]
+    if ensembles:
+        times.append("the forward of a model with its fold heads on one row of features (median per seed, then their "
+                     f"mean over the seeds that kept them) {np.mean([r['one_row_ms'] for r in ensembles]):.2f} ms, "
+                     f"its head alone {np.mean([r['one_row_head_alone_ms'] for r in ensembles]):.2f} ms")
     shared = [result["rows"][TFIDF_SHARED]["threshold"] for result in results if TFIDF_SHARED in result["rows"]]
     if shared:
         lines += ["", f"The shared TF-IDF threshold chosen on validation: {sorted(set(shared))}."]
+    kept = [r for r in results if r.get("fold_heads_validation")]
+    if kept:
+        def decision(r: dict[str, Any]) -> str:
+            scores = r["fold_heads_validation"]
+            return (f"seed {r['seed']} {'yes' if r['fold_heads'] else 'no'} ({scores['with_fold_heads']:.5f} / "
+                    f"{scores['head_alone']:.5f})")
+
+        lines += ["", "Fold heads kept (validation loss with them / the head alone): "
+                  + ", ".join(decision(r) for r in kept) + "."]
     lines += ["", f"Times: {', '.join(times)}.", ""]
     return "\n".join(lines)
 

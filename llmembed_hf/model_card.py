@@ -338,8 +338,13 @@ def _thresholds(folder: Path, report: RunReport) -> tuple[str, list[str]]:
     labels = [[name, f"{threshold:.3f}", tuned["support"][i], f1("before", i), f1("after", i)]
               for i, (name, threshold) in enumerate(tuned["thresholds"].items())]
     folds = tuned.get("folds", 0)
+    help_scores = tuned.get("fold_heads_validation_loss")
+    compared = (f" (validation loss {help_scores['with_fold_heads']:.5f} with them, {help_scores['head_alone']:.5f}"
+                " for the head alone)" if help_scores else "")
+    kept = (f"; the model keeps those heads and returns the mean of their logits and its head's{compared}"
+            if tuned.get("fold_heads") else f"; those heads were not kept{compared}" if help_scores else "")
     fitted_on = (f"the validation split and on out-of-fold scores of the training rows ({folds} folds, each scored by "
-                 "a head trained on the other folds)" if folds else "the validation split")
+                 f"a head trained on the other folds{kept})" if folds else "the validation split")
     text = (f"A label applies when its score is at least 0.5: each label's decision threshold was tuned after training "
             f"on {fitted_on}, maximising its F1, and is folded into the scores.\n\n"
             + markdown_table(["split", "macro-F1 at 0.5", "macro-F1 tuned", "micro-F1 at 0.5", "micro-F1 tuned"], rows)
@@ -511,7 +516,9 @@ def write_model_card(folder: str | os.PathLike, config: Any, report: RunReport, 
 
     folder = Path(folder)
     repo_id, name = _repo_name(folder, repo_id)
-    num_params = sum(p.numel() for p in LLMEmbedFusionHead(config).parameters())
+    heads = 1 + getattr(config, "num_fold_heads", 0)
+    num_params = f"{heads * sum(p.numel() for p in LLMEmbedFusionHead(config).parameters()):,}" + (
+        f" in {heads} fusion heads whose logits are averaged" if heads > 1 else "")
     backbones = "\n".join(
         f"| {s.name} | `{hub_base_model(s.model_id) or 'a local folder'}`"
         f"{' (`' + s.gguf_file + '`)' if s.gguf_file else ''} | {s.role} | {s.layers} | "
@@ -542,7 +549,7 @@ def write_model_card(folder: str | os.PathLike, config: Any, report: RunReport, 
                     else '["a gorgeous, witty film", "tedious and flat"]')
     return _render(
         "model_card_template.md", folder, meta, [spec.model_id for spec in config.backbone_specs], title=name,
-        repo_id=repo_id, num_head_params=f"{num_params:,}", backbones_table=backbones, text_columns=text_columns,
+        repo_id=repo_id, num_head_params=num_params, backbones_table=backbones, text_columns=text_columns,
         usage_inputs=usage_inputs, problem_note=PROBLEM_NOTES[problem_type],
         hub_commits=hub_commits(config.backbone_specs),
         **_training_fields(folder, config, report, metrics),

@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from datasets import Dataset, DatasetDict
 from transformers import EarlyStoppingCallback, Trainer, set_seed
 from transformers.utils import logging
@@ -36,7 +37,7 @@ from .metrics import (
 )
 from .model_card import TrainingReport, environment, save_with_card
 from .modeling.configuration_llmembed import DEFAULT_PAIR_ENCODING, PRESETS, LLMEmbedConfig
-from .modeling.modeling_llmembed import LLMEmbedForSequenceClassification, siamese_cosines
+from .modeling.modeling_llmembed import LLMEmbedForSequenceClassification, LLMEmbedFusionHead, siamese_cosines
 from .training_args import (
     DataArguments,
     HeadArguments,
@@ -68,7 +69,8 @@ def fit_head(
     args = args or HeadTrainingArguments()
     set_seed(args.seed)
     if model.config.standardize_features:
-        model.head.set_feature_statistics(train_features[:]["pooled_features"])
+        for head in model.fusion_heads:
+            head.set_feature_statistics(train_features[:]["pooled_features"])
     has_eval = eval_features is not None
     problem_type = problem_type_of(model.config)
     callbacks = []
@@ -122,16 +124,26 @@ def calibrate(model: LLMEmbedForSequenceClassification, scored: dict[str, tuple[
     return {"temperature": temperature, "splits": splits, "reliability_split": shown, "reliability": bins}
 
 
-def out_of_fold_logits(model: LLMEmbedForSequenceClassification, train_features: Dataset,
-                       validation_features: Dataset, args: HeadTrainingArguments) -> np.ndarray:
-    """Raw logits of every training row from a head that never trained on it: the rows are split into
-    ``args.threshold_folds`` seeded folds, and per fold a fresh head of ``model``'s config is trained by `fit_head` on
-    the other folds (its epoch chosen on the validation split, as for ``model``) and scores the fold. Thresholds
-    tuned on these scores too see several times the positive rows of a rare label that the validation split has."""
+def threshold_fold_rows(num_rows: int, folds: int, seed: int) -> list[np.ndarray]:
+    """The training rows each threshold fold leaves out (`train_fold_heads`): a seeded split into ``folds`` parts."""
+    return np.array_split(np.random.default_rng(seed).permutation(num_rows), folds)
+
+
+def train_fold_heads(model: LLMEmbedForSequenceClassification, train_features: Dataset,
+                     validation_features: Dataset, args: HeadTrainingArguments
+                     ) -> tuple[list[LLMEmbedFusionHead], np.ndarray]:
+    """Heads that each never saw one fold of the training rows, and the raw logits of every training row from the
+    head that left it out: the rows are split into ``args.threshold_folds`` seeded folds, and per fold a fresh head of
+    ``model``'s config is trained by `fit_head` on the other folds (its epoch chosen on the validation split, as for
+    ``model``) and scores the fold. Thresholds tuned on these scores too see several times the positive rows of a
+    rare label that the validation split has; the heads themselves, averaged with ``model``'s, are an ensemble at no
+    further training cost (`LLMEmbedForSequenceClassification.add_fold_heads`)."""
     config = copy.deepcopy(model.config)
     config.calibration_temperature, config.decision_thresholds, config.similarity_blend = 1.0, None, None
-    folds = np.array_split(np.random.default_rng(args.seed).permutation(len(train_features)), args.threshold_folds)
+    config.num_fold_heads = 0
+    folds = threshold_fold_rows(len(train_features), args.threshold_folds, args.seed)
     logits = np.zeros((len(train_features), config.num_labels), dtype=np.float32)
+    heads = []
     with tempfile.TemporaryDirectory(prefix="llmembed-threshold-folds-") as work:
         for index, held_out in enumerate(folds):
             logger.info(f"Threshold fold {index + 1}/{len(folds)}: a head on {len(train_features) - len(held_out)} "
@@ -142,13 +154,53 @@ def out_of_fold_logits(model: LLMEmbedForSequenceClassification, train_features:
             others = train_features.select(np.setdiff1d(np.arange(len(train_features)), held_out))
             fit_head(fold_model, others, validation_features, Path(work) / f"fold-{index}", fold_args)
             logits[held_out] = predict_logits(fold_model, train_features.select(held_out))
-    return logits
+            heads.append(fold_model.head)
+    return heads, logits
+
+
+def fold_heads_help(model: LLMEmbedForSequenceClassification, heads: list[LLMEmbedFusionHead],
+                    validation_features: Dataset, validation_labels: list) -> dict[str, float]:
+    """Validation loss (mean binary cross-entropy) of ``model``'s head alone and of its mean with ``heads``. Fold
+    heads each see a fold fewer training rows than the head: on a large training set their mean may beat it, on a
+    small one it drags it down; this decides which. The loss, not macro-F1, because it needs no thresholds (which
+    would be tuned on the rows they are scored on) and rare labels do not make it jump."""
+    labels = torch.as_tensor(np.asarray(validation_labels), dtype=torch.float32)
+    alone = torch.from_numpy(predict_logits(model, validation_features))
+    pooled = validation_features[:]["pooled_features"].to(model.head.classifier[-1].weight)
+    with torch.inference_mode():
+        together = torch.stack([alone, *(head.eval()(pooled).float().cpu() for head in heads)]).mean(0)
+    return {name: float(F.binary_cross_entropy_with_logits(logits, labels))
+            for name, logits in (("head_alone", alone), ("with_fold_heads", together))}
+
+
+def threshold_folds(model: LLMEmbedForSequenceClassification, train_features: Dataset, validation_features: Dataset,
+                    splits: Any, training: HeadTrainingArguments) -> tuple[tuple[np.ndarray, list] | None, int,
+                                                                           dict[str, float] | None]:
+    """A multi-label head's threshold folds (`train_fold_heads`), where the training rows allow 2 a fold: their
+    heads join ``model`` (``training.keep_fold_heads``) if `fold_heads_help` says so. Returns the out-of-fold logits
+    with their labels (None without folds), the number of folds, and `fold_heads_help`'s scores (None if not asked)."""
+    folds = training.threshold_folds if len(train_features) >= 2 * training.threshold_folds else 0
+    if training.threshold_folds and not folds:
+        logger.warning(f"{len(train_features)} training rows are too few for {training.threshold_folds} "
+                       "threshold folds (2 rows a fold at least): thresholds from the validation split alone.")
+    if not folds:
+        return None, 0, None
+    heads, logits = train_fold_heads(model, train_features, validation_features, training)
+    out_of_fold = (logits, splits.train.labels)
+    if not training.keep_fold_heads:
+        return out_of_fold, folds, None
+    scores = fold_heads_help(model, heads, validation_features, splits.validation.labels)
+    if scores["with_fold_heads"] <= scores["head_alone"]:
+        model.add_fold_heads(heads)
+    logger.info(f"Fold heads {'kept' if model.fold_heads else 'dropped'}: validation loss "
+                f"{scores['head_alone']:.5f} for the head alone, {scores['with_fold_heads']:.5f} with them.")
+    return out_of_fold, folds, scores
 
 
 def tune_thresholds(model: LLMEmbedForSequenceClassification, scored: dict[str, tuple[np.ndarray, list]],
                     out_of_fold: tuple[np.ndarray, list] | None = None) -> dict:
     """Tune each label's decision threshold on the raw ``scored["validation"]`` logits, and the training rows'
-    ``out_of_fold`` ones (`out_of_fold_logits`) if given (`fit_thresholds`: its F1 maximised), store them in the
+    ``out_of_fold`` ones (`train_fold_heads`) if given (`fit_thresholds`: its F1 maximised), store them in the
     config (the pipeline's scores then reach 0.5 exactly at them), and measure the multi-label scores at 0.5 and at
     the tuned thresholds on every scored split, with each label's F1 on the last one (the evaluation split when there
     is one) for the card's plot."""
@@ -243,7 +295,8 @@ def head_config(preset: str | os.PathLike | LLMEmbedConfig, head: HeadArguments 
     overrides = head.overrides() if head is not None else {}
     id2label = dict(enumerate(names))
     labels = {"id2label": id2label, "label2id": {v: k for k, v in id2label.items()}, "problem_type": problem_type,
-              "calibration_temperature": 1.0, "decision_thresholds": None, "similarity_blend": None}
+              "calibration_temperature": 1.0, "decision_thresholds": None, "similarity_blend": None,
+              "num_fold_heads": 0}
     if not isinstance(preset, LLMEmbedConfig) and str(preset) not in PRESETS and Path(preset).exists():
         preset = LLMEmbedConfig.from_pretrained(preset)
     if isinstance(preset, LLMEmbedConfig):
@@ -324,6 +377,10 @@ def train_head(
         )
     else:
         check_model_matches(model.config, problem_type, pairs)
+    if model.fold_heads:
+        raise ValueError(f"the model already averages {len(model.fold_heads)} fold heads with its head; train_head "
+                         "trains one head (and, for multi-label data, its fold heads): pass a model built from a "
+                         "config with num_fold_heads=0, e.g. head_config(model.config, ...).")
     model.config.problem_type = problem_type
     loaded = time.perf_counter()
 
@@ -355,6 +412,10 @@ def train_head(
     # Raw logits from here on, until `calibrate`, `tune_thresholds` or `blend_similarity` fits what inference applies.
     model.config.calibration_temperature, model.config.decision_thresholds = 1.0, None
     model.config.similarity_blend = None
+    tuning_started = time.perf_counter()
+    out_of_fold, folds, fold_heads_validation = (
+        threshold_folds(model, train_features, validation_features, splits, training)
+        if problem_type == "multi_label_classification" and training.tune_thresholds else (None, 0, None))
     features, gold = {"validation": validation_features}, {"validation": splits.validation.labels}
     if eval_features is not None:
         features[data.eval_split], gold[data.eval_split] = eval_features, evaluation.labels
@@ -362,14 +423,9 @@ def train_head(
     if problem_type == "single_label_classification" and training.calibrate:  # argmax unchanged: scored after
         report.calibration = calibrate(model, scored)
     if problem_type == "multi_label_classification" and training.tune_thresholds:
-        tuning_started = time.perf_counter()
-        folds = training.threshold_folds if len(train_features) >= 2 * training.threshold_folds else 0
-        if training.threshold_folds and not folds:
-            logger.warning(f"{len(train_features)} training rows are too few for {training.threshold_folds} "
-                           "threshold folds (2 rows a fold at least): thresholds from the validation split alone.")
-        out_of_fold = (out_of_fold_logits(model, train_features, validation_features, training),
-                       splits.train.labels) if folds else None
         report.thresholds = {**tune_thresholds(model, scored, out_of_fold), "folds": folds,
+                             "fold_heads": model.config.num_fold_heads,
+                             "fold_heads_validation_loss": fold_heads_validation,
                              "tuning_s": time.perf_counter() - tuning_started}
     if problem_type == "regression" and model.config.siamese_specs and training.blend_similarity:
         report.similarity_blend = blend_similarity(model, scored, features)
@@ -392,5 +448,6 @@ def train_head(
     return model, report
 
 
-__all__ = ["blend_similarity", "calibrate", "check_model_matches", "check_pairs_match", "fit_head", "head_config",
-           "out_of_fold_logits", "predict_logits", "split_features", "train_head", "tune_thresholds"]
+__all__ = ["blend_similarity", "calibrate", "check_model_matches", "check_pairs_match", "fit_head", "fold_heads_help",
+           "head_config", "predict_logits", "split_features", "threshold_fold_rows", "threshold_folds",
+           "train_fold_heads", "train_head", "tune_thresholds"]

@@ -307,6 +307,10 @@ class HeadTrainingArguments(BaseTrainingArguments):
                                   "train this many extra heads, each on the training rows outside one fold and "
                                   "scoring that fold: more positive rows per label than the validation split has "
                                   "(0: the validation split alone)")
+    keep_fold_heads: bool = arg(True, "multi-label with threshold_folds: keep those heads in the model, which then "
+                                      "returns the mean logits of its head and them (an ensemble, at no more "
+                                      "training), if that has no higher validation loss than the head alone "
+                                      "(false: the one head)")
     blend_similarity: bool = arg(True, "regression on text pairs with siamese backbones: after training, fit on the "
                                        "validation split a least-squares blend of the head's score and each siamese "
                                        "backbone's cosine of the two sides, which serving then returns (false: the "

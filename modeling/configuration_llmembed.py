@@ -404,6 +404,12 @@ class LLMEmbedConfig(PretrainedConfig):
             for all roles, ``"role=mode"`` items or a dict (see `normalize_pair_encoding`); stored as a full dict.
             `DEFAULT_PAIR_ENCODING` (LLMs joint, encoders siamese) is what training on pair data picks when unset.
             Independent of the problem type: pairs with single-label, multi-label or regression labels.
+        num_fold_heads (`int`): how many more fusion heads of the same shape the model holds besides ``head``
+            (``fold_heads``); its logits are the mean of all of them. Training a multi-label head with out-of-fold
+            thresholds (`HeadTrainingArguments.threshold_folds`) trains such heads, each on the training rows outside
+            one fold, and keeps them (``keep_fold_heads``) when their mean with the head has no higher validation
+            loss than the head alone: an ensemble at no extra training cost, whose head compute is small beside
+            the backbones'. 0: the one head.
     """
 
     model_type = "llmembed"
@@ -421,6 +427,7 @@ class LLMEmbedConfig(PretrainedConfig):
         decision_thresholds: list[float] | None = None,
         similarity_blend: list[float] | None = None,
         pair_encoding: str | dict[str, str] | None = None,
+        num_fold_heads: int = 0,
         **kwargs: Any,
     ) -> None:
         self._check_labels(kwargs)
@@ -435,6 +442,7 @@ class LLMEmbedConfig(PretrainedConfig):
         self.decision_thresholds = list(decision_thresholds) if decision_thresholds is not None else None
         self.similarity_blend = list(similarity_blend) if similarity_blend is not None else None
         self.pair_encoding = normalize_pair_encoding(pair_encoding)
+        self.num_fold_heads = num_fold_heads
         super().__init__(**kwargs)
         # A bare LLMEmbedConfig() is what transformers builds to diff defaults on save: only validate real ones.
         if backbones is not None:
@@ -497,6 +505,9 @@ class LLMEmbedConfig(PretrainedConfig):
                              "as they are).")
         self._check_decision_thresholds()
         self._check_similarity_blend()
+        if isinstance(self.num_fold_heads, bool) or not isinstance(self.num_fold_heads, int) or self.num_fold_heads < 0:
+            raise ValueError(f"num_fold_heads={self.num_fold_heads!r} must be an integer >= 0 (the fusion heads "
+                             "averaged with the main one; 0: the main head alone).")
         if not all(isinstance(h, int) and h > 0 for h in self.mlp_hidden_sizes):
             raise ValueError(f"mlp_hidden_sizes={self.mlp_hidden_sizes!r} must be positive integers, e.g. [512, 128].")
         if self.pair_encoding is not None:

@@ -915,6 +915,9 @@ class LLMEmbedForSequenceClassification(OneCommitPushMixin, LLMEmbedPreTrainedMo
         super().__init__(config)
         config.validate(require_hidden_size=True)
         self.head = LLMEmbedFusionHead(config)
+        # Heads trained without one fold of the training rows each (`llmembed_hf.trainer.train_fold_heads`),
+        # averaged with ``head``.
+        self.fold_heads = nn.ModuleList(LLMEmbedFusionHead(config) for _ in range(config.num_fold_heads))
         # A plain dict, not submodules: backbones stay out of parameters(), state_dict() and the optimizer.
         self._backbones: dict[str, PreTrainedModel] = {}
         self._shared: dict[str, _SharedBackbone] = {}  # keeps the registry's copies alive while this head is
@@ -1245,13 +1248,30 @@ class LLMEmbedForSequenceClassification(OneCommitPushMixin, LLMEmbedPreTrainedMo
                 f"{self.config.feature_size}) for views of widths {self.config.view_widths}."
             )
         head_dtype = self.head.classifier[-1].weight.dtype
-        logits = self.head(pooled_features.to(head_dtype))
+        pooled_features = pooled_features.to(head_dtype)
+        logits = torch.stack([head(pooled_features) for head in self.fusion_heads]).mean(dim=0)
         loss = self._loss(logits, labels) if labels is not None else None
         if labels is None and not self.training:
             logits = self._inference_logits(logits, pooled_features)
         if return_dict is False:
             return (loss, logits) if loss is not None else (logits,)
         return SequenceClassifierOutput(loss=loss, logits=logits)
+
+    @property
+    def fusion_heads(self) -> list[LLMEmbedFusionHead]:
+        """``head`` and the ``fold_heads``: the logits are their mean."""
+        return [self.head, *self.fold_heads]
+
+    def add_fold_heads(self, heads: Sequence[LLMEmbedFusionHead]) -> None:
+        """Keep ``heads`` (trained heads of this config, e.g. the threshold folds') beside ``head``: from now on the
+        logits are the mean of all of them, and `save_pretrained` saves them (``config.num_fold_heads``)."""
+        expected = {key: value.shape for key, value in self.head.state_dict().items()}
+        for index, head in enumerate(heads):
+            if {key: value.shape for key, value in head.state_dict().items()} != expected:
+                raise ValueError(f"fold head {index} does not have this model's head shape; build it from this "
+                                 "model's config (LLMEmbedFusionHead(model.config)).")
+        self.fold_heads.extend(head.to(self.head.classifier[-1].weight) for head in heads)
+        self.config.num_fold_heads = len(self.fold_heads)
 
     def _inference_logits(self, logits: torch.Tensor, pooled_features: torch.Tensor) -> torch.Tensor:
         """The logits inference returns (eval mode, no labels), fitted on validation data after training: single-label

@@ -18,6 +18,7 @@ from transformers import AutoModelForSequenceClassification
 from llmembed_hf import BackboneSpec, LLMEmbedConfig, LLMEmbedForSequenceClassification, LLMEmbedTokenizer
 from llmembed_hf.modeling.modeling_llmembed import (
     ALLOW_MISMATCH_ENV,
+    LLMEmbedFusionHead,
     backbone_quantization,
     check_backbone_sha256,
     first_token_pool,
@@ -551,6 +552,38 @@ def test_decision_thresholds_round_trip_through_save_and_load(tiny_config, tmp_p
     # Other labels: the saved thresholds go with the saved labels.
     other = AutoModelForSequenceClassification.from_pretrained(tmp_path, num_labels=5, ignore_mismatched_sizes=True)
     assert other.config.decision_thresholds is None and other.config.num_labels == 5
+
+
+def test_fold_heads_average_their_logits_and_round_trip_through_save_and_load(tiny_config, tmp_path):
+    """With ``num_fold_heads`` the logits (and the loss) are the mean of the head's and the fold heads' logits; the
+    fold heads are saved and loaded with the head, and a model without them saves the keys it always saved."""
+    torch.manual_seed(0)
+    single = LLMEmbedForSequenceClassification(multi_label_config(tiny_config)).eval()
+    assert not any(key.startswith("fold_heads.") for key in single.state_dict())
+    members = [LLMEmbedFusionHead(single.config).eval() for _ in range(2)]
+    features, labels = random_features(), torch.randint(0, 2, (4, 3)).float()
+    alone = single(pooled_features=features).logits
+    single.add_fold_heads(members)
+    assert single.config.num_fold_heads == 2 and list(single.fusion_heads) == [single.head, *members]
+    expected = torch.stack([alone, *(head(features) for head in members)]).mean(0)
+    torch.testing.assert_close(single(pooled_features=features).logits, expected)
+    torch.testing.assert_close(single(pooled_features=features, labels=labels).loss,
+                               F.binary_cross_entropy_with_logits(expected, labels))
+    single.config.decision_thresholds = [0.2, 0.5, 0.9]
+    single.save_pretrained(tmp_path)
+    assert json.loads((tmp_path / "config.json").read_text())["num_fold_heads"] == 2
+    loaded = AutoModelForSequenceClassification.from_pretrained(tmp_path).eval()
+    assert len(loaded.fold_heads) == 2
+    torch.testing.assert_close(loaded(pooled_features=features).logits, single(pooled_features=features).logits)
+    other = LLMEmbedFusionHead(tiny_config(num_labels=5))
+    with pytest.raises(ValueError, match="fold head 0 does not have this model's head shape"):
+        loaded.add_fold_heads([other])
+
+
+@pytest.mark.parametrize("value", [-1, 1.5, True])
+def test_num_fold_heads_must_be_a_count(tiny_config, value):
+    with pytest.raises(ValueError, match=r"num_fold_heads=.* must be an integer >= 0"):
+        tiny_config(num_fold_heads=value)
 
 
 def pair_regression_config(tiny_config, **kwargs) -> LLMEmbedConfig:

@@ -380,7 +380,7 @@ def test_multi_label_thresholds_are_tuned_on_validation_and_out_of_fold_training
     from llmembed_hf.data import load_classification_splits
     from llmembed_hf.features import ExtractionConfig
     from llmembed_hf.metrics import fit_thresholds, sigmoid
-    from llmembed_hf.trainer import out_of_fold_logits, split_features
+    from llmembed_hf.trainer import split_features, train_fold_heads
     from llmembed_hf.training_args import DataArguments
 
     output, model, report = trained_multi_label
@@ -394,7 +394,7 @@ def test_multi_label_thresholds_are_tuned_on_validation_and_out_of_fold_training
     raw.config.decision_thresholds = None
     training = HeadTrainingArguments(**{key: report.hyperparameters[key] for key in
                                         ("epochs", "batch_size", "learning_rate", "seed", "threshold_folds")})
-    out_of_fold = out_of_fold_logits(model, features["train"], features["validation"], training)
+    _, out_of_fold = train_fold_heads(model, features["train"], features["validation"], training)
     logits = np.concatenate([predict_logits(raw, features["validation"]), out_of_fold])
     labels = np.concatenate([np.asarray(splits.validation.labels), np.asarray(splits.train.labels)])
     expected = fit_thresholds(sigmoid(logits), labels)
@@ -403,8 +403,8 @@ def test_multi_label_thresholds_are_tuned_on_validation_and_out_of_fold_training
     assert "out-of-fold scores of the training rows (5 folds" in (output / "README.md").read_text()
 
 
-def test_out_of_fold_logits_come_from_heads_that_never_saw_those_rows(tiny_config, monkeypatch):
-    """Every training row is scored once, by the head of the one fold that left it out."""
+def test_fold_heads_never_saw_the_rows_they_score(tiny_config, monkeypatch):
+    """Every training row is scored once, by the head of the one fold that left it out; that head is returned."""
     import llmembed_hf.trainer as trainer_module
 
     model = LLMEmbedForSequenceClassification(tiny_config(num_labels=3, problem_type="multi_label_classification"))
@@ -419,12 +419,87 @@ def test_out_of_fold_logits_come_from_heads_that_never_saw_those_rows(tiny_confi
         trained_on.append({int(r) for r in train[:]["row"]}), fit_head(m, train, *a, **k))[1])
     monkeypatch.setattr(trainer_module, "predict_logits", lambda m, features: (
         scored.append({int(r) for r in features[:]["row"]}), predict(m, features))[1])
-    logits = trainer_module.out_of_fold_logits(model, rows, validation, HeadTrainingArguments(
+    heads, logits = trainer_module.train_fold_heads(model, rows, validation, HeadTrainingArguments(
         epochs=1, batch_size=16, threshold_folds=4))
-    assert logits.shape == (50, 3) and len(trained_on) == len(scored) == 4
+    assert logits.shape == (50, 3) and len(trained_on) == len(scored) == len(heads) == 4
     assert sorted(row for fold in scored for row in fold) == list(range(50))
     assert all(not (train & held_out) and train | held_out == set(range(50))
                for train, held_out in zip(trained_on, scored))
+    features = rows[:][FEATURES_COLUMN]
+    for head, held_out in zip(heads, scored):
+        held_out = sorted(held_out)
+        torch.testing.assert_close(head.eval()(features[held_out]), torch.from_numpy(logits[held_out]))
+
+
+def test_fold_heads_are_kept_when_they_lower_the_validation_loss(trained_multi_label):
+    """The threshold folds' heads stay in the model exactly when their mean with the head has no higher validation
+    loss than the head alone (`fold_heads_help`, recorded in the report)."""
+    _, model, report = trained_multi_label
+    losses = report.thresholds["fold_heads_validation_loss"]
+    assert set(losses) == {"head_alone", "with_fold_heads"} and all(v > 0 for v in losses.values())
+    kept = 5 if losses["with_fold_heads"] <= losses["head_alone"] else 0
+    assert model.config.num_fold_heads == report.thresholds["fold_heads"] == len(model.fold_heads) == kept
+
+
+def test_fold_heads_help_compares_validation_losses(tiny_config):
+    import torch.nn.functional as F
+
+    from llmembed_hf.modeling.modeling_llmembed import LLMEmbedFusionHead
+    from llmembed_hf.trainer import fold_heads_help
+
+    torch.manual_seed(0)
+    config = tiny_config(num_labels=3, problem_type="multi_label_classification")
+    model = LLMEmbedForSequenceClassification(config).eval()
+    heads = [LLMEmbedFusionHead(config).eval() for _ in range(2)]
+    generator = torch.Generator().manual_seed(1)
+    validation = Dataset.from_dict({FEATURES_COLUMN: torch.randn(40, config.feature_size, generator=generator).numpy(),
+                                    "labels": torch.randint(0, 2, (40, 3), generator=generator).float().numpy()}
+                                   ).with_format("torch")
+    features, labels = validation[:][FEATURES_COLUMN], validation[:]["labels"]
+    with torch.no_grad():
+        alone = model(pooled_features=features).logits
+        model.add_fold_heads(heads)
+        together = model(pooled_features=features).logits
+    model.fold_heads = torch.nn.ModuleList()
+    losses = fold_heads_help(model, heads, validation, labels.tolist())
+    assert losses == pytest.approx({"head_alone": F.binary_cross_entropy_with_logits(alone, labels).item(),
+                                    "with_fold_heads": F.binary_cross_entropy_with_logits(together, labels).item()})
+    assert not model.fold_heads  # it compares; keeping them is `train_head`'s decision
+
+
+@pytest.mark.parametrize("with_fold_heads, kept", [(0.1, 5), (0.9, 0)])
+def test_train_head_keeps_the_fold_heads_as_validation_says(multi_label_data, tiny_preset, tmp_path, monkeypatch,
+                                                            with_fold_heads, kept):
+    """Kept: the model scores with the mean of the six heads' logits (saved, loaded, in the card); dropped, or
+    ``keep_fold_heads=False``: the same head alone, thresholds still tuned on the folds' scores."""
+    from transformers import AutoModelForSequenceClassification
+
+    import llmembed_hf.trainer as trainer_module
+
+    monkeypatch.setattr(trainer_module, "fold_heads_help", lambda *args: {"head_alone": 0.5,
+                                                                          "with_fold_heads": with_fold_heads})
+    training = dict(epochs=3, batch_size=16, learning_rate=3e-3)
+    model, report = train_head(multi_label_data, tmp_path / "head", preset=tiny_preset,
+                               training=HeadTrainingArguments(**training))
+    assert model.config.num_fold_heads == report.thresholds["fold_heads"] == len(model.fold_heads) == kept
+    card = (tmp_path / "head" / "README.md").read_text()
+    assert ("in 6 fusion heads whose logits are averaged" in card) == ("the model keeps those heads" in card) == bool(kept)
+    assert ("those heads were not kept (validation loss 0.90000 with them, 0.50000" in card) == (not kept)
+    loaded = AutoModelForSequenceClassification.from_pretrained(tmp_path / "head").eval()
+    features = torch.randn(4, model.config.feature_size, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        mean = torch.stack([head.eval()(features) for head in loaded.fusion_heads]).mean(0)
+        thresholds = torch.logit(torch.tensor(loaded.config.decision_thresholds))
+        torch.testing.assert_close(loaded(pooled_features=features).logits, mean - thresholds)
+    assert len(loaded.fusion_heads) == 1 + kept
+
+    monkeypatch.setattr(trainer_module, "fold_heads_help", lambda *args: pytest.fail("not asked"))
+    single, single_report = train_head(multi_label_data, tmp_path / "single", preset=tiny_preset,
+                                       training=HeadTrainingArguments(**training, keep_fold_heads=False))
+    assert single.config.num_fold_heads == single_report.thresholds["fold_heads"] == 0
+    assert single_report.thresholds["folds"] == 5
+    for name, value in single.head.state_dict().items():  # the same head: the folds train apart from it
+        torch.testing.assert_close(value, model.head.state_dict()[name])
 
 
 @pytest.mark.parametrize("folds", [1, -2, 2.5, True])
