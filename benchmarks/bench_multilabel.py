@@ -2,7 +2,8 @@
 
 The fused head is what ``llmembed train`` makes of a multi-label data set (`train_head`: BCE, the epoch chosen on
 the official validation split, ``threshold_folds`` more heads each trained without one fold of the training rows,
-kept beside the head (the model's logits are the mean of all of them), each label's decision threshold tuned on the
+kept beside the head when that lowers the validation loss (the model's logits are then the mean of all of them;
+the rows say "where kept", the output names the seeds that kept them), each label's decision threshold tuned on the
 validation split and the training rows' out-of-fold scores), once per seed; its test scores are at the tuned
 thresholds, and, for reference, at thresholds tuned on the validation split alone and at 0.5, and those of its head
 alone (the model without the fold heads, from the same training). The anchor is TF-IDF 1-2-grams (sublinear tf,
@@ -15,6 +16,7 @@ initial weights and its training order).
     python benchmarks/bench_multilabel.py --preset small --seeds 42 43 44
     python benchmarks/bench_multilabel.py --preset small --max-train 5000 --json goemotions.json
     python benchmarks/bench_multilabel.py --preset small --add-backbones minilm mpnet   # three views fused
+    python benchmarks/bench_multilabel.py --preset small-layers --threshold-folds 10 --seeds 42 --tfidf skip
     # on a GPU machine with the backbones in local folders <root>/<name> (e.g. fp16 copies):
     python benchmarks/bench_multilabel.py --device cuda --backbone-root /root/wx/weights
 """
@@ -52,9 +54,9 @@ from llmembed_hf.training_args import DataArguments, OutputArguments
 
 TITLE = "## Multi-label: GoEmotions, fused head vs TF-IDF one-vs-rest logistic regression"
 SCORES = ("macro_f1", "micro_f1", "samples_f1", "subset_accuracy")
-HEAD = "LLMEmbed fused head + its fold heads, averaged (thresholds tuned on validation + out-of-fold training rows)"
-HEAD_VALIDATION_ONLY = "LLMEmbed fused head + its fold heads, averaged (thresholds tuned on validation alone)"
-HEAD_AT_HALF = "LLMEmbed fused head + its fold heads, averaged (threshold 0.5)"
+HEAD = "LLMEmbed fused head + its fold heads where kept, averaged (thresholds tuned on validation + out-of-fold training rows)"
+HEAD_VALIDATION_ONLY = "LLMEmbed fused head + its fold heads where kept, averaged (thresholds tuned on validation alone)"
+HEAD_AT_HALF = "LLMEmbed fused head + its fold heads where kept, averaged (threshold 0.5)"
 ONE_HEAD = "LLMEmbed fused head alone (thresholds tuned on validation + out-of-fold training rows)"
 ONE_HEAD_VALIDATION_ONLY = "LLMEmbed fused head alone (thresholds tuned on validation alone)"
 TFIDF_PER_LABEL = "TF-IDF 1-2-grams + one-vs-rest logistic regression (thresholds tuned per label)"
@@ -179,7 +181,9 @@ def run_seed(seed: int, args: argparse.Namespace, work: Path, keep: list[Any]) -
         model = LLMEmbedForSequenceClassification.from_backbones(config, **({"device": args.device} if args.device
                                                                            else {}))
         keep.append(model)  # holds the loaded backbones for the next seeds (heads on the same backbones share them)
-        training = HeadTrainingArguments(seed=seed, **({"epochs": args.epochs} if args.epochs else {}))
+        training = HeadTrainingArguments(seed=seed, **({"epochs": args.epochs} if args.epochs else {}),
+                                         **({"threshold_folds": args.threshold_folds}
+                                            if args.threshold_folds is not None else {}))
         extraction = ExtractionConfig(max_tokens_per_batch=args.max_tokens_per_batch,
                                       max_batch_size=args.max_batch_size)
         _, report = train_head(data, OutputArguments(str(work / f"head-{seed}"), overwrite=True), model=model,
@@ -205,7 +209,9 @@ def markdown(run: dict[str, Any]) -> str:
     results, info = run["results"], run["machine"]
     first = results[0]
     device = info["gpu"] or f"{info['nproc']} CPU cores"
-    epochs = f" with {run['epochs']} epochs" if run["epochs"] else ""
+    changed = [f"{run['epochs']} epochs" if run["epochs"] else "",
+               f"{run['threshold_folds']} threshold folds" if run.get("threshold_folds") is not None else ""]
+    epochs = f" with {' and '.join(c for c in changed if c)}" if any(changed) else ""
     head = (f" Preset `{run['preset']}`, `HeadTrainingArguments` defaults{epochs}." if HEAD in first["rows"]
             else "")
     lines = [
@@ -263,6 +269,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--max-test", type=int, default=None, help="seeded test subset (default: all rows)")
     parser.add_argument("--seeds", type=int, nargs="+", default=[42])
     parser.add_argument("--epochs", type=int, default=None, help="head epochs (default: HeadTrainingArguments)")
+    parser.add_argument("--threshold-folds", type=int, default=None,
+                        help="folds whose heads score the training rows for thresholds and may join the head "
+                             "(default: HeadTrainingArguments)")
     parser.add_argument("--device", default=None, help="where the backbones run (cuda on a GPU machine)")
     parser.add_argument("--backbone-root", default=None, help="load each backbone from <root>/<name> instead")
     parser.add_argument("--tfidf", choices=["run", "skip", "only"], default="run",
@@ -277,7 +286,7 @@ def main(argv: list[str] | None = None) -> None:
     command = "python benchmarks/bench_multilabel.py " + shlex.join(sys.argv[1:] if argv is None else argv)
     preset = args.preset if args.preset in PRESETS else Path(args.preset).name
     run = {"command": command, "preset": " + ".join([preset, *args.add_backbones]),
-           "epochs": args.epochs, "results": [],
+           "epochs": args.epochs, "threshold_folds": args.threshold_folds, "results": [],
            "machine": {**machine(), "date": f"{dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M} UTC"}}
     keep: list[Any] = []
     with tempfile.TemporaryDirectory() as work:

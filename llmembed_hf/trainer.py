@@ -16,6 +16,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from datasets import Dataset, DatasetDict
+from torch import nn
 from transformers import EarlyStoppingCallback, Trainer, set_seed
 from transformers.utils import logging
 
@@ -166,9 +167,12 @@ def fold_heads_help(model: LLMEmbedForSequenceClassification, heads: list[LLMEmb
     would be tuned on the rows they are scored on) and rare labels do not make it jump."""
     labels = torch.as_tensor(np.asarray(validation_labels), dtype=torch.float32)
     alone = torch.from_numpy(predict_logits(model, validation_features))
-    pooled = validation_features[:]["pooled_features"].to(model.head.classifier[-1].weight)
-    with torch.inference_mode():
-        together = torch.stack([alone, *(head.eval()(pooled).float().cpu() for head in heads)]).mean(0)
+    own = model.fold_heads
+    model.fold_heads = nn.ModuleList(heads)  # scored as the model would score with them, then put back
+    try:
+        together = torch.from_numpy(predict_logits(model, validation_features))
+    finally:
+        model.fold_heads = own
     return {name: float(F.binary_cross_entropy_with_logits(logits, labels))
             for name, logits in (("head_alone", alone), ("with_fold_heads", together))}
 
