@@ -59,6 +59,8 @@ HEAD_VALIDATION_ONLY = "LLMEmbed fused head + its fold heads where kept, average
 HEAD_AT_HALF = "LLMEmbed fused head + its fold heads where kept, averaged (threshold 0.5)"
 ONE_HEAD = "LLMEmbed fused head alone (thresholds tuned on validation + out-of-fold training rows)"
 ONE_HEAD_VALIDATION_ONLY = "LLMEmbed fused head alone (thresholds tuned on validation alone)"
+BLEND = ("LLMEmbed model's and TF-IDF's probabilities blended (weight and thresholds tuned on validation alone; "
+         "exploratory)")
 TFIDF_PER_LABEL = "TF-IDF 1-2-grams + one-vs-rest logistic regression (thresholds tuned per label)"
 TFIDF_SHARED = "TF-IDF 1-2-grams + one-vs-rest logistic regression (one threshold tuned)"
 
@@ -81,8 +83,8 @@ def preset_config(args: argparse.Namespace) -> LLMEmbedConfig | str:
     return config
 
 
-def tfidf_rows(splits: Any, C: float, seed: int) -> dict[str, dict[str, float]]:
-    """Test scores of one-vs-rest logistic regression on TF-IDF features, thresholds tuned on validation."""
+def tfidf_probabilities(splits: Any, C: float, seed: int) -> dict[str, np.ndarray]:
+    """Validation and test probabilities of one-vs-rest logistic regression on TF-IDF features of the training rows."""
     from sklearn.feature_extraction.text import TfidfVectorizer
     from sklearn.linear_model import LogisticRegression
 
@@ -101,12 +103,34 @@ def tfidf_rows(splits: Any, C: float, seed: int) -> dict[str, dict[str, float]]:
         model = LogisticRegression(C=C, max_iter=2000, random_state=seed).fit(train_x, train_y[:, label])
         for name in probabilities:
             probabilities[name][:, label] = model.predict_proba(features[name])[:, 1]
+    return probabilities
+
+
+def tfidf_rows(probabilities: dict[str, np.ndarray], splits: Any) -> dict[str, dict[str, float]]:
+    """Test scores of the TF-IDF models, thresholds tuned on validation: one per label and one shared."""
     validation_y, test_y = np.asarray(splits.validation.labels), np.asarray(splits.evaluation.labels)
     per_label = np.asarray(fit_thresholds(probabilities["validation"], validation_y))
     grid = np.round(np.arange(0.01, 1.0, 0.01), 2)
     shared = max(grid, key=lambda t: multi_label_scores(probabilities["validation"] >= t, validation_y)["macro_f1"])
     return {TFIDF_PER_LABEL: multi_label_scores(probabilities["test"] >= per_label, test_y),
             TFIDF_SHARED: {**multi_label_scores(probabilities["test"] >= shared, test_y), "threshold": float(shared)}}
+
+
+def blend_row(model_logits: dict[str, np.ndarray], tfidf: dict[str, np.ndarray], splits: Any) -> dict[str, float]:
+    """Test scores of ``(1 - w) * model + w * TF-IDF`` probabilities, ``w`` (a 0.1 grid up to 0.5) and each label's
+    threshold tuned on validation (the weight by validation macro-F1 at the thresholds tuned there): would a lexical
+    view add what the frozen backbones miss? Scored against the model's row with validation-only thresholds."""
+    gold = {"validation": np.asarray(splits.validation.labels), "test": np.asarray(splits.evaluation.labels)}
+
+    def blended(name: str, weight: float) -> np.ndarray:
+        return (1 - weight) * sigmoid(model_logits[name]) + weight * tfidf[name]
+
+    def tuned(weight: float) -> tuple[float, np.ndarray]:
+        thresholds = np.asarray(fit_thresholds(blended("validation", weight), gold["validation"]))
+        return multi_label_scores(blended("validation", weight) >= thresholds, gold["validation"])["macro_f1"], thresholds
+
+    weight = max(np.round(np.arange(0.0, 0.51, 0.1), 1), key=lambda w: tuned(w)[0])
+    return {**multi_label_scores(blended("test", weight) >= tuned(weight)[1], gold["test"]), "weight": float(weight)}
 
 
 def one_row_ms(model: LLMEmbedForSequenceClassification, row: torch.Tensor, calls: int = 300) -> float:
@@ -124,13 +148,14 @@ def one_row_ms(model: LLMEmbedForSequenceClassification, row: torch.Tensor, call
 
 def head_rows(model: LLMEmbedForSequenceClassification, splits: Any, extraction: ExtractionConfig,
               training: HeadTrainingArguments, default: dict[str, float]
-              ) -> tuple[dict[str, dict[str, float]], dict[str, float]]:
+              ) -> tuple[dict[str, dict[str, float]], dict[str, float], dict[str, np.ndarray]]:
     """Test scores of the trained model (the mean of its head and fold heads) at thresholds tuned on its validation
     logits alone, and of its head alone at thresholds tuned as `train_head` tunes them (validation + the training
     rows' out-of-fold logits, here re-scored by the kept fold heads) and on validation alone: what the fold heads
     add, beside the default's scores (``default``), from the same training; and the median milliseconds of both on one
     row (the head's share of serving one text, beside its backbones'). A model that did not keep its fold heads
-    (`trainer.fold_heads_help`) is its head alone: those rows are the model's."""
+    (`trainer.fold_heads_help`) is its head alone: those rows are the model's. Also returns the model's raw
+    validation and test logits."""
     features = {name: split_features(model, split, extraction)
                 for name, split in (("train", splits.train), ("validation", splits.validation),
                                     ("test", splits.evaluation))}
@@ -158,14 +183,14 @@ def head_rows(model: LLMEmbedForSequenceClassification, splits: Any, extraction:
 
     if not kept:
         return {HEAD_VALIDATION_ONLY: scores(ensemble), ONE_HEAD: default,
-                ONE_HEAD_VALIDATION_ONLY: scores(alone)}, latency
+                ONE_HEAD_VALIDATION_ONLY: scores(alone)}, latency, ensemble
     out_of_fold = np.zeros_like(gold["train"], dtype=np.float32)
     pooled = features["train"][:]["pooled_features"]
     with torch.inference_mode():
         for head, rows in zip(kept, threshold_fold_rows(len(pooled), training.threshold_folds, training.seed)):
             out_of_fold[rows] = head.eval()(pooled[rows].to(torch.float32)).numpy()
     return {HEAD_VALIDATION_ONLY: scores(ensemble), ONE_HEAD: scores(alone, out_of_fold),
-            ONE_HEAD_VALIDATION_ONLY: scores(alone)}, latency
+            ONE_HEAD_VALIDATION_ONLY: scores(alone)}, latency, ensemble
 
 
 def run_seed(seed: int, args: argparse.Namespace, work: Path, keep: list[Any]) -> dict[str, Any]:
@@ -191,7 +216,7 @@ def run_seed(seed: int, args: argparse.Namespace, work: Path, keep: list[Any]) -
         test_split = report.thresholds["splits"]["test"]
         result["rows"][HEAD] = dict(report.eval_metrics)
         result["rows"][HEAD_AT_HALF] = {key: test_split[f"{key}_before"] for key in SCORES}
-        rows, latency = head_rows(model, splits, extraction, training, result["rows"][HEAD])
+        rows, latency, model_logits = head_rows(model, splits, extraction, training, result["rows"][HEAD])
         result["rows"].update(rows)
         result.update(latency, fold_heads=report.thresholds["fold_heads"],
                       fold_heads_validation=report.thresholds["fold_heads_validation_loss"])
@@ -200,7 +225,10 @@ def run_seed(seed: int, args: argparse.Namespace, work: Path, keep: list[Any]) -
                       validation_macro_f1=report.validation_metrics["eval_macro_f1"])
     if args.tfidf != "skip":
         started = time.perf_counter()
-        result["rows"].update(tfidf_rows(splits, args.tfidf_c, seed))
+        tfidf = tfidf_probabilities(splits, args.tfidf_c, seed)
+        result["rows"].update(tfidf_rows(tfidf, splits))
+        if args.tfidf == "run":
+            result["rows"][BLEND] = blend_row(model_logits, tfidf, splits)
         result["tfidf_s"] = time.perf_counter() - started
     return result
 
@@ -246,6 +274,9 @@ def markdown(run: dict[str, Any]) -> str:
     shared = [result["rows"][TFIDF_SHARED]["threshold"] for result in results if TFIDF_SHARED in result["rows"]]
     if shared:
         lines += ["", f"The shared TF-IDF threshold chosen on validation: {sorted(set(shared))}."]
+    weights = [result["rows"][BLEND]["weight"] for result in results if BLEND in result["rows"]]
+    if weights:
+        lines += ["", f"TF-IDF's weight in the blend, chosen on validation per seed: {weights}."]
     kept = [r for r in results if r.get("fold_heads_validation")]
     if kept:
         def decision(r: dict[str, Any]) -> str:
