@@ -126,11 +126,13 @@ def blend_row(model_logits: dict[str, np.ndarray], tfidf: dict[str, np.ndarray],
         return (1 - weight) * sigmoid(model_logits[name]) + weight * tfidf[name]
 
     def tuned(weight: float) -> tuple[float, np.ndarray]:
-        thresholds = np.asarray(fit_thresholds(blended("validation", weight), gold["validation"]))
-        return multi_label_scores(blended("validation", weight) >= thresholds, gold["validation"])["macro_f1"], thresholds
+        validation = blended("validation", weight)
+        thresholds = np.asarray(fit_thresholds(validation, gold["validation"]))
+        return multi_label_scores(validation >= thresholds, gold["validation"])["macro_f1"], thresholds
 
-    weight = max(np.round(np.arange(0.0, 0.51, 0.1), 1), key=lambda w: tuned(w)[0])
-    return {**multi_label_scores(blended("test", weight) >= tuned(weight)[1], gold["test"]), "weight": float(weight)}
+    candidates = {float(w): tuned(w) for w in np.round(np.arange(0.0, 0.51, 0.1), 1)}
+    weight = max(candidates, key=lambda w: candidates[w][0])
+    return {**multi_label_scores(blended("test", weight) >= candidates[weight][1], gold["test"]), "weight": weight}
 
 
 def one_row_ms(model: LLMEmbedForSequenceClassification, row: torch.Tensor, calls: int = 300) -> float:
@@ -156,12 +158,9 @@ def head_rows(model: LLMEmbedForSequenceClassification, splits: Any, extraction:
     row (the head's share of serving one text, beside its backbones'). A model that did not keep its fold heads
     (`trainer.fold_heads_help`) is its head alone: those rows are the model's. Also returns the model's raw
     validation and test logits."""
-    features = {name: split_features(model, split, extraction)
-                for name, split in (("train", splits.train), ("validation", splits.validation),
-                                    ("test", splits.evaluation))}
-    gold = {name: np.asarray(split.labels) for name, split in (("train", splits.train),
-                                                               ("validation", splits.validation),
-                                                               ("test", splits.evaluation))}
+    parts = {"train": splits.train, "validation": splits.validation, "test": splits.evaluation}
+    features = {name: split_features(model, split, extraction) for name, split in parts.items()}
+    gold = {name: np.asarray(split.labels) for name, split in parts.items()}
     tuned, kept = model.config.decision_thresholds, model.fold_heads
     model.config.decision_thresholds = None
     try:
