@@ -6,7 +6,9 @@ kept beside the head when that lowers the validation loss (the model's logits ar
 the rows say "where kept", the output names the seeds that kept them), each label's decision threshold tuned on the
 validation split and the training rows' out-of-fold scores), once per seed; its test scores are at the tuned
 thresholds, and, for reference, at thresholds tuned on the validation split alone and at 0.5, and those of its head
-alone (the model without the fold heads, from the same training). The anchor is TF-IDF 1-2-grams (sublinear tf,
+alone (the model without the fold heads, from the same training). With ``--lexical-view`` the model also blends a
+lexical view (`HeadTrainingArguments.lexical_view`), and the rows of the same model without it follow; the other
+LLMEmbed rows are then without it. The anchor is TF-IDF 1-2-grams (sublinear tf,
 min_df=2) with one logistic regression per label on the same training rows, its thresholds tuned on the same
 validation split: one threshold per label (the head's procedure, `metrics.fit_thresholds`) and one shared threshold
 (the best of a 0.01 grid by validation macro-F1). Everything is scored on the test split, which nothing else
@@ -17,6 +19,7 @@ initial weights and its training order).
     python benchmarks/bench_multilabel.py --preset small --max-train 5000 --json goemotions.json
     python benchmarks/bench_multilabel.py --preset small --add-backbones minilm mpnet   # three views fused
     python benchmarks/bench_multilabel.py --preset small-layers --threshold-folds 10 --seeds 42 --tfidf skip
+    python benchmarks/bench_multilabel.py --preset small-layers --lexical-view --seeds 42 43 44 --tfidf skip
     # on a GPU machine with the backbones in local folders <root>/<name> (e.g. fp16 copies):
     python benchmarks/bench_multilabel.py --device cuda --backbone-root /root/wx/weights
 """
@@ -55,6 +58,10 @@ from llmembed_hf.training_args import DataArguments, OutputArguments
 TITLE = "## Multi-label: GoEmotions, fused head vs TF-IDF one-vs-rest logistic regression"
 SCORES = ("macro_f1", "micro_f1", "samples_f1", "subset_accuracy")
 HEAD = "LLMEmbed fused head + its fold heads where kept, averaged (thresholds tuned on validation + out-of-fold training rows)"
+HEAD_LEXICAL = ("LLMEmbed fused head + its fold heads where kept + its lexical view (`--lexical-view`: weight and "
+                "thresholds tuned on validation + out-of-fold training rows)")
+HEAD_WITHOUT_LEXICAL = ("the same model without its lexical view (thresholds tuned on validation + out-of-fold "
+                        "training rows)")
 HEAD_VALIDATION_ONLY = "LLMEmbed fused head + its fold heads where kept, averaged (thresholds tuned on validation alone)"
 HEAD_AT_HALF = "LLMEmbed fused head + its fold heads where kept, averaged (threshold 0.5)"
 ONE_HEAD = "LLMEmbed fused head alone (thresholds tuned on validation + out-of-fold training rows)"
@@ -161,8 +168,8 @@ def head_rows(model: LLMEmbedForSequenceClassification, splits: Any, extraction:
     parts = {"train": splits.train, "validation": splits.validation, "test": splits.evaluation}
     features = {name: split_features(model, split, extraction) for name, split in parts.items()}
     gold = {name: np.asarray(split.labels) for name, split in parts.items()}
-    tuned, kept = model.config.decision_thresholds, model.fold_heads
-    model.config.decision_thresholds = None
+    tuned, kept, blend = model.config.decision_thresholds, model.fold_heads, model.config.lexical_blend
+    model.config.decision_thresholds = model.config.lexical_blend = None
     try:
         row = features["test"][:1]["pooled_features"]
         ensemble = {name: predict_logits(model, features[name]) for name in ("validation", "test")}
@@ -171,7 +178,7 @@ def head_rows(model: LLMEmbedForSequenceClassification, splits: Any, extraction:
         alone = {name: predict_logits(model, features[name]) for name in ("validation", "test")}
         latency["one_row_head_alone_ms"] = one_row_ms(model, row)
     finally:
-        model.config.decision_thresholds, model.fold_heads = tuned, kept
+        model.config.decision_thresholds, model.fold_heads, model.config.lexical_blend = tuned, kept, blend
 
     def scores(logits: dict[str, np.ndarray], extra: np.ndarray | None = None) -> dict[str, float]:
         fitted, labels = logits["validation"], gold["validation"]
@@ -207,15 +214,24 @@ def run_seed(seed: int, args: argparse.Namespace, work: Path, keep: list[Any]) -
         keep.append(model)  # holds the loaded backbones for the next seeds (heads on the same backbones share them)
         training = HeadTrainingArguments(seed=seed, **({"epochs": args.epochs} if args.epochs else {}),
                                          **({"threshold_folds": args.threshold_folds}
-                                            if args.threshold_folds is not None else {}))
+                                            if args.threshold_folds is not None else {}),
+                                         lexical_view=args.lexical_view)
         extraction = ExtractionConfig(max_tokens_per_batch=args.max_tokens_per_batch,
                                       max_batch_size=args.max_batch_size)
         _, report = train_head(data, OutputArguments(str(work / f"head-{seed}"), overwrite=True), model=model,
                                training=training, extraction=extraction)
         test_split = report.thresholds["splits"]["test"]
-        result["rows"][HEAD] = dict(report.eval_metrics)
-        result["rows"][HEAD_AT_HALF] = {key: test_split[f"{key}_before"] for key in SCORES}
-        rows, latency, model_logits = head_rows(model, splits, extraction, training, result["rows"][HEAD])
+        if args.lexical_view:
+            lexical = report.lexical_view
+            result["rows"][HEAD_LEXICAL] = dict(report.eval_metrics)
+            result["rows"][HEAD_WITHOUT_LEXICAL] = {key: lexical["splits"]["test"][f"{key}_without"] for key in SCORES}
+            result.update(lexical_weight=lexical.get("weight"), lexical_vocab_size=lexical.get("vocab_size"),
+                          lexical_s=lexical.get("fit_s"))
+            default = result["rows"][HEAD_WITHOUT_LEXICAL]
+        else:
+            result["rows"][HEAD] = default = dict(report.eval_metrics)
+            result["rows"][HEAD_AT_HALF] = {key: test_split[f"{key}_before"] for key in SCORES}
+        rows, latency, model_logits = head_rows(model, splits, extraction, training, default)
         result["rows"].update(rows)
         result.update(latency, fold_heads=report.thresholds["fold_heads"],
                       fold_heads_validation=report.thresholds["fold_heads_validation_loss"])
@@ -260,7 +276,8 @@ def markdown(run: dict[str, Any]) -> str:
     times = []
     for key, name in (("extract_s", "feature extraction (first seed; later seeds reuse the cache)"),
                       ("head_train_s", "head training per seed"),
-                      ("threshold_tuning_s", "threshold tuning per seed (its fold heads' training included)"),
+                      ("threshold_tuning_s", "threshold tuning per seed (its fold heads' training included, and the lexical view's where fitted)"),
+                      ("lexical_s", "the lexical view per seed (six fits: all training rows and each fold's)"),
                       ("tfidf_s", "TF-IDF baselines per seed")):
         seconds = [result[key] for result in results if key in result]
         if seconds:
@@ -273,6 +290,10 @@ def markdown(run: dict[str, Any]) -> str:
     shared = [result["rows"][TFIDF_SHARED]["threshold"] for result in results if TFIDF_SHARED in result["rows"]]
     if shared:
         lines += ["", f"The shared TF-IDF threshold chosen on validation: {sorted(set(shared))}."]
+    lexical = [r for r in results if "lexical_weight" in r]
+    if lexical:
+        lines += ["", "The lexical view's weight chosen per seed: " + ", ".join(
+            f"seed {r['seed']} {r['lexical_weight']} ({r['lexical_vocab_size']:,} n-grams)" for r in lexical) + "."]
     weights = [result["rows"][BLEND]["weight"] for result in results if BLEND in result["rows"]]
     if weights:
         lines += ["", f"TF-IDF's weight in the blend, chosen on validation per seed: {weights}."]
@@ -302,6 +323,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--threshold-folds", type=int, default=None,
                         help="folds whose heads score the training rows for thresholds and may join the head "
                              "(default: HeadTrainingArguments)")
+    parser.add_argument("--lexical-view", action="store_true",
+                        help="train with HeadTrainingArguments(lexical_view=True) and add the rows without it")
     parser.add_argument("--device", default=None, help="where the backbones run (cuda on a GPU machine)")
     parser.add_argument("--backbone-root", default=None, help="load each backbone from <root>/<name> instead")
     parser.add_argument("--tfidf", choices=["run", "skip", "only"], default="run",

@@ -107,6 +107,9 @@ class TrainingReport(RunReport):
     #: Multi-label: each label's decision threshold tuned on validation data, the scores at 0.5 and at them per
     #: split, and each label's F1 (and number of true rows) on the evaluation split (else validation).
     thresholds: dict[str, Any] = field(default_factory=dict)
+    #: Multi-label with a lexical view: its size, the blend weight chosen and the macro-F1 of every candidate weight,
+    #: and the scores without and with it per split.
+    lexical_view: dict[str, Any] = field(default_factory=dict)
     #: Regression on pairs: the weights of the head's score and the siamese cosines fitted on validation data, and
     #: the scores of the head alone and of the blend per split.
     similarity_blend: dict[str, Any] = field(default_factory=dict)
@@ -423,6 +426,24 @@ def _similarity_blend(report: RunReport) -> str:
                               "Pearson, blend"], rows))
 
 
+def _lexical_view(report: RunReport) -> str:
+    """The paragraph on a multi-label head's lexical view: its size, the blend weight chosen, and the scores without
+    and with it per split."""
+    lexical = getattr(report, "lexical_view", None)
+    if not lexical or "weight" not in lexical:
+        return ""
+    rows = [[name, f"{m['macro_f1_without']:.4f}", f"{m['macro_f1_with']:.4f}", f"{m['micro_f1_without']:.4f}",
+             f"{m['micro_f1_with']:.4f}"] for name, m in lexical["splits"].items()]
+    verdict = (f"its probabilities are blended with the head's at weight {lexical['weight']}" if lexical["kept"] else
+               "it was not kept (no weight raised macro-F1 there)")
+    return (f"A lexical view (logistic regression, C={lexical['c']}, on the TF-IDF of {lexical['vocab_size']:,} word "
+            f"unigrams and bigrams of the training texts) was fitted after training; on the "
+            f"{lexical['fitted_rows']:,} rows the thresholds are tuned on, {verdict}. Scores without and with it, "
+            "each at thresholds tuned on those rows:\n\n"
+            + markdown_table(["split", "macro-F1, head", "macro-F1, with lexical view", "micro-F1, head",
+                              "micro-F1, with lexical view"], rows))
+
+
 def _training_fields(folder: Path, labels: Any, report: RunReport, metrics: list[tuple]) -> dict[str, Any]:
     """The card fields every trained model shares: data, hyper-parameters, timings, results, plots, environment."""
     calibration, calibration_plots = _calibration(folder, report)
@@ -440,7 +461,7 @@ def _training_fields(folder: Path, labels: Any, report: RunReport, metrics: list
         hyperparameters=", ".join(f"{k}={v}" for k, v in report.hyperparameters.items()),
         timings=", ".join(f"{k} {v:.0f}" for k, v in report.timings.items()) or "not recorded",
         results_table="\n\n".join(filter(None, [_results_table(report, metrics), calibration, thresholds,
-                                                 _similarity_blend(report)])),
+                                                 _lexical_view(report), _similarity_blend(report)])),
         plots="\n\n".join(_plots(folder, labels, report, metric=metrics[0][0]) + calibration_plots + threshold_plots
                            + _scatter(folder, report)),
         environment=", ".join(f"{k} {v}" for k, v in report.environment.items()),

@@ -22,6 +22,7 @@ from transformers.utils import logging
 
 from .data import LabelledTexts, describe_source, load_classification_splits
 from .features import ExtractionConfig, extract_features
+from .lexical import fit_lexical_view, lexical_inputs, lexical_logits
 from .metrics import (
     COMPUTE_METRICS,
     SELECTION_METRICS,
@@ -31,6 +32,7 @@ from .metrics import (
     confusion_matrix,
     fit_temperature,
     fit_thresholds,
+    multi_label_scores,
     per_label_f1,
     problem_type_of,
     reliability_bins,
@@ -38,7 +40,12 @@ from .metrics import (
 )
 from .model_card import TrainingReport, environment, save_with_card
 from .modeling.configuration_llmembed import DEFAULT_PAIR_ENCODING, PRESETS, LLMEmbedConfig
-from .modeling.modeling_llmembed import LLMEmbedForSequenceClassification, LLMEmbedFusionHead, siamese_cosines
+from .modeling.modeling_llmembed import (
+    LLMEmbedForSequenceClassification,
+    LLMEmbedFusionHead,
+    blend_lexical,
+    siamese_cosines,
+)
 from .training_args import (
     DataArguments,
     HeadArguments,
@@ -97,14 +104,17 @@ def split_features(model: LLMEmbedForSequenceClassification, split: LabelledText
                             text_pairs=split.pairs)
 
 
-def predict_logits(model: LLMEmbedForSequenceClassification, features: Dataset, batch_size: int = 1024) -> np.ndarray:
-    """Logits of the head on a ``pooled_features`` dataset."""
+def predict_logits(model: LLMEmbedForSequenceClassification, features: Dataset, batch_size: int = 1024,
+                   lexical: dict[str, torch.Tensor] | None = None) -> np.ndarray:
+    """Logits of the head on a ``pooled_features`` dataset (with the rows' padded ``lexical`` inputs,
+    `lexical.lexical_inputs`, for a head with a lexical view)."""
     model.eval()
     outputs = []
     with torch.inference_mode():
         for start in range(0, len(features), batch_size):
             batch = features[start : start + batch_size]["pooled_features"].to(model.device)
-            outputs.append(model(pooled_features=batch).logits.float().cpu().numpy())
+            extra = {key: rows[start : start + batch_size] for key, rows in (lexical or {}).items()}
+            outputs.append(model(pooled_features=batch, **extra).logits.float().cpu().numpy())
     return np.concatenate(outputs)
 
 
@@ -199,6 +209,75 @@ def threshold_folds(model: LLMEmbedForSequenceClassification, train_features: Da
     logger.info(f"Fold heads {'kept' if model.fold_heads else 'dropped'}: validation loss "
                 f"{scores['head_alone']:.5f} for the head alone, {scores['with_fold_heads']:.5f} with them.")
     return out_of_fold, folds, scores
+
+
+#: The lexical view's weights `choose_lexical_view` tries (0: the head alone).
+LEXICAL_BLEND_WEIGHTS = tuple(float(w) for w in np.round(np.arange(0.0, 0.91, 0.1), 1))
+
+
+def choose_lexical_view(model: LLMEmbedForSequenceClassification, splits: Any, texts: dict[str, list[str]],
+                        scored: dict[str, tuple[np.ndarray, list]], out_of_fold: tuple[np.ndarray, list] | None,
+                        folds: int, training: HeadTrainingArguments) -> tuple[dict, tuple[np.ndarray, list] | None]:
+    """Fit a lexical view (`lexical.fit_lexical_view`) on the training texts, and with threshold folds one per fold
+    (fitted without it, scoring it: out-of-fold lexical scores, the rows `train_fold_heads` left out), and blend it
+    into ``model`` (`set_lexical_view`) with the `LEXICAL_BLEND_WEIGHTS` weight that maximises macro-F1 on the rows
+    thresholds are tuned on (validation and out-of-fold), at thresholds tuned there as `tune_thresholds` does;
+    weight 0 keeps the head alone. ``scored`` holds the head's raw logits per split (``texts`` their texts).
+    Returns the report, with the scores of every scored split without and with the view (each at its weight's
+    thresholds), and the out-of-fold logits, blended if the view is kept."""
+    started = time.perf_counter()
+    train_labels = np.asarray(splits.train.labels)
+    views = [fit_lexical_view(splits.train.texts, train_labels, c=training.lexical_c)]
+    if out_of_fold is not None:
+        fold_rows = threshold_fold_rows(len(train_labels), folds, training.seed)
+        for index, rows in enumerate(fold_rows):
+            logger.info(f"Lexical view of threshold fold {index + 1}/{len(fold_rows)}.")
+            others = np.setdiff1d(np.arange(len(train_labels)), rows)
+            views.append(fit_lexical_view([splits.train.texts[i] for i in others], train_labels[others],
+                                          c=training.lexical_c))
+    if any(view is None for view in views):
+        return {"kept": False, "reason": "no word n-gram occurs in two training texts"}, out_of_fold
+    head = {name: logits for name, (logits, _) in scored.items()}
+    lexical = {name: lexical_logits(views[0], lexical_inputs(texts[name])) for name in scored}
+    gold = {name: np.asarray(labels) for name, (_, labels) in scored.items()}
+    fitted = ["validation"]
+    if out_of_fold is not None:
+        head["out_of_fold"], gold["out_of_fold"] = out_of_fold[0], np.asarray(out_of_fold[1])
+        lexical["out_of_fold"] = np.zeros_like(out_of_fold[0])
+        for view, rows in zip(views[1:], fold_rows):
+            lexical["out_of_fold"][rows] = lexical_logits(view, lexical_inputs([splits.train.texts[i] for i in rows]))
+        fitted.append("out_of_fold")
+
+    def blended(name: str, weight: float) -> np.ndarray:
+        return sigmoid(blend_lexical(torch.from_numpy(head[name]), torch.from_numpy(lexical[name]), weight).numpy())
+
+    def tuned(weight: float) -> tuple[float, np.ndarray]:
+        probabilities = np.concatenate([blended(name, weight) for name in fitted])
+        labels = np.concatenate([gold[name] for name in fitted])
+        thresholds = np.asarray(fit_thresholds(probabilities, labels))
+        return multi_label_scores(probabilities >= thresholds, labels)["macro_f1"], thresholds
+
+    candidates = {weight: tuned(weight) for weight in LEXICAL_BLEND_WEIGHTS}
+    weight = max(candidates, key=lambda w: candidates[w][0])  # the smallest weight among equals
+    report = {
+        "kept": weight > 0, "weight": weight, "vocab_size": len(views[0].idf), "c": training.lexical_c,
+        "fitted_rows": int(sum(len(gold[name]) for name in fitted)),
+        "candidates_macro_f1": {str(w): f1 for w, (f1, _) in candidates.items()},
+        "splits": {name: {f"{key}_{when}": value for when, w in (("without", 0.0), ("with", weight))
+                          for key, value in multi_label_scores(blended(name, w) >= candidates[w][1],
+                                                               gold[name]).items()}
+                   for name in scored},
+    }
+    if weight > 0:
+        model.set_lexical_view(views[0], weight)
+        if out_of_fold is not None:
+            out_of_fold = (blend_lexical(torch.from_numpy(head["out_of_fold"]),
+                                         torch.from_numpy(lexical["out_of_fold"]), weight).numpy(), out_of_fold[1])
+    report["fit_s"] = time.perf_counter() - started
+    logger.info(f"Lexical view {'kept' if weight else 'dropped'}: weight {weight}; macro-F1 on the "
+                f"{report['fitted_rows']} threshold rows {candidates[0.0][0]:.4f} without it, "
+                f"{candidates[weight][0]:.4f} with it.")
+    return report, out_of_fold
 
 
 def tune_thresholds(model: LLMEmbedForSequenceClassification, scored: dict[str, tuple[np.ndarray, list]],
@@ -300,7 +379,7 @@ def head_config(preset: str | os.PathLike | LLMEmbedConfig, head: HeadArguments 
     id2label = dict(enumerate(names))
     labels = {"id2label": id2label, "label2id": {v: k for k, v in id2label.items()}, "problem_type": problem_type,
               "calibration_temperature": 1.0, "decision_thresholds": None, "similarity_blend": None,
-              "num_fold_heads": 0}
+              "num_fold_heads": 0, "lexical_vocab_size": 0, "lexical_blend": None}
     if not isinstance(preset, LLMEmbedConfig) and str(preset) not in PRESETS and Path(preset).exists():
         preset = LLMEmbedConfig.from_pretrained(preset)
     if isinstance(preset, LLMEmbedConfig):
@@ -369,6 +448,11 @@ def train_head(
     splits = load_classification_splits(data, seed=training.seed)
     names, problem_type = splits.names, splits.problem_type
     pairs = splits.text_pair_column is not None
+    if training.lexical_view and (problem_type != "multi_label_classification" or pairs
+                                  or not training.tune_thresholds):
+        raise ValueError(f"lexical_view serves multi-label heads of single texts with tuned thresholds; these data "
+                         f"are {problem_type}{' text pairs' if pairs else ''} (tune_thresholds="
+                         f"{training.tune_thresholds}). Drop --lexical-view.")
 
     if model is None:
         config = head_config(preset, head, names, problem_type, pairs=pairs)
@@ -416,14 +500,25 @@ def train_head(
     # Raw logits from here on, until `calibrate`, `tune_thresholds` or `blend_similarity` fits what inference applies.
     model.config.calibration_temperature, model.config.decision_thresholds = 1.0, None
     model.config.similarity_blend = None
+    model.set_lexical_view(None, None)
     tuning_started = time.perf_counter()
     out_of_fold, folds, fold_heads_validation = (
         threshold_folds(model, train_features, validation_features, splits, training)
         if problem_type == "multi_label_classification" and training.tune_thresholds else (None, 0, None))
     features, gold = {"validation": validation_features}, {"validation": splits.validation.labels}
+    texts = {"validation": splits.validation.texts}
     if eval_features is not None:
         features[data.eval_split], gold[data.eval_split] = eval_features, evaluation.labels
+        texts[data.eval_split] = evaluation.texts
     scored = {name: (predict_logits(model, split), gold[name]) for name, split in features.items()}
+    lexical: dict[str, dict[str, torch.Tensor]] = {}
+    if training.lexical_view:
+        report.lexical_view, out_of_fold = choose_lexical_view(model, splits, texts, scored, out_of_fold, folds,
+                                                               training)
+        if model.lexical_view is not None:
+            lexical = {name: lexical_inputs(texts[name]) for name in scored}
+            scored = {name: (predict_logits(model, features[name], lexical=lexical[name]), gold[name])
+                      for name in scored}
     if problem_type == "single_label_classification" and training.calibrate:  # argmax unchanged: scored after
         report.calibration = calibrate(model, scored)
     if problem_type == "multi_label_classification" and training.tune_thresholds:
@@ -436,7 +531,7 @@ def train_head(
     # The last split (the evaluation split when there is one) scored as the pipeline scores it: with the
     # temperature, the thresholds or the blend.
     shown = list(features)[-1]
-    served = predict_logits(model, features[shown])
+    served = predict_logits(model, features[shown], lexical=lexical.get(shown))
     if eval_features is not None:
         report.eval_metrics = COMPUTE_METRICS[problem_type]((served, np.asarray(evaluation.labels)))
         if problem_type == "single_label_classification":
@@ -452,6 +547,6 @@ def train_head(
     return model, report
 
 
-__all__ = ["blend_similarity", "calibrate", "check_model_matches", "check_pairs_match", "fit_head", "fold_heads_help",
+__all__ = ["blend_similarity", "calibrate", "check_model_matches", "choose_lexical_view", "check_pairs_match", "fit_head", "fold_heads_help",
            "head_config", "predict_logits", "split_features", "threshold_fold_rows", "threshold_folds",
            "train_fold_heads", "train_head", "tune_thresholds"]

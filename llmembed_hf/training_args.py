@@ -311,6 +311,12 @@ class HeadTrainingArguments(BaseTrainingArguments):
                                       "returns the mean logits of its head and them (an ensemble, at no more "
                                       "training), if that has no higher validation loss than the head alone "
                                       "(false: the one head)")
+    lexical_view: bool = arg(False, "multi-label: after training, fit a lexical view (logistic regression on the "
+                                    "TF-IDF of the training texts' word unigrams and bigrams) and blend its "
+                                    "probabilities with the head's, by a weight chosen with the thresholds on "
+                                    "validation and out-of-fold scores; kept only if it raises macro-F1 there")
+    lexical_c: float = arg(10.0, "multi-label with lexical_view: the inverse L2 strength of its logistic regression "
+                                 "(scikit-learn's C)")
     blend_similarity: bool = arg(True, "regression on text pairs with siamese backbones: after training, fit on the "
                                        "validation split a least-squares blend of the head's score and each siamese "
                                        "backbone's cosine of the two sides, which serving then returns (false: the "
@@ -322,6 +328,8 @@ class HeadTrainingArguments(BaseTrainingArguments):
                 or self.threshold_folds == 1 or self.threshold_folds < 0:
             raise ValueError(f"threshold_folds={self.threshold_folds!r} must be 0 (thresholds from the validation "
                              "split alone) or an integer >= 2 (the number of folds of the training rows).")
+        if isinstance(self.lexical_c, bool) or not isinstance(self.lexical_c, (int, float)) or not self.lexical_c > 0:
+            raise ValueError(f"lexical_c={self.lexical_c!r} must be a number > 0, e.g. 10.")
 
 
 @dataclass

@@ -410,6 +410,14 @@ class LLMEmbedConfig(PretrainedConfig):
             one fold, and keeps them (``keep_fold_heads``) when their mean with the head has no higher validation
             loss than the head alone: an ensemble at no extra training cost, whose head compute is small beside
             the backbones'. 0: the one head.
+        lexical_vocab_size (`int`): how many word unigrams and bigrams the head's lexical view keeps (0: no lexical
+            view). A lexical view (``LLMEmbedLexicalView``) is logistic regression on the TF-IDF of those n-grams,
+            fitted on the training texts after the head (`HeadTrainingArguments.lexical_view`): it sees the words
+            themselves, which frozen sentence encoders blur. Multi-label heads of single texts only.
+        lexical_blend (`float`, *optional*): the weight ``w`` of the lexical view in the probabilities inference
+            returns (eval mode, no labels): ``(1 - w) * sigmoid(head) + w * sigmoid(lexical)``, in (0, 1), chosen
+            on validation and out-of-fold training scores; the decision thresholds apply to the blend. The training
+            loss and `Trainer` evaluation see the head alone. None: the head alone.
     """
 
     model_type = "llmembed"
@@ -428,6 +436,8 @@ class LLMEmbedConfig(PretrainedConfig):
         similarity_blend: list[float] | None = None,
         pair_encoding: str | dict[str, str] | None = None,
         num_fold_heads: int = 0,
+        lexical_vocab_size: int = 0,
+        lexical_blend: float | None = None,
         **kwargs: Any,
     ) -> None:
         self._check_labels(kwargs)
@@ -443,6 +453,8 @@ class LLMEmbedConfig(PretrainedConfig):
         self.similarity_blend = list(similarity_blend) if similarity_blend is not None else None
         self.pair_encoding = normalize_pair_encoding(pair_encoding)
         self.num_fold_heads = num_fold_heads
+        self.lexical_vocab_size = lexical_vocab_size
+        self.lexical_blend = lexical_blend
         super().__init__(**kwargs)
         # A bare LLMEmbedConfig() is what transformers builds to diff defaults on save: only validate real ones.
         if backbones is not None:
@@ -508,6 +520,7 @@ class LLMEmbedConfig(PretrainedConfig):
         if isinstance(self.num_fold_heads, bool) or not isinstance(self.num_fold_heads, int) or self.num_fold_heads < 0:
             raise ValueError(f"num_fold_heads={self.num_fold_heads!r} must be an integer >= 0 (the fusion heads "
                              "averaged with the main one; 0: the main head alone).")
+        self._check_lexical_view()
         if not all(isinstance(h, int) and h > 0 for h in self.mlp_hidden_sizes):
             raise ValueError(f"mlp_hidden_sizes={self.mlp_hidden_sizes!r} must be positive integers, e.g. [512, 128].")
         if self.pair_encoding is not None:
@@ -560,6 +573,25 @@ class LLMEmbedConfig(PretrainedConfig):
                 isinstance(w, (int, float)) and not isinstance(w, bool) and math.isfinite(w) for w in blend):
             raise ValueError(f"similarity_blend={blend!r} must be {expected} finite numbers: the head's weight, one "
                              f"per siamese backbone ({[spec.name for spec in self.siamese_specs]}) and the bias.")
+
+    def _check_lexical_view(self) -> None:
+        size, blend = self.lexical_vocab_size, self.lexical_blend
+        if isinstance(size, bool) or not isinstance(size, int) or size < 0:
+            raise ValueError(f"lexical_vocab_size={size!r} must be an integer >= 0 (the n-grams the lexical view "
+                             "keeps; 0: no lexical view).")
+        if size and (self.problem_type != "multi_label_classification" or self.pair_encoding is not None):
+            raise ValueError(
+                f"lexical_vocab_size={size} but the head is not a multi-label head of single texts "
+                f"(problem_type={self.problem_type!r}, pair_encoding={self.pair_encoding!r}): the lexical view serves "
+                "those only; set lexical_vocab_size=0.")
+        if blend is None:
+            return
+        if not size:
+            raise ValueError(f"lexical_blend={blend!r} is set but there is no lexical view (lexical_vocab_size=0); "
+                             "remove it.")
+        if isinstance(blend, bool) or not isinstance(blend, (int, float)) or not 0.0 < blend < 1.0:
+            raise ValueError(f"lexical_blend={blend!r} must be a number strictly between 0 and 1 (the lexical "
+                             "view's weight in the blended probabilities).")
 
     @property
     def siamese_specs(self) -> list[BackboneSpec]:

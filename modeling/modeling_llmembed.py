@@ -715,6 +715,46 @@ class LLMEmbedFusionHead(nn.Module):
 
 
 # ----------------------------------------------------------------------------------------------------------------------
+# Lexical view
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+class LLMEmbedLexicalView(nn.Module):
+    """Logistic regression on the TF-IDF of a text's word unigrams and bigrams: what the words themselves say, which
+    frozen sentence encoders blur (a rare label's keywords). Its input is the composite tokenizer's ``lexical_ids``
+    (`ngram_hash` ids) and ``lexical_counts``; an n-gram outside ``ngram_hashes`` (the sorted ids kept when it was
+    fitted, `llmembed_hf.lexical.fit_lexical_view`) is ignored. TF-IDF as scikit-learn's ``TfidfVectorizer(
+    sublinear_tf=True)`` computes it: ``(1 + log count) * idf``, each row scaled to unit L2 norm."""
+
+    def __init__(self, vocab_size: int, num_labels: int) -> None:
+        super().__init__()
+        self.register_buffer("ngram_hashes", torch.zeros(vocab_size, dtype=torch.long))
+        self.register_buffer("idf", torch.ones(vocab_size))
+        self.weight = nn.Parameter(torch.zeros(vocab_size, num_labels))
+        self.bias = nn.Parameter(torch.zeros(num_labels))
+
+    def tfidf(self, lexical_ids: torch.Tensor, lexical_counts: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(vocabulary index, TF-IDF value) of every n-gram slot of a (batch, slots) input; 0 where unknown or padding."""
+        lexical_ids = lexical_ids.to(self.ngram_hashes.device)
+        index = torch.searchsorted(self.ngram_hashes, lexical_ids).clamp(max=len(self.ngram_hashes) - 1)
+        counts = lexical_counts.to(self.idf)
+        known = (self.ngram_hashes[index] == lexical_ids) & (counts > 0)
+        values = torch.where(known, (1 + torch.log(counts.clamp(min=1))) * self.idf[index], 0.0)
+        return index, values / values.norm(dim=-1, keepdim=True).clamp(min=1e-12)
+
+    def forward(self, lexical_ids: torch.Tensor, lexical_counts: torch.Tensor) -> torch.Tensor:
+        index, values = self.tfidf(lexical_ids, lexical_counts)
+        return torch.einsum("bn,bnl->bl", values, self.weight[index]) + self.bias
+
+
+def blend_lexical(logits: torch.Tensor, lexical_logits: torch.Tensor, weight: float) -> torch.Tensor:
+    """The logits of ``(1 - weight) * sigmoid(logits) + weight * sigmoid(lexical_logits)`` (``config.lexical_blend``):
+    the one place a head and its lexical view are blended, for serving and for choosing the weight."""
+    blended = (1 - weight) * torch.sigmoid(logits.double()) + weight * torch.sigmoid(lexical_logits.double())
+    return torch.logit(blended, eps=1e-12).to(logits.dtype)
+
+
+# ----------------------------------------------------------------------------------------------------------------------
 # Uploads
 # ----------------------------------------------------------------------------------------------------------------------
 
@@ -886,6 +926,10 @@ class LLMEmbedPreTrainedModel(PreTrainedModel):
         if isinstance(module, LLMEmbedFusionHead):
             init.zeros_(module.feature_mean)
             init.ones_(module.feature_scale)
+        elif isinstance(module, LLMEmbedLexicalView):  # fitted after training, or loaded
+            init.zeros_(module.weight)
+            init.zeros_(module.bias)
+            init.ones_(module.idf)
         elif isinstance(module, nn.Linear):
             init.kaiming_uniform_(module.weight, a=math.sqrt(5))
             bound = 1 / math.sqrt(module.in_features)
@@ -903,6 +947,8 @@ class LLMEmbedForSequenceClassification(OneCommitPushMixin, LLMEmbedPreTrainedMo
     sent by `Trainer`, or every backbone's tokenised text under prefixed keys (``<name>_input_ids``,
     ``<name>_attention_mask``; for a siamese backbone of a pair head also ``<name>_pair_input_ids`` and
     ``<name>_pair_attention_mask``, the second text), as returned by the composite tokenizer and sent by `pipeline`.
+    A head with a lexical view (``lexical_view``, `LLMEmbedLexicalView`) also takes the tokenizer's ``lexical_ids``
+    and ``lexical_counts``, beside either.
     """
 
     #: ``forward``'s ``**backbone_inputs`` are tokenised text, not loss kwargs: `Trainer` must not send those.
@@ -918,6 +964,9 @@ class LLMEmbedForSequenceClassification(OneCommitPushMixin, LLMEmbedPreTrainedMo
         # Heads trained without one fold of the training rows each (`llmembed_hf.trainer.train_fold_heads`),
         # averaged with ``head``.
         self.fold_heads = nn.ModuleList(LLMEmbedFusionHead(config) for _ in range(config.num_fold_heads))
+        # Blended with the heads at inference (``config.lexical_blend``); fitted after them (`set_lexical_view`).
+        self.lexical_view = (LLMEmbedLexicalView(config.lexical_vocab_size, config.num_labels)
+                             if config.lexical_vocab_size else None)
         # A plain dict, not submodules: backbones stay out of parameters(), state_dict() and the optimizer.
         self._backbones: dict[str, PreTrainedModel] = {}
         self._shared: dict[str, _SharedBackbone] = {}  # keeps the registry's copies alive while this head is
@@ -1232,8 +1281,14 @@ class LLMEmbedForSequenceClassification(OneCommitPushMixin, LLMEmbedPreTrainedMo
         pooled_features: torch.Tensor | None = None,
         labels: torch.Tensor | None = None,
         return_dict: bool | None = None,
+        lexical_ids: torch.Tensor | None = None,
+        lexical_counts: torch.Tensor | None = None,
         **backbone_inputs: torch.Tensor,
     ) -> SequenceClassifierOutput | tuple:
+        lexical = None if lexical_ids is None else (lexical_ids, lexical_counts)
+        if lexical is not None and (self.lexical_view is None or lexical_counts is None):
+            raise TypeError("got lexical_ids without lexical_counts, or for a head without a lexical view "
+                            "(config.lexical_vocab_size=0); pass both only to a head with one.")
         if pooled_features is None:
             if not backbone_inputs:
                 raise TypeError("forward needs `pooled_features` or the composite tokenizer's outputs.")
@@ -1252,7 +1307,7 @@ class LLMEmbedForSequenceClassification(OneCommitPushMixin, LLMEmbedPreTrainedMo
         logits = torch.stack([head(pooled_features) for head in self.fusion_heads]).mean(dim=0)
         loss = self._loss(logits, labels) if labels is not None else None
         if labels is None and not self.training:
-            logits = self._inference_logits(logits, pooled_features)
+            logits = self._inference_logits(logits, pooled_features, lexical)
         if return_dict is False:
             return (loss, logits) if loss is not None else (logits,)
         return SequenceClassifierOutput(loss=loss, logits=logits)
@@ -1273,13 +1328,32 @@ class LLMEmbedForSequenceClassification(OneCommitPushMixin, LLMEmbedPreTrainedMo
         self.fold_heads.extend(head.to(self.head.classifier[-1].weight) for head in heads)
         self.config.num_fold_heads = len(self.fold_heads)
 
-    def _inference_logits(self, logits: torch.Tensor, pooled_features: torch.Tensor) -> torch.Tensor:
+    def set_lexical_view(self, view: LLMEmbedLexicalView | None, blend: float | None) -> None:
+        """Attach a fitted lexical view (`llmembed_hf.lexical.fit_lexical_view`) with its weight ``blend`` in the
+        served probabilities, or remove it (``None, None``); the config and the tokenizer follow."""
+        self.config.lexical_vocab_size = 0 if view is None else len(view.ngram_hashes)
+        self.config.lexical_blend = blend
+        self.config.validate()
+        self.lexical_view = None if view is None else view.to(self.head.classifier[-1].weight.device)
+        if self.tokenizer is not None:
+            self.tokenizer.lexical_view = view is not None
+
+    def _inference_logits(self, logits: torch.Tensor, pooled_features: torch.Tensor,
+                          lexical: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
         """The logits inference returns (eval mode, no labels), fitted on validation data after training: single-label
         logits divided by ``calibration_temperature`` (calibrated softmax scores, same arg-max); multi-label logits
-        minus the logit of each label's ``decision_thresholds`` entry (sigmoid >= 0.5 exactly where the raw
-        probability reaches the label's threshold, the decision rule of every multi-label pipeline); a pair
-        regression's score blended with its siamese cosines by ``similarity_blend``."""
+        blended with the lexical view's (``lexical_blend``, on the ``lexical`` inputs), then minus the logit of each
+        label's ``decision_thresholds`` entry (sigmoid >= 0.5 exactly where the raw probability reaches the label's
+        threshold, the decision rule of every multi-label pipeline); a pair regression's score blended with its
+        siamese cosines by ``similarity_blend``."""
         problem_type = self.config.problem_type
+        if self.config.lexical_blend is not None:
+            if lexical is None:
+                raise ValueError(
+                    "this head blends a lexical view (config.lexical_blend), which needs the texts' lexical_ids and "
+                    "lexical_counts: tokenise with the head's own tokenizer (AutoTokenizer.from_pretrained on its "
+                    "folder), or pass them beside pooled_features.")
+            logits = blend_lexical(logits, self.lexical_view(*lexical), self.config.lexical_blend)
         if problem_type == "regression" and self.config.similarity_blend is not None:
             head, *cosine_weights, bias = self.config.similarity_blend
             cosines = siamese_cosines(self.config, pooled_features).to(logits.dtype)
@@ -1363,7 +1437,8 @@ class LLMEmbedForSequenceClassification(OneCommitPushMixin, LLMEmbedPreTrainedMo
             self._save_tokenizer = True
 
     def _tokenizer_for_saving(self) -> Any:
-        """The attached tokenizer, else the one of the repo this head was loaded from (kept for next time)."""
+        """The attached tokenizer, else the one of the repo this head was loaded from (kept for next time); it returns
+        lexical inputs exactly when this head has a lexical view."""
         if self.tokenizer is None and self.name_or_path:
             from .tokenization_llmembed import LLMEmbedTokenizer
 
@@ -1371,12 +1446,16 @@ class LLMEmbedForSequenceClassification(OneCommitPushMixin, LLMEmbedPreTrainedMo
                 self.tokenizer = LLMEmbedTokenizer.from_pretrained(self.name_or_path)
             except (OSError, ValueError) as error:
                 logger.warning(f"No tokenizer saved with the head: {error}")
+        if self.tokenizer is not None:
+            self.tokenizer.lexical_view = self.lexical_view is not None
         return self.tokenizer
 
 
 __all__ = [
     "LLMEmbedFusionHead",
+    "LLMEmbedLexicalView",
     "OneCommitPushMixin",
+    "blend_lexical",
     "LLMEmbedPreTrainedModel",
     "LLMEmbedForSequenceClassification",
     "attach_dense_modules",

@@ -3,8 +3,11 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import re
+from collections import Counter
 from typing import Any, Sequence
 
 from transformers import AutoTokenizer, BatchEncoding, PretrainedConfig
@@ -24,6 +27,23 @@ SUBFOLDER = "tokenizers"
 #: prompt's last piece can merge with the text's first one (Gemma's ``"query: "`` ends in a lone ``▁`` that joins
 #: the next word), and such a piece belongs to the text.
 _PROMPT_PROBES = ("a", "The 1", "hello")
+#: Words as scikit-learn's ``TfidfVectorizer`` finds them by default: runs of two or more word characters.
+_WORD = re.compile(r"(?u)\b\w\w+\b")
+#: Characters of a text the lexical view reads (a bound on its cost for very long documents).
+LEXICAL_MAX_CHARS = 100_000
+
+
+def ngram_hash(ngram: str) -> int:
+    """A 63-bit id of an n-gram, the same in every process and on every machine (blake2b; Python's ``hash`` is
+    salted per process): the lexical view's vocabulary is the sorted ids of the n-grams it kept."""
+    return int.from_bytes(hashlib.blake2b(ngram.encode("utf-8"), digest_size=8).digest(), "little") >> 1
+
+
+def lexical_ngram_counts(text: str) -> dict[int, int]:
+    """How often each lower-cased word unigram and bigram occurs in ``text``, keyed by `ngram_hash`: the input of a
+    head's lexical view (`LLMEmbedLexicalView`), what ``TfidfVectorizer(ngram_range=(1, 2))`` counts."""
+    words = _WORD.findall(text[:LEXICAL_MAX_CHARS].lower())
+    return dict(Counter(ngram_hash(gram) for gram in [*words, *(f"{a} {b}" for a, b in zip(words, words[1:]))]))
 
 
 def ensure_pad_token(tokenizer: Any) -> int:
@@ -115,6 +135,10 @@ class LLMEmbedTokenizer:
     backbone gets its own tokenizer's pair encoding of (prompt + text, text_pair), truncated ``longest_first``; a
     ``siamese`` backbone gets each side alone (each with the prompt), the second under ``<name>_pair_input_ids`` /
     ``<name>_pair_attention_mask``.
+
+    The tokenizer of a head with a lexical view (``lexical_view``, as ``config.lexical_vocab_size > 0``) also
+    returns each text's word n-grams (`lexical_ngram_counts`) as ``lexical_ids`` and ``lexical_counts``, padded with
+    count 0.
     """
 
     model_input_names = ["input_ids", "attention_mask"]
@@ -124,9 +148,10 @@ class LLMEmbedTokenizer:
     pad_token = None
 
     def __init__(self, tokenizers: dict[str, Any], specs: Sequence[BackboneSpec | dict[str, Any]],
-                 pair_encoding: str | dict[str, str] | None = None) -> None:
+                 pair_encoding: str | dict[str, str] | None = None, lexical_view: bool = False) -> None:
         self.specs = [BackboneSpec.from_dict(s) for s in specs]
         self.pair_encoding = normalize_pair_encoding(pair_encoding)
+        self.lexical_view = lexical_view
         names = [spec.name for spec in self.specs]
         if sorted(tokenizers) != sorted(names):
             raise ValueError(f"LLMEmbedTokenizer: tokenizers for {sorted(tokenizers)} given, backbones are {names}.")
@@ -224,10 +249,17 @@ class LLMEmbedTokenizer:
             encoded[f"{spec.name}_input_ids"] = self.backbone_ids(spec.name, texts, joint, max_length)
             if mode == "siamese":
                 encoded[f"{spec.name}_pair_input_ids"] = self.backbone_ids(spec.name, pairs, None, max_length)
+        if self.lexical_view:
+            if pairs is not None:
+                raise ValueError("a lexical view reads single texts; this tokenizer got text_pair.")
+            counts = [lexical_ngram_counts(t) for t in texts]
+            # A text without a word gets one slot of count 0 (padding), so every row has a column.
+            encoded["lexical_ids"] = [list(c) or [0] for c in counts]
+            encoded["lexical_counts"] = [list(c.values()) or [0] for c in counts]
         if return_tensors is not None or (padding and is_batch):
             encoded = self.pad(encoded, return_tensors=return_tensors)
             return encoded
-        for key in list(encoded):
+        for key in [key for key in encoded if key.endswith("_input_ids")]:
             encoded[key[: -len("_input_ids")] + "_attention_mask"] = [[1] * len(row) for row in encoded[key]]
         if not is_batch:
             encoded = {key: rows[0] for key, rows in encoded.items()}
@@ -240,7 +272,7 @@ class LLMEmbedTokenizer:
         backbones: Sequence[str] | None = None,
     ) -> BatchEncoding:
         """Right-pad ragged ``<name>_input_ids`` rows (e.g. a length-sorted batch), and a siamese backbone's
-        ``<name>_pair_input_ids``, and build their masks.
+        ``<name>_pair_input_ids``, and build their masks; ``lexical_ids``/``lexical_counts`` rows are padded with 0.
 
         ``backbones`` restricts this to some backbones' rows (default: all of them).
         """
@@ -255,6 +287,10 @@ class LLMEmbedTokenizer:
             width = max((len(row) for row in ids), default=0)
             padded[f"{prefix}_input_ids"] = [list(row) + [self.pad_token_id] * (width - len(row)) for row in ids]
             padded[f"{prefix}_attention_mask"] = [[1] * len(row) + [0] * (width - len(row)) for row in ids]
+        for key in ("lexical_ids", "lexical_counts"):
+            if key in encoded:
+                width = max(len(row) for row in encoded[key])
+                padded[key] = [list(row) + [0] * (width - len(row)) for row in encoded[key]]
         return BatchEncoding(padded, tensor_type=return_tensors)
 
     # -- persistence -----------------------------------------------------------------------------------------------
@@ -269,6 +305,7 @@ class LLMEmbedTokenizer:
             "tokenizer_class": type(self).__name__,
             "backbones": [spec.to_dict() for spec in self.specs],
             **({"pair_encoding": self.pair_encoding} if self.pair_encoding is not None else {}),
+            **({"lexical_view": True} if self.lexical_view else {}),
             "auto_map": {"AutoTokenizer": ["tokenization_llmembed.LLMEmbedTokenizer", None]},
         }
         path = os.path.join(save_directory, TOKENIZER_CONFIG_FILE)
@@ -320,10 +357,13 @@ class LLMEmbedTokenizer:
                 "'backbones'); falling back to the backbones' own tokenizers from its config.json."
             )
             model_config = LLMEmbedConfig.from_pretrained(pretrained_model_name_or_path, **hub_kwargs)
-            return cls.from_backbone_specs(model_config.backbone_specs, model_config.pair_encoding)
+            tokenizer = cls.from_backbone_specs(model_config.backbone_specs, model_config.pair_encoding)
+            tokenizer.lexical_view = model_config.lexical_vocab_size > 0
+            return tokenizer
         specs = [BackboneSpec.from_dict(b) for b in config["backbones"]]
         pair_encoding = normalize_pair_encoding(config.get("pair_encoding"))
-        _check_specs_agree(pretrained_model_name_or_path, specs, pair_encoding, hub_kwargs)
+        lexical_view = bool(config.get("lexical_view", False))
+        _check_specs_agree(pretrained_model_name_or_path, specs, pair_encoding, lexical_view, hub_kwargs)
         # config=PretrainedConfig(): the subfolders hold tokenizer files only; without it AutoTokenizer looks for
         # a config.json there, which offline (HF_HUB_OFFLINE=1) fails instead of being skipped.
         tokenizers = {
@@ -333,7 +373,7 @@ class LLMEmbedTokenizer:
             )
             for spec in specs
         }
-        return cls(tokenizers, specs, pair_encoding)
+        return cls(tokenizers, specs, pair_encoding, lexical_view)
 
 
 #: Spec fields that decide how a backbone tokenises: the tokenizer's copy must equal the model config's.
@@ -341,9 +381,9 @@ _TOKENIZATION_FIELDS = ("name", "model_id", "revision", "gguf_file", "max_length
 
 
 def _check_specs_agree(source: str | os.PathLike, specs: list[BackboneSpec], pair_encoding: dict[str, str] | None,
-                       hub_kwargs: dict[str, Any]) -> None:
-    """Refuse tokenizer files whose backbones or pair encoding disagree with the ``config.json`` beside them (an
-    edited or mixed-up repo would tokenise for one model and run another)."""
+                       lexical_view: bool, hub_kwargs: dict[str, Any]) -> None:
+    """Refuse tokenizer files whose backbones, pair encoding or lexical view disagree with the ``config.json`` beside
+    them (an edited or mixed-up repo would tokenise for one model and run another)."""
     from transformers.utils import CONFIG_NAME, cached_file
 
     config_path = cached_file(source, CONFIG_NAME, _raise_exceptions_for_missing_entries=False, **hub_kwargs)
@@ -360,6 +400,12 @@ def _check_specs_agree(source: str | os.PathLike, specs: list[BackboneSpec], pai
             f"{source}: {TOKENIZER_CONFIG_FILE} disagrees with config.json on pair_encoding ({pair_encoding!r} vs "
             f"{model_pair_encoding!r}); the tokenizer would prepare other inputs than the model reads. Save the head "
             "again with save_pretrained, or fix the files so both say the same."
+        )
+    if lexical_view != (model_config.get("lexical_vocab_size", 0) > 0):
+        raise ValueError(
+            f"{source}: {TOKENIZER_CONFIG_FILE} says lexical_view={lexical_view} but config.json's "
+            f"lexical_vocab_size is {model_config.get('lexical_vocab_size', 0)}; the tokenizer would prepare other "
+            "inputs than the model reads. Save the head again with save_pretrained."
         )
     model_specs = [BackboneSpec.from_dict(b) for b in model_backbones]
     ours = [{k: getattr(spec, k) for k in _TOKENIZATION_FIELDS} for spec in specs]

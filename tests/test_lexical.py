@@ -1,0 +1,161 @@
+"""The lexical view: word n-gram counts, TF-IDF, its logistic regression, and a head that blends it, end to end."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+from helpers import MULTI_LABEL_NAMES, TRAINED_EPOCHS
+from safetensors.torch import load_file
+
+from llmembed_hf import HeadTrainingArguments, LLMEmbedForSequenceClassification, train_head
+from llmembed_hf.data import load_labelled
+from llmembed_hf.lexical import fit_lexical_view, lexical_inputs, lexical_logits, tfidf_matrix
+from llmembed_hf.metrics import multi_label_scores
+from llmembed_hf.modeling.modeling_llmembed import LLMEmbedLexicalView, blend_lexical
+from llmembed_hf.modeling.tokenization_llmembed import lexical_ngram_counts, ngram_hash
+
+
+def test_ngram_counts_are_lowercased_words_and_bigrams_by_a_stable_hash():
+    counts = lexical_ngram_counts("Good cat, good CAT! a")  # "a": one character, not a word (as scikit-learn)
+    expected = {"good": 2, "cat": 2, "good cat": 2, "cat good": 1}
+    assert counts == {ngram_hash(gram): n for gram, n in expected.items()}
+    # blake2b, not Python's per-process salted hash(): saved vocabularies stay valid in every process.
+    assert ngram_hash("good cat") == int.from_bytes(hashlib.blake2b(b"good cat", digest_size=8).digest(), "little") >> 1
+    assert lexical_ngram_counts("") == {} and lexical_ngram_counts("a ! ?") == {}
+
+
+def test_tfidf_is_sublinear_idf_weighted_and_unit_norm():
+    view = LLMEmbedLexicalView(3, 1)
+    view.ngram_hashes.copy_(torch.tensor(sorted(ngram_hash(g) for g in ("good", "cat", "good cat"))))
+    idf = {h: float(i + 1) for i, h in enumerate(view.ngram_hashes.tolist())}
+    view.idf.copy_(torch.tensor([idf[h] for h in view.ngram_hashes.tolist()]))
+    inputs = lexical_inputs(["good good cat dog", "", "dog"])
+    dense = tfidf_matrix(view, inputs).to_dense()
+    raw = {ngram_hash("good"): (1 + math.log(2)) * idf[ngram_hash("good")],
+           ngram_hash("cat"): idf[ngram_hash("cat")], ngram_hash("good cat"): idf[ngram_hash("good cat")]}
+    norm = math.sqrt(sum(v * v for v in raw.values()))  # "good good", "cat dog", "dog": not in the vocabulary
+    for column, h in enumerate(view.ngram_hashes.tolist()):
+        assert dense[0, column].item() == pytest.approx(raw[h] / norm)
+    assert dense[1:].abs().sum() == 0  # no word, or no known n-gram: an all-zero row, not NaN
+
+
+def test_fit_lexical_view_separates_keyword_labels_and_matches_its_module():
+    texts = ["good day here", "bad day here", "good cat", "bad cat", "a cat today", "good news", "bad news", "cat"]
+    labels = np.array([[1, 0], [0, 1], [1, 0], [0, 1], [0, 0], [1, 0], [0, 1], [0, 0]])
+    view = fit_lexical_view(texts, labels, c=100.0)
+    assert view is not None and len(view.idf) == len(view.ngram_hashes)
+    kept = set(view.ngram_hashes.tolist())
+    assert ngram_hash("good") in kept and ngram_hash("today") not in kept  # min_df=2
+    assert view.ngram_hashes.tolist() == sorted(kept)
+    inputs = lexical_inputs(["good morning", "bad morning", "nothing"])
+    probabilities = 1 / (1 + np.exp(-lexical_logits(view, inputs)))
+    assert probabilities[0, 0] > 0.5 > probabilities[0, 1] and probabilities[1, 1] > 0.5 > probabilities[1, 0]
+    with torch.no_grad():  # the module's forward is the sparse product the fit optimised
+        dense = tfidf_matrix(view, inputs).to_dense() @ view.weight + view.bias
+    np.testing.assert_allclose(lexical_logits(view, inputs), dense.numpy(), rtol=1e-5, atol=1e-6)
+    assert fit_lexical_view(["one", "two"], np.array([[1], [0]])) is None  # no n-gram in two texts
+
+
+def test_blend_is_a_probability_mix_in_logit_space():
+    head, lexical = torch.tensor([[0.0, 3.0]]), torch.tensor([[2.0, -3.0]])
+    blended = blend_lexical(head, lexical, 0.25)
+    expected = 0.75 * torch.sigmoid(head) + 0.25 * torch.sigmoid(lexical)
+    torch.testing.assert_close(torch.sigmoid(blended), expected)
+    torch.testing.assert_close(blend_lexical(head, lexical, 0.0), head)
+
+
+def test_tokenizer_returns_lexical_inputs_only_for_a_head_with_a_view(tiny_config):
+    from llmembed_hf.modeling.tokenization_llmembed import LLMEmbedTokenizer
+
+    config = tiny_config(num_labels=3, problem_type="multi_label_classification")
+    tokenizer = LLMEmbedTokenizer.from_backbone_specs(config.backbone_specs)
+    assert not any(key.startswith("lexical") for key in tokenizer(["good cat"]))
+    tokenizer.lexical_view = True
+    batch = tokenizer(["good cat", ""], return_tensors="pt")
+    expected = lexical_inputs(["good cat", ""])
+    torch.testing.assert_close(batch["lexical_ids"], expected["lexical_ids"])
+    torch.testing.assert_close(batch["lexical_counts"], expected["lexical_counts"])
+    single = tokenizer("good cat")
+    assert sorted(single["lexical_ids"]) == sorted(lexical_ngram_counts("good cat"))
+    pair_tokenizer = LLMEmbedTokenizer.from_backbone_specs(config.backbone_specs, "joint")
+    pair_tokenizer.lexical_view = True
+    with pytest.raises(ValueError, match="lexical view reads single texts"):
+        pair_tokenizer("a", text_pair="b")
+
+
+@pytest.fixture(scope="module")
+def trained_lexical(tiny_backbones, multi_label_data, tmp_path_factory):
+    from helpers import tiny_head_config
+
+    folder = tmp_path_factory.mktemp("lexical")
+    tiny_head_config(tiny_backbones).save_pretrained(folder / "preset")
+    training = HeadTrainingArguments(epochs=TRAINED_EPOCHS, batch_size=16, learning_rate=3e-3, lexical_view=True)
+    model, report = train_head(multi_label_data, folder / "head", preset=str(folder / "preset" / "config.json"),
+                               training=training)
+    return folder / "head", model, report
+
+
+def test_train_head_blends_a_lexical_view_end_to_end(trained_lexical, multi_label_data):
+    """The keywords decide the labels: the view is kept, raises macro-F1, is saved (safetensors, config, tokenizer)
+    and the saved folder's pipeline decides exactly as the report's scores say."""
+    from transformers import AutoModelForSequenceClassification, pipeline
+
+    output, model, report = trained_lexical
+    lexical = report.lexical_view
+    assert lexical["kept"] and 0 < lexical["weight"] < 1 and lexical["vocab_size"] > 0
+    assert set(lexical["candidates_macro_f1"]) == {str(w) for w in np.round(np.arange(0, 0.91, 0.1), 1)}
+    assert lexical["candidates_macro_f1"][str(lexical["weight"])] == max(lexical["candidates_macro_f1"].values())
+    assert lexical["fitted_rows"] == report.num_validation + report.num_train  # validation + out-of-fold rows
+    test = lexical["splits"]["test"]
+    assert test["macro_f1_with"] >= test["macro_f1_without"] and test["macro_f1_with"] > 0.9
+    config = json.loads((output / "config.json").read_text())
+    assert config["lexical_vocab_size"] == lexical["vocab_size"] and config["lexical_blend"] == lexical["weight"]
+    assert json.loads((output / "tokenizer_config.json").read_text())["lexical_view"] is True
+    weights = load_file(output / "model.safetensors")
+    assert weights["lexical_view.ngram_hashes"].dtype == torch.int64
+    assert weights["lexical_view.weight"].shape == (lexical["vocab_size"], 3)
+
+    texts = load_labelled(multi_label_data, "test", label_column="labels",
+                          problem_type="multi_label_classification")[0]
+    results = pipeline("text-classification", model=str(output), device="cpu")(texts.texts, top_k=None)
+    decided = np.array([[next(e["score"] for e in r if e["label"] == name) >= 0.5 for name in MULTI_LABEL_NAMES]
+                        for r in results])
+    assert multi_label_scores(decided, np.array(texts.labels)) == pytest.approx(report.eval_metrics)
+    assert report.eval_metrics["macro_f1"] == pytest.approx(test["macro_f1_with"])
+
+    loaded = AutoModelForSequenceClassification.from_pretrained(output).eval()
+    torch.testing.assert_close(loaded.lexical_view.weight, model.lexical_view.weight)
+    features = torch.randn(2, loaded.config.feature_size)
+    with pytest.raises(ValueError, match="blends a lexical view"):
+        loaded(pooled_features=features)
+    with torch.no_grad():
+        served = loaded(pooled_features=features, **lexical_inputs(["good", "cat bad"])).logits
+        head = torch.stack([h(features) for h in loaded.fusion_heads]).mean(0)
+        view = loaded.lexical_view(**lexical_inputs(["good", "cat bad"]))
+    expected = blend_lexical(head, view, loaded.config.lexical_blend) - torch.logit(
+        torch.tensor(loaded.config.decision_thresholds))
+    torch.testing.assert_close(served, expected)
+    assert "lexical view" in (output / "README.md").read_text()
+
+
+def test_lexical_view_refuses_other_problem_types(tiny_backbones, finetune_data, tmp_path, tiny_config):
+    from helpers import tiny_head_config
+
+    tiny_head_config(tiny_backbones).save_pretrained(tmp_path / "preset")
+    with pytest.raises(ValueError, match="lexical_view serves multi-label heads of single texts"):
+        train_head(finetune_data, tmp_path / "head", preset=str(tmp_path / "preset" / "config.json"),
+                   training=HeadTrainingArguments(epochs=1, lexical_view=True))
+    with pytest.raises(ValueError, match="not a multi-label head of single texts"):
+        tiny_config(num_labels=3, lexical_vocab_size=5)
+    with pytest.raises(ValueError, match="no lexical view"):
+        tiny_config(num_labels=3, problem_type="multi_label_classification", lexical_blend=0.3)
+    with pytest.raises(ValueError, match="strictly between 0 and 1"):
+        tiny_config(num_labels=3, problem_type="multi_label_classification", lexical_vocab_size=5, lexical_blend=1.0)
+    model = LLMEmbedForSequenceClassification(tiny_config(num_labels=3, problem_type="multi_label_classification"))
+    with pytest.raises(TypeError, match="without a lexical view"):
+        model(pooled_features=torch.zeros(1, model.config.feature_size), **lexical_inputs(["x y"]))
