@@ -150,6 +150,7 @@ def cmd_evaluate(args: argparse.Namespace) -> dict[str, Any]:
 
     from .data import load_labelled
     from .features import extract_features
+    from .lexical import lexical_inputs
     from .metrics import COMPUTE_METRICS, problem_type_of
     from .trainer import check_pairs_match, predict_logits
 
@@ -162,8 +163,10 @@ def cmd_evaluate(args: argparse.Namespace) -> dict[str, Any]:
     check_pairs_match(model.config, split.pairs is not None)
     features = extract_features(model, split.texts, config=from_options(ExtractionConfig, args),
                                 text_pairs=split.pairs)
-    # inference logits: the temperature or the tuned thresholds applied, as the pipeline scores
-    metrics = COMPUTE_METRICS[problem_type]((predict_logits(model, features), np.asarray(split.labels)))
+    # inference logits: the temperature, the lexical view and the tuned thresholds applied, as the pipeline scores
+    lexical = lexical_inputs(split.texts) if model.lexical_view is not None else None
+    logits = predict_logits(model, features, lexical=lexical)
+    metrics = COMPUTE_METRICS[problem_type]((logits, np.asarray(split.labels)))
     return {"split": args.split, "rows": len(split.texts), **metrics}
 
 

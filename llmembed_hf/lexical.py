@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from torch.nn.utils.rnn import pad_sequence
 
 from .modeling.modeling_llmembed import LLMEmbedLexicalView
-from .modeling.tokenization_llmembed import lexical_ngram_counts
+from .modeling.tokenization_llmembed import lexical_rows
 
 logger = logging.getLogger(__name__)
 
@@ -25,11 +25,8 @@ CHUNK_ROWS = 2048
 def lexical_inputs(texts: Sequence[str]) -> dict[str, torch.Tensor]:
     """``lexical_ids`` and ``lexical_counts`` of ``texts``, padded: what the composite tokenizer of a head with a
     lexical view returns for them, without its backbones' tokens."""
-    counts = [lexical_ngram_counts(text) for text in texts]
-    return {"lexical_ids": pad_sequence([torch.tensor(list(c) or [0], dtype=torch.long) for c in counts],
-                                        batch_first=True),
-            "lexical_counts": pad_sequence([torch.tensor(list(c.values()) or [0], dtype=torch.long) for c in counts],
-                                           batch_first=True)}
+    return {key: pad_sequence([torch.tensor(row, dtype=torch.long) for row in rows], batch_first=True)
+            for key, rows in lexical_rows(texts).items()}
 
 
 def tfidf_matrix(view: LLMEmbedLexicalView, inputs: dict[str, torch.Tensor]) -> torch.Tensor:

@@ -15,6 +15,7 @@ from typing import Any, Sequence
 
 import torch
 
+from .lexical import lexical_inputs
 from .modeling.configuration_llmembed import LLMEmbedConfig
 from .modeling.modeling_llmembed import LLMEmbedForSequenceClassification, forward_pass_key
 
@@ -91,11 +92,14 @@ class MultiHeadClassifier:
             batch = self.encoder.tokenizer(texts[start : start + batch_size], text_pair=pairs, padding=True,
                                            return_tensors="pt")
             features = self.encoder.encode(**batch)
+            lexical = (lexical_inputs(texts[start : start + batch_size])
+                       if any(head.lexical_view is not None for head in self.heads) else {})
             outputs = {}
             for name, head, views in zip(self.names, self.heads, self.views):
                 head.eval()
                 own = torch.cat([features[:, columns[view]] for view in views], dim=-1)
-                outputs[name] = pipeline_scores(head.config, head(pooled_features=own.to(head.device)).logits)
+                extra = lexical if head.lexical_view is not None else {}
+                outputs[name] = pipeline_scores(head.config, head(pooled_features=own.to(head.device), **extra).logits)
             results += [{name: prediction_of(head.config, outputs[name][row])
                          for name, head in zip(self.names, self.heads)} for row in range(features.shape[0])]
         return results[0] if single else results

@@ -46,6 +46,13 @@ def lexical_ngram_counts(text: str) -> dict[int, int]:
     return dict(Counter(ngram_hash(gram) for gram in [*words, *(f"{a} {b}" for a, b in zip(words, words[1:]))]))
 
 
+def lexical_rows(texts: Sequence[str]) -> dict[str, list[list[int]]]:
+    """Unpadded ``lexical_ids`` and ``lexical_counts`` rows of ``texts`` (`lexical_ngram_counts`); a text without a
+    word gets one slot of count 0 (padding), so every row has a column."""
+    counts = [lexical_ngram_counts(text) for text in texts]
+    return {"lexical_ids": [list(c) or [0] for c in counts], "lexical_counts": [list(c.values()) or [0] for c in counts]}
+
+
 def ensure_pad_token(tokenizer: Any) -> int:
     """Give ``tokenizer`` a pad token if it has none and return the pad token id.
 
@@ -252,10 +259,7 @@ class LLMEmbedTokenizer:
         if self.lexical_view:
             if pairs is not None:
                 raise ValueError("a lexical view reads single texts; this tokenizer got text_pair.")
-            counts = [lexical_ngram_counts(t) for t in texts]
-            # A text without a word gets one slot of count 0 (padding), so every row has a column.
-            encoded["lexical_ids"] = [list(c) or [0] for c in counts]
-            encoded["lexical_counts"] = [list(c.values()) or [0] for c in counts]
+            encoded.update(lexical_rows(texts))
         if return_tensors is not None or (padding and is_batch):
             encoded = self.pad(encoded, return_tensors=return_tensors)
             return encoded

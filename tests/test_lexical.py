@@ -159,3 +159,30 @@ def test_lexical_view_refuses_other_problem_types(tiny_backbones, finetune_data,
     model = LLMEmbedForSequenceClassification(tiny_config(num_labels=3, problem_type="multi_label_classification"))
     with pytest.raises(TypeError, match="without a lexical view"):
         model(pooled_features=torch.zeros(1, model.config.feature_size), **lexical_inputs(["x y"]))
+
+
+def test_cli_trains_evaluates_and_predicts_with_a_lexical_view(tiny_preset, multi_label_data, tmp_path, capsys):
+    """``llmembed train --lexical-view``; ``evaluate`` and ``predict`` (one head, and several in one pass) read the
+    view as the pipeline does."""
+    from helpers import parse_json_output
+
+    from llmembed_hf.cli import main
+    from llmembed_hf.multi_head import MultiHeadClassifier
+
+    output = tmp_path / "head"
+    assert main(["train", "--dataset", str(multi_label_data), "--preset", tiny_preset, "--output-dir", str(output),
+                 "--epochs", "5", "--batch-size", "16", "--lr", "3e-3", "--lexical-view"]) == 0
+    result = parse_json_output(capsys.readouterr().out)
+    assert json.loads((output / "config.json").read_text())["lexical_blend"] is not None
+    assert main(["evaluate", "--model", str(output), "--dataset", str(multi_label_data), "--split", "test"]) == 0
+    scores = parse_json_output(capsys.readouterr().out)
+    assert {k: scores[k] for k in result["test"]} == pytest.approx(result["test"])  # blend and thresholds applied
+
+    texts = ["a good cat", "bad bad day", "the mat"]
+    assert main(["predict", "--model", str(output), *(f"--text={t}" for t in texts), "--device", "cpu"]) == 0
+    rows = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith("{")]
+    together = MultiHeadClassifier([str(output)], names=["emotion"])(texts)
+    assert [row["labels"] for row in rows] == [row["emotion"]["labels"] for row in together]
+    for row, joint in zip(rows, together):
+        alone = {e["label"]: e["score"] for e in row["scores"]}
+        assert {e["label"]: e["score"] for e in joint["emotion"]["scores"]} == pytest.approx(alone, abs=1e-5)
