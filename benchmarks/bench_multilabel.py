@@ -6,9 +6,10 @@ kept beside the head when that lowers the validation loss (the model's logits ar
 the rows say "where kept", the output names the seeds that kept them), each label's decision threshold tuned on the
 validation split and the training rows' out-of-fold scores), once per seed; its test scores are at the tuned
 thresholds, and, for reference, at thresholds tuned on the validation split alone and at 0.5, and those of its head
-alone (the model without the fold heads, from the same training). With ``--lexical-view`` the model also blends a
-lexical view (`HeadTrainingArguments.lexical_view`), and the rows of the same model without it follow; the other
-LLMEmbed rows are then without it. The anchor is TF-IDF 1-2-grams (sublinear tf,
+alone (the model without the fold heads, from the same training). Without ``--lexical-view`` the model is trained
+with ``lexical_view=False`` (as every run before 2026-12-03 10:00 UTC, when the lexical view became the default); with
+it, the model also blends its lexical view (`HeadTrainingArguments.lexical_view`), the rows of the same model without
+it follow, and the other LLMEmbed rows are without it. The anchor is TF-IDF 1-2-grams (sublinear tf,
 min_df=2) with one logistic regression per label on the same training rows, its thresholds tuned on the same
 validation split: one threshold per label (the head's procedure, `metrics.fit_thresholds`) and one shared threshold
 (the best of a 0.01 grid by validation macro-F1). Everything is scored on the test split, which nothing else
@@ -324,7 +325,8 @@ def main(argv: list[str] | None = None) -> None:
                         help="folds whose heads score the training rows for thresholds and may join the head "
                              "(default: HeadTrainingArguments)")
     parser.add_argument("--lexical-view", action="store_true",
-                        help="train with HeadTrainingArguments(lexical_view=True) and add the rows without it")
+                        help="train with HeadTrainingArguments(lexical_view=True), the library's default for "
+                             "multi-label data, and add the rows without it (default: lexical_view=False)")
     parser.add_argument("--device", default=None, help="where the backbones run (cuda on a GPU machine)")
     parser.add_argument("--backbone-root", default=None, help="load each backbone from <root>/<name> instead")
     parser.add_argument("--tfidf", choices=["run", "skip", "only"], default="run",

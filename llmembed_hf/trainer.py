@@ -448,11 +448,12 @@ def train_head(
     splits = load_classification_splits(data, seed=training.seed)
     names, problem_type = splits.names, splits.problem_type
     pairs = splits.text_pair_column is not None
-    if training.lexical_view and (problem_type != "multi_label_classification" or pairs
-                                  or not training.tune_thresholds):
+    lexical_applies = problem_type == "multi_label_classification" and not pairs and training.tune_thresholds
+    if training.lexical_view and not lexical_applies:
         raise ValueError(f"lexical_view serves multi-label heads of single texts with tuned thresholds; these data "
                          f"are {problem_type}{' text pairs' if pairs else ''} (tune_thresholds="
                          f"{training.tune_thresholds}). Drop --lexical-view.")
+    fit_lexical = lexical_applies if training.lexical_view is None else training.lexical_view
 
     if model is None:
         config = head_config(preset, head, names, problem_type, pairs=pairs)
@@ -512,7 +513,7 @@ def train_head(
         texts[data.eval_split] = evaluation.texts
     scored = {name: (predict_logits(model, split), gold[name]) for name, split in features.items()}
     lexical: dict[str, dict[str, torch.Tensor]] = {}
-    if training.lexical_view:
+    if fit_lexical:
         report.lexical_view, out_of_fold = choose_lexical_view(model, splits, texts, scored, out_of_fold, folds,
                                                                training)
         if model.lexical_view is not None:
@@ -547,6 +548,6 @@ def train_head(
     return model, report
 
 
-__all__ = ["blend_similarity", "calibrate", "check_model_matches", "choose_lexical_view", "check_pairs_match", "fit_head", "fold_heads_help",
-           "head_config", "predict_logits", "split_features", "threshold_fold_rows", "threshold_folds",
+__all__ = ["blend_similarity", "calibrate", "check_model_matches", "check_pairs_match", "choose_lexical_view",
+           "fit_head", "fold_heads_help", "head_config", "predict_logits", "split_features", "threshold_fold_rows", "threshold_folds",
            "train_fold_heads", "train_head", "tune_thresholds"]

@@ -311,10 +311,13 @@ class HeadTrainingArguments(BaseTrainingArguments):
                                       "returns the mean logits of its head and them (an ensemble, at no more "
                                       "training), if that has no higher validation loss than the head alone "
                                       "(false: the one head)")
-    lexical_view: bool = arg(False, "multi-label: after training, fit a lexical view (logistic regression on the "
-                                    "TF-IDF of the training texts' word unigrams and bigrams) and blend its "
-                                    "probabilities with the head's, by a weight chosen with the thresholds on "
-                                    "validation and out-of-fold scores; kept only if it raises macro-F1 there")
+    lexical_view: bool | None = arg(None, "multi-label heads of single texts: after training, fit a lexical view "
+                                          "(logistic regression on the TF-IDF of the training texts' word unigrams "
+                                          "and bigrams) and blend its probabilities with the head's, by a weight "
+                                          "chosen with the thresholds on validation and out-of-fold scores; kept "
+                                          "only if it raises macro-F1 there (default: on wherever it applies, i.e. "
+                                          "multi-label single texts with tuned thresholds; true: an error elsewhere; "
+                                          "false: off)")
     lexical_c: float = arg(10.0, "multi-label with lexical_view: the inverse L2 strength of its logistic regression "
                                  "(scikit-learn's C)")
     blend_similarity: bool = arg(True, "regression on text pairs with siamese backbones: after training, fit on the "

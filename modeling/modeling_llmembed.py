@@ -734,7 +734,8 @@ class LLMEmbedLexicalView(nn.Module):
         self.bias = nn.Parameter(torch.zeros(num_labels))
 
     def tfidf(self, lexical_ids: torch.Tensor, lexical_counts: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(vocabulary index, TF-IDF value) of every n-gram slot of a (batch, slots) input; 0 where unknown or padding."""
+        """(vocabulary index, TF-IDF value) of every n-gram slot of a (batch, slots) input; value 0 where the n-gram
+        is unknown or the slot is padding."""
         lexical_ids = lexical_ids.to(self.ngram_hashes.device)
         index = torch.searchsorted(self.ngram_hashes, lexical_ids).clamp(max=len(self.ngram_hashes) - 1)
         counts = lexical_counts.to(self.idf)

@@ -50,7 +50,8 @@ def lexical_rows(texts: Sequence[str]) -> dict[str, list[list[int]]]:
     """Unpadded ``lexical_ids`` and ``lexical_counts`` rows of ``texts`` (`lexical_ngram_counts`); a text without a
     word gets one slot of count 0 (padding), so every row has a column."""
     counts = [lexical_ngram_counts(text) for text in texts]
-    return {"lexical_ids": [list(c) or [0] for c in counts], "lexical_counts": [list(c.values()) or [0] for c in counts]}
+    return {"lexical_ids": [list(c) or [0] for c in counts],
+            "lexical_counts": [list(c.values()) or [0] for c in counts]}
 
 
 def ensure_pad_token(tokenizer: Any) -> int:

@@ -237,9 +237,10 @@ def _train_tiny(tiny_backbones, data: Path, output: Path, **training: Any):
 
 @pytest.fixture(scope="session")
 def trained_multi_label(tiny_backbones, multi_label_data, tmp_path_factory):
-    """``(output folder, model, report)`` of `train_head` on `multi_label_data` from a tiny preset config.json."""
+    """``(output folder, model, report)`` of `train_head` on `multi_label_data` from a tiny preset config.json: the
+    head and its fold heads without a lexical view (`test_lexical` trains one with it)."""
     output = tmp_path_factory.mktemp("trained_multi_label") / "multi-label-head"
-    return (output, *_train_tiny(tiny_backbones, multi_label_data, output))
+    return (output, *_train_tiny(tiny_backbones, multi_label_data, output, lexical_view=False))
 
 
 @pytest.fixture(scope="session")

@@ -94,7 +94,7 @@ def trained_lexical(tiny_backbones, multi_label_data, tmp_path_factory):
 
     folder = tmp_path_factory.mktemp("lexical")
     tiny_head_config(tiny_backbones).save_pretrained(folder / "preset")
-    training = HeadTrainingArguments(epochs=TRAINED_EPOCHS, batch_size=16, learning_rate=3e-3, lexical_view=True)
+    training = HeadTrainingArguments(epochs=TRAINED_EPOCHS, batch_size=16, learning_rate=3e-3)  # on by default
     model, report = train_head(multi_label_data, folder / "head", preset=str(folder / "preset" / "config.json"),
                                training=training)
     return folder / "head", model, report
@@ -171,7 +171,7 @@ def test_cli_trains_evaluates_and_predicts_with_a_lexical_view(tiny_preset, mult
 
     output = tmp_path / "head"
     assert main(["train", "--dataset", str(multi_label_data), "--preset", tiny_preset, "--output-dir", str(output),
-                 "--epochs", "5", "--batch-size", "16", "--lr", "3e-3", "--lexical-view"]) == 0
+                 "--epochs", "5", "--batch-size", "16", "--lr", "3e-3", "--lexical-view", "true"]) == 0
     result = parse_json_output(capsys.readouterr().out)
     assert json.loads((output / "config.json").read_text())["lexical_blend"] is not None
     assert main(["evaluate", "--model", str(output), "--dataset", str(multi_label_data), "--split", "test"]) == 0

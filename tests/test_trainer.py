@@ -478,7 +478,7 @@ def test_train_head_keeps_the_fold_heads_as_validation_says(multi_label_data, ti
 
     monkeypatch.setattr(trainer_module, "fold_heads_help", lambda *args: {"head_alone": 0.5,
                                                                           "with_fold_heads": with_fold_heads})
-    training = dict(epochs=3, batch_size=16, learning_rate=3e-3)
+    training = dict(epochs=3, batch_size=16, learning_rate=3e-3, lexical_view=False)
     model, report = train_head(multi_label_data, tmp_path / "head", preset=tiny_preset,
                                training=HeadTrainingArguments(**training))
     assert model.config.num_fold_heads == report.thresholds["fold_heads"] == len(model.fold_heads) == kept
