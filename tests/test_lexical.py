@@ -186,3 +186,36 @@ def test_cli_trains_evaluates_and_predicts_with_a_lexical_view(tiny_preset, mult
     for row, joint in zip(rows, together):
         alone = {e["label"]: e["score"] for e in row["scores"]}
         assert {e["label"]: e["score"] for e in joint["emotion"]["scores"]} == pytest.approx(alone, abs=1e-5)
+
+
+@pytest.mark.integration
+def test_llmembed_train_small_preset_on_goemotions_keeps_a_lexical_view(tmp_path):
+    """The default `small` preset on a GoEmotions slice through the installed CLI: the lexical view is fitted by
+    default and kept (chosen on the 100 validation and 900 out-of-fold rows), and `llmembed evaluate` on the saved
+    folder scores the test rows exactly as training reported."""
+    import subprocess
+
+    from conftest import require
+    from helpers import GOEMOTIONS, cache_reusing_weights, parse_json_output
+    from test_cli import BIN, subprocess_env
+
+    require((GOEMOTIONS / "train.jsonl.gz").is_file(), f"shared dataset {GOEMOTIONS}")
+    output = tmp_path / "goemotions-small"
+    env = subprocess_env(str(cache_reusing_weights(tmp_path)))
+    trained = subprocess.run(
+        [str(BIN / "llmembed"), "train", "--dataset", str(GOEMOTIONS), "--output-dir", str(output),
+         "--max-train-samples", "1000", "--max-eval-samples", "200"],
+        capture_output=True, text=True, env=env, timeout=1800)
+    assert trained.returncode == 0, trained.stderr[-4000:]
+    printed = parse_json_output(trained.stdout)
+    report = json.loads((output / "training_report.json").read_text())
+    lexical = report["lexical_view"]
+    assert report["problem_type"] == "multi_label_classification" and lexical["kept"], lexical
+    config = json.loads((output / "config.json").read_text())
+    assert config["lexical_blend"] == lexical["weight"] and config["lexical_vocab_size"] == lexical["vocab_size"]
+    evaluated = subprocess.run(
+        [str(BIN / "llmembed"), "evaluate", "--model", str(output), "--dataset", str(GOEMOTIONS), "--split", "test",
+         "--max-samples", "200"], capture_output=True, text=True, env=env, timeout=1800)
+    assert evaluated.returncode == 0, evaluated.stderr[-4000:]
+    scores = parse_json_output(evaluated.stdout)
+    assert {key: scores[key] for key in printed["test"]} == pytest.approx(printed["test"])
