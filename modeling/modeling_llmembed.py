@@ -745,7 +745,8 @@ class LLMEmbedLexicalView(nn.Module):
 
     def forward(self, lexical_ids: torch.Tensor, lexical_counts: torch.Tensor) -> torch.Tensor:
         index, values = self.tfidf(lexical_ids, lexical_counts)
-        return torch.einsum("bn,bnl->bl", values, self.weight[index]) + self.bias
+        # A weighted sum of weight rows, never the (batch, slots, labels) gather (long documents have thousands).
+        return F.embedding_bag(index, self.weight, per_sample_weights=values, mode="sum") + self.bias
 
 
 def blend_lexical(logits: torch.Tensor, lexical_logits: torch.Tensor, weight: float) -> torch.Tensor:
