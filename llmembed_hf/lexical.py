@@ -3,7 +3,6 @@ in torch (no scikit-learn), on the training texts."""
 
 from __future__ import annotations
 
-import logging
 import warnings
 from collections import Counter
 from typing import Sequence
@@ -12,11 +11,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch.nn.utils.rnn import pad_sequence
+from transformers.utils import logging
 
 from .modeling.modeling_llmembed import LLMEmbedLexicalView
 from .modeling.tokenization_llmembed import lexical_rows
 
-logger = logging.getLogger(__name__)
+logger = logging.get_logger(__name__)
 
 #: Rows per chunk when texts are turned into TF-IDF values (bounds the padded (rows, n-grams) tensors).
 CHUNK_ROWS = 2048
