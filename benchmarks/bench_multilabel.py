@@ -277,7 +277,8 @@ def markdown(run: dict[str, Any]) -> str:
     times = []
     for key, name in (("extract_s", "feature extraction (first seed; later seeds reuse the cache)"),
                       ("head_train_s", "head training per seed"),
-                      ("threshold_tuning_s", "threshold tuning per seed (its fold heads' training included, and the lexical view's where fitted)"),
+                      ("threshold_tuning_s", "threshold tuning per seed (its fold heads' training included, and "
+                                             "the lexical view's where fitted)"),
                       ("lexical_s", "the lexical view per seed (six fits: all training rows and each fold's)"),
                       ("tfidf_s", "TF-IDF baselines per seed")):
         seconds = [result[key] for result in results if key in result]

@@ -55,26 +55,33 @@ def lexical_logits(view: LLMEmbedLexicalView, inputs: dict[str, torch.Tensor]) -
                           for start in range(0, len(inputs["lexical_ids"]), CHUNK_ROWS)]).numpy()
 
 
-def fit_lexical_view(texts: Sequence[str], labels: np.ndarray, c: float = 10.0, min_df: int = 2,
+def select_rows(inputs: dict[str, torch.Tensor], rows: np.ndarray) -> dict[str, torch.Tensor]:
+    """Some rows of padded lexical ``inputs`` (a fold's), without hashing their texts again."""
+    rows = torch.as_tensor(rows, dtype=torch.long)
+    return {key: value[rows] for key, value in inputs.items()}
+
+
+def fit_lexical_view(inputs: dict[str, torch.Tensor], labels: np.ndarray, c: float = 10.0, min_df: int = 2,
                      max_iter: int = 150) -> LLMEmbedLexicalView | None:
-    """A lexical view fitted on ``texts`` and their multi-label ``labels`` (rows x labels of 0/1): the n-grams in at
-    least ``min_df`` texts, smoothed idf (``log((1 + n) / (1 + df)) + 1``), and per label a logistic regression
-    minimising ``c * sum(log loss) + |w|^2 / 2`` (scikit-learn's ``C``; the bias is not penalised) by full-batch
-    L-BFGS. None, with a warning, if no n-gram occurs in ``min_df`` texts."""
+    """A lexical view fitted on the training texts' padded lexical ``inputs`` (`lexical_inputs`) and their
+    multi-label ``labels`` (rows x labels of 0/1): the n-grams in at least ``min_df`` texts, smoothed idf (``log((1 +
+    n) / (1 + df)) + 1``), and per label a logistic regression minimising ``c * sum(log loss) + |w|^2 / 2``
+    (scikit-learn's ``C``; the bias is not penalised) by full-batch L-BFGS. None, with a warning, if no n-gram occurs
+    in ``min_df`` texts."""
     labels = torch.as_tensor(np.asarray(labels), dtype=torch.float32)
-    inputs = lexical_inputs(texts)
+    num_texts = len(labels)
     document_frequency = Counter(int(h) for row, count in zip(inputs["lexical_ids"], inputs["lexical_counts"])
                                  for h in row[count > 0].tolist())
     kept = sorted(h for h, df in document_frequency.items() if df >= min_df)
     if not kept:
-        logger.warning(f"No word n-gram occurs in {min_df} of the {len(texts)} training texts: no lexical view.")
+        logger.warning(f"No word n-gram occurs in {min_df} of the {num_texts} training texts: no lexical view.")
         return None
     view = LLMEmbedLexicalView(len(kept), labels.shape[1])
     view.ngram_hashes.copy_(torch.tensor(kept, dtype=torch.long))
     frequency = torch.tensor([document_frequency[h] for h in kept], dtype=torch.float32)
-    view.idf.copy_(torch.log((1 + len(texts)) / (1 + frequency)) + 1)
+    view.idf.copy_(torch.log((1 + num_texts) / (1 + frequency)) + 1)
     features = tfidf_matrix(view, inputs)
-    prior = labels.mean(0).clamp(1 / (len(texts) + 1), 1 - 1 / (len(texts) + 1))
+    prior = labels.mean(0).clamp(1 / (num_texts + 1), 1 - 1 / (num_texts + 1))
     weight = torch.zeros_like(view.weight, requires_grad=True)
     bias = torch.logit(prior).requires_grad_(True)
     optimizer = torch.optim.LBFGS([weight, bias], max_iter=max_iter, line_search_fn="strong_wolfe",
@@ -91,8 +98,8 @@ def fit_lexical_view(texts: Sequence[str], labels: np.ndarray, c: float = 10.0, 
     with torch.no_grad():
         view.weight.copy_(weight)
         view.bias.copy_(bias)
-    logger.info(f"Lexical view: {len(kept)} n-grams, logistic regression (C={c}) on {len(texts)} texts.")
+    logger.info(f"Lexical view: {len(kept)} n-grams, logistic regression (C={c}) on {num_texts} texts.")
     return view
 
 
-__all__ = ["fit_lexical_view", "lexical_inputs", "lexical_logits", "tfidf_matrix"]
+__all__ = ["fit_lexical_view", "lexical_inputs", "lexical_logits", "select_rows", "tfidf_matrix"]

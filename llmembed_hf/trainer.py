@@ -22,7 +22,7 @@ from transformers.utils import logging
 
 from .data import LabelledTexts, describe_source, load_classification_splits
 from .features import ExtractionConfig, extract_features
-from .lexical import fit_lexical_view, lexical_inputs, lexical_logits
+from .lexical import fit_lexical_view, lexical_inputs, lexical_logits, select_rows
 from .metrics import (
     COMPUTE_METRICS,
     SELECTION_METRICS,
@@ -215,37 +215,38 @@ def threshold_folds(model: LLMEmbedForSequenceClassification, train_features: Da
 LEXICAL_BLEND_WEIGHTS = tuple(float(w) for w in np.round(np.arange(0.0, 0.91, 0.1), 1))
 
 
-def choose_lexical_view(model: LLMEmbedForSequenceClassification, splits: Any, texts: dict[str, list[str]],
+def choose_lexical_view(model: LLMEmbedForSequenceClassification, train_inputs: dict[str, torch.Tensor],
+                        train_labels: list, inputs: dict[str, dict[str, torch.Tensor]],
                         scored: dict[str, tuple[np.ndarray, list]], out_of_fold: tuple[np.ndarray, list] | None,
                         folds: int, training: HeadTrainingArguments) -> tuple[dict, tuple[np.ndarray, list] | None]:
-    """Fit a lexical view (`lexical.fit_lexical_view`) on the training texts, and with threshold folds one per fold
-    (fitted without it, scoring it: out-of-fold lexical scores, the rows `train_fold_heads` left out), and blend it
-    into ``model`` (`set_lexical_view`) with the `LEXICAL_BLEND_WEIGHTS` weight that maximises macro-F1 on the rows
-    thresholds are tuned on (validation and out-of-fold), at thresholds tuned there as `tune_thresholds` does;
-    weight 0 keeps the head alone. ``scored`` holds the head's raw logits per split (``texts`` their texts).
-    Returns the report, with the scores of every scored split without and with the view (each at its weight's
-    thresholds), and the out-of-fold logits, blended if the view is kept."""
+    """Fit a lexical view (`lexical.fit_lexical_view`) on the training texts' lexical ``train_inputs``, and with
+    threshold folds one per fold (fitted without it, scoring it: out-of-fold lexical scores, the rows
+    `train_fold_heads` left out), and blend it into ``model`` (`set_lexical_view`) with the `LEXICAL_BLEND_WEIGHTS`
+    weight that maximises macro-F1 on the rows thresholds are tuned on (validation and out-of-fold), at thresholds
+    tuned there as `tune_thresholds` does; weight 0 keeps the head alone. ``scored`` holds the head's raw logits per
+    split (``inputs`` their texts' lexical inputs). Returns the report, with the scores of every scored split without
+    and with the view (each at its weight's thresholds), and the out-of-fold logits, blended if the view is kept."""
     started = time.perf_counter()
-    train_labels = np.asarray(splits.train.labels)
-    views = [fit_lexical_view(splits.train.texts, train_labels, c=training.lexical_c)]
+    train_labels = np.asarray(train_labels)
+    views = [fit_lexical_view(train_inputs, train_labels, c=training.lexical_c)]
     if out_of_fold is not None:
         fold_rows = threshold_fold_rows(len(train_labels), folds, training.seed)
         for index, rows in enumerate(fold_rows):
             logger.info(f"Lexical view of threshold fold {index + 1}/{len(fold_rows)}.")
             others = np.setdiff1d(np.arange(len(train_labels)), rows)
-            views.append(fit_lexical_view([splits.train.texts[i] for i in others], train_labels[others],
+            views.append(fit_lexical_view(select_rows(train_inputs, others), train_labels[others],
                                           c=training.lexical_c))
     if any(view is None for view in views):
         return {"kept": False, "reason": "no word n-gram occurs in two training texts"}, out_of_fold
     head = {name: logits for name, (logits, _) in scored.items()}
-    lexical = {name: lexical_logits(views[0], lexical_inputs(texts[name])) for name in scored}
+    lexical = {name: lexical_logits(views[0], inputs[name]) for name in scored}
     gold = {name: np.asarray(labels) for name, (_, labels) in scored.items()}
     fitted = ["validation"]
     if out_of_fold is not None:
         head["out_of_fold"], gold["out_of_fold"] = out_of_fold[0], np.asarray(out_of_fold[1])
         lexical["out_of_fold"] = np.zeros_like(out_of_fold[0])
         for view, rows in zip(views[1:], fold_rows):
-            lexical["out_of_fold"][rows] = lexical_logits(view, lexical_inputs([splits.train.texts[i] for i in rows]))
+            lexical["out_of_fold"][rows] = lexical_logits(view, select_rows(train_inputs, rows))
         fitted.append("out_of_fold")
 
     def blended(name: str, weight: float) -> np.ndarray:
@@ -513,11 +514,14 @@ def train_head(
         texts[data.eval_split] = evaluation.texts
     scored = {name: (predict_logits(model, split), gold[name]) for name, split in features.items()}
     lexical: dict[str, dict[str, torch.Tensor]] = {}
-    if fit_lexical:
-        report.lexical_view, out_of_fold = choose_lexical_view(model, splits, texts, scored, out_of_fold, folds,
-                                                               training)
-        if model.lexical_view is not None:
-            lexical = {name: lexical_inputs(texts[name]) for name in scored}
+    if fit_lexical:  # each text's n-grams hashed once, for every fit and score below
+        lexical = {name: lexical_inputs(texts[name]) for name in scored}
+        report.lexical_view, out_of_fold = choose_lexical_view(
+            model, lexical_inputs(splits.train.texts), splits.train.labels, lexical, scored, out_of_fold, folds,
+            training)
+        if model.lexical_view is None:
+            lexical = {}
+        else:
             scored = {name: (predict_logits(model, features[name], lexical=lexical[name]), gold[name])
                       for name in scored}
     if problem_type == "single_label_classification" and training.calibrate:  # argmax unchanged: scored after

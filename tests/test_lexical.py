@@ -14,7 +14,7 @@ from safetensors.torch import load_file
 
 from llmembed_hf import HeadTrainingArguments, LLMEmbedForSequenceClassification, train_head
 from llmembed_hf.data import load_labelled
-from llmembed_hf.lexical import fit_lexical_view, lexical_inputs, lexical_logits, tfidf_matrix
+from llmembed_hf.lexical import fit_lexical_view, lexical_inputs, lexical_logits, select_rows, tfidf_matrix
 from llmembed_hf.metrics import multi_label_scores
 from llmembed_hf.modeling.modeling_llmembed import LLMEmbedLexicalView, blend_lexical
 from llmembed_hf.modeling.tokenization_llmembed import lexical_ngram_counts, ngram_hash
@@ -47,7 +47,7 @@ def test_tfidf_is_sublinear_idf_weighted_and_unit_norm():
 def test_fit_lexical_view_separates_keyword_labels_and_matches_its_module():
     texts = ["good day here", "bad day here", "good cat", "bad cat", "a cat today", "good news", "bad news", "cat"]
     labels = np.array([[1, 0], [0, 1], [1, 0], [0, 1], [0, 0], [1, 0], [0, 1], [0, 0]])
-    view = fit_lexical_view(texts, labels, c=100.0)
+    view = fit_lexical_view(lexical_inputs(texts), labels, c=100.0)
     assert view is not None and len(view.idf) == len(view.ngram_hashes)
     kept = set(view.ngram_hashes.tolist())
     assert ngram_hash("good") in kept and ngram_hash("today") not in kept  # min_df=2
@@ -58,7 +58,12 @@ def test_fit_lexical_view_separates_keyword_labels_and_matches_its_module():
     with torch.no_grad():  # the module's forward is the sparse product the fit optimised
         dense = tfidf_matrix(view, inputs).to_dense() @ view.weight + view.bias
     np.testing.assert_allclose(lexical_logits(view, inputs), dense.numpy(), rtol=1e-5, atol=1e-6)
-    assert fit_lexical_view(["one", "two"], np.array([[1], [0]])) is None  # no n-gram in two texts
+    assert fit_lexical_view(lexical_inputs(["one", "two"]), np.array([[1], [0]])) is None  # no n-gram in two texts
+    # A fold's rows, selected from the inputs of all texts, fit the view their own texts fit.
+    fold = fit_lexical_view(select_rows(lexical_inputs(texts), np.arange(6)), labels[:6], c=100.0)
+    alone = fit_lexical_view(lexical_inputs(texts[:6]), labels[:6], c=100.0)
+    for name, value in alone.state_dict().items():
+        torch.testing.assert_close(fold.state_dict()[name], value)
 
 
 def test_blend_is_a_probability_mix_in_logit_space():
