@@ -40,7 +40,8 @@ from llmembed_hf import (
 )
 from llmembed_hf.data import load_classification_splits
 from llmembed_hf.metrics import load_metric, score_top_level
-from llmembed_hf.trainer import predict_logits
+from llmembed_hf.lexical import fit_lexical_view, lexical_inputs, lexical_logits
+from llmembed_hf.trainer import choose_lexical_view, predict_logits
 from llmembed_hf.training_args import DataArguments
 from transformers import set_seed
 
@@ -215,7 +216,33 @@ def fused_heads(name: str, splits: Any, args: argparse.Namespace, loader_kwargs:
         fit_head(model, features["train"], features["validation"], work / name / str(len(timings)), training)
         timings[f"head_train_s[{variant}]"] = time.perf_counter() - head_started
         rows[variant] = scores(predict_logits(model, features["test"]).argmax(-1), test_y, top_level_names)
+        if args.lexical_view:
+            rows[f"{variant} + lexical view"], timings[f"lexical_view[{variant}]"] = lexical_view_row(
+                model, splits, features, training, top_level_names)
+    if args.lexical_view:  # the view's own scores: its TF-IDF logistic regression beside scikit-learn's
+        view = fit_lexical_view(lexical_inputs(splits.train.texts), splits.train.labels, c=training.lexical_c,
+                                num_labels=len(names))
+        rows[f"lexical view alone (TF-IDF 1-2-grams + logistic regression, C={training.lexical_c:g}, torch)"] = scores(
+            lexical_logits(view, lexical_inputs(splits.evaluation.texts)).argmax(-1), test_y, top_level_names)
     return features, timings
+
+
+def lexical_view_row(model: LLMEmbedForSequenceClassification, splits: Any, features: dict[str, Any],
+                     training: HeadTrainingArguments,
+                     top_level_names: list[str] | None) -> tuple[dict[str, float], dict[str, Any]]:
+    """The trained head with a lexical view chosen as `train_head` chooses it (`trainer.choose_lexical_view`: fitted
+    on the training texts, its weight by validation accuracy); the test scores of the blend (the temperature
+    `train_head` fits next leaves the arg-max alone), and the weight, size and fit time."""
+    started = time.perf_counter()
+    gold = {"validation": splits.validation.labels, "test": splits.evaluation.labels}
+    inputs = {"validation": lexical_inputs(splits.validation.texts), "test": lexical_inputs(splits.evaluation.texts)}
+    scored = {name: (predict_logits(model, features[name]), labels) for name, labels in gold.items()}
+    report, _ = choose_lexical_view(model, lexical_inputs(splits.train.texts), splits.train.labels, inputs, scored,
+                                    None, 0, training)
+    logits = predict_logits(model, features["test"], lexical=inputs["test"] if model.lexical_view else None)
+    return scores(logits.argmax(-1), np.asarray(gold["test"]), top_level_names), {
+        "weight": report.get("weight"), "vocab_size": report.get("vocab_size"),
+        "validation_accuracy": report.get("candidates"), "s": time.perf_counter() - started}
 
 
 def device_name(info: dict[str, Any]) -> str:
@@ -265,6 +292,11 @@ def markdown(results: list[dict[str, Any]], info: dict[str, Any], commands: list
                 gap = 100 * (result["rows"][variant]["accuracy"] - best_single)
                 lines.append(f"\n{variant} vs the best single backbone: {gap:+.2f} points.")
         lines += ["", f"Times: {timings}.", ""]
+        for key, view in result.items():
+            if key.startswith("lexical_view["):
+                lines += [f"Lexical view of {key[len('lexical_view['):-1]}: weight {view['weight']} (validation "
+                          f"accuracy per weight: {view['validation_accuracy']}), {view['vocab_size']:,} n-grams, "
+                          f"fitted and chosen in {view['s']:.0f} s.", ""]
     return "\n".join(lines)
 
 
@@ -282,6 +314,9 @@ def main(argv: list[str] | None = None) -> None:
                         help="TF-IDF baselines: with the rest, skipped, or alone (no backbones needed)")
     parser.add_argument("--max-tokens-per-batch", type=int, default=ExtractionConfig.max_tokens_per_batch)
     parser.add_argument("--max-batch-size", type=int, default=ExtractionConfig.max_batch_size)
+    parser.add_argument("--lexical-view", action="store_true",
+                        help="also score each head with a lexical view (HeadTrainingArguments.lexical_view=True): "
+                             "a row '<head> + lexical view', its weight and size in the JSON")
     parser.add_argument("--json", default=None, help="also write the raw results here (after every dataset)")
     parser.add_argument("--render", nargs="+", default=None, metavar="JSON",
                         help="compute nothing: render the RESULTS.md section from earlier --json files")

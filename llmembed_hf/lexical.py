@@ -1,10 +1,11 @@
-"""Fitting a head's lexical view (`LLMEmbedLexicalView`): TF-IDF of word n-grams and one-vs-rest logistic regression,
-in torch (no scikit-learn), on the training texts."""
+"""Fitting a head's lexical view (`LLMEmbedLexicalView`): TF-IDF of word n-grams and logistic regression (one-vs-rest
+for multi-label heads, multinomial for single-label ones), in torch (no scikit-learn), on the training texts."""
 
 from __future__ import annotations
 
 import warnings
 from collections import Counter
+from functools import partial
 from typing import Sequence
 
 import numpy as np
@@ -62,13 +63,17 @@ def select_rows(inputs: dict[str, torch.Tensor], rows: np.ndarray) -> dict[str, 
 
 
 def fit_lexical_view(inputs: dict[str, torch.Tensor], labels: np.ndarray, c: float = 10.0, min_df: int = 2,
-                     max_iter: int = 150) -> LLMEmbedLexicalView | None:
+                     max_iter: int = 150, num_labels: int | None = None) -> LLMEmbedLexicalView | None:
     """A lexical view fitted on the training texts' padded lexical ``inputs`` (`lexical_inputs`) and their
-    multi-label ``labels`` (rows x labels of 0/1): the n-grams in at least ``min_df`` texts, smoothed idf (``log((1 +
-    n) / (1 + df)) + 1``), and per label a logistic regression minimising ``c * sum(log loss) + |w|^2 / 2``
+    ``labels``: multi-label rows x labels of 0/1, a logistic regression per label; or single-label class ids (of
+    ``num_labels`` classes), one multinomial logistic regression. The n-grams in at least ``min_df`` texts,
+    smoothed idf (``log((1 + n) / (1 + df)) + 1``), and weights minimising ``c * sum(log loss) + |w|^2 / 2``
     (scikit-learn's ``C``; the bias is not penalised) by full-batch L-BFGS. None, with a warning, if no n-gram occurs
     in ``min_df`` texts."""
-    labels = torch.as_tensor(np.asarray(labels), dtype=torch.float32)
+    labels = np.asarray(labels)
+    multi_label = labels.ndim == 2
+    if not multi_label and num_labels is None:
+        raise ValueError("single-label class ids need num_labels, the number of classes.")
     num_texts = len(labels)
     document_frequency = Counter(int(h) for row, count in zip(inputs["lexical_ids"], inputs["lexical_counts"])
                                  for h in row[count > 0].tolist())
@@ -76,21 +81,30 @@ def fit_lexical_view(inputs: dict[str, torch.Tensor], labels: np.ndarray, c: flo
     if not kept:
         logger.warning(f"No word n-gram occurs in {min_df} of the {num_texts} training texts: no lexical view.")
         return None
-    view = LLMEmbedLexicalView(len(kept), labels.shape[1])
+    view = LLMEmbedLexicalView(len(kept), labels.shape[1] if multi_label else num_labels)
     view.ngram_hashes.copy_(torch.tensor(kept, dtype=torch.long))
     frequency = torch.tensor([document_frequency[h] for h in kept], dtype=torch.float32)
     view.idf.copy_(torch.log((1 + num_texts) / (1 + frequency)) + 1)
     features = tfidf_matrix(view, inputs)
-    prior = labels.mean(0).clamp(1 / (num_texts + 1), 1 - 1 / (num_texts + 1))
+    smoothing = 1 / (num_texts + 1)
+    if multi_label:
+        targets = torch.as_tensor(labels, dtype=torch.float32)
+        prior = targets.mean(0).clamp(smoothing, 1 - smoothing)
+        bias = torch.logit(prior)
+        log_loss = partial(F.binary_cross_entropy_with_logits, target=targets, reduction="sum")
+    else:
+        targets = torch.as_tensor(labels, dtype=torch.long)
+        prior = torch.bincount(targets, minlength=num_labels).float() / num_texts
+        bias = torch.log(prior.clamp(min=smoothing))
+        log_loss = partial(F.cross_entropy, target=targets, reduction="sum")
     weight = torch.zeros_like(view.weight, requires_grad=True)
-    bias = torch.logit(prior).requires_grad_(True)
+    bias.requires_grad_(True)
     optimizer = torch.optim.LBFGS([weight, bias], max_iter=max_iter, line_search_fn="strong_wolfe",
                                   tolerance_grad=1e-6, tolerance_change=1e-9, history_size=20)
 
     def closure() -> torch.Tensor:
         optimizer.zero_grad()
-        logits = torch.sparse.mm(features, weight) + bias
-        loss = F.binary_cross_entropy_with_logits(logits, labels, reduction="sum") + weight.pow(2).sum() / (2 * c)
+        loss = log_loss(torch.sparse.mm(features, weight) + bias) + weight.pow(2).sum() / (2 * c)
         loss.backward()
         return loss
 
@@ -98,7 +112,8 @@ def fit_lexical_view(inputs: dict[str, torch.Tensor], labels: np.ndarray, c: flo
     with torch.no_grad():
         view.weight.copy_(weight)
         view.bias.copy_(bias)
-    logger.info(f"Lexical view: {len(kept)} n-grams, logistic regression (C={c}) on {num_texts} texts.")
+    logger.info(f"Lexical view: {len(kept)} n-grams, {'one-vs-rest' if multi_label else 'multinomial'} logistic "
+                f"regression (C={c}) on {num_texts} texts.")
     return view
 
 

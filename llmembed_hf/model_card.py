@@ -107,8 +107,8 @@ class TrainingReport(RunReport):
     #: Multi-label: each label's decision threshold tuned on validation data, the scores at 0.5 and at them per
     #: split, and each label's F1 (and number of true rows) on the evaluation split (else validation).
     thresholds: dict[str, Any] = field(default_factory=dict)
-    #: Multi-label with a lexical view: its size, the blend weight chosen and the macro-F1 of every candidate weight,
-    #: and the scores without and with it per split.
+    #: A classifier with a lexical view: its size, the blend weight chosen, the criterion (macro-F1 or accuracy) of
+    #: every candidate weight, and the scores without and with it per split.
     lexical_view: dict[str, Any] = field(default_factory=dict)
     #: Regression on pairs: the weights of the head's score and the siamese cosines fitted on validation data, and
     #: the scores of the head alone and of the blend per split.
@@ -427,21 +427,27 @@ def _similarity_blend(report: RunReport) -> str:
 
 
 def _lexical_view(report: RunReport) -> str:
-    """The paragraph on a multi-label head's lexical view: its size, the blend weight chosen, and the scores without
-    and with it per split."""
+    """The paragraph on a classifier's lexical view: its size, the blend weight chosen, and the scores without and
+    with it per split (multi-label: macro- and micro-F1 at tuned thresholds; single-label: accuracy and macro-F1)."""
     lexical = getattr(report, "lexical_view", None)
     if not lexical or "weight" not in lexical:
         return ""
-    rows = [[name, f"{m['macro_f1_without']:.4f}", f"{m['macro_f1_with']:.4f}", f"{m['micro_f1_without']:.4f}",
-             f"{m['micro_f1_with']:.4f}"] for name, m in lexical["splits"].items()]
+    multi_label = lexical["criterion"] == "macro_f1"
+    scores = ("macro_f1", "micro_f1") if multi_label else ("accuracy", "macro_f1")
+    names = {"macro_f1": "macro-F1", "micro_f1": "micro-F1", "accuracy": "accuracy"}
+    rows = [[name] + [f"{m[f'{key}_{when}']:.4f}" for key in scores for when in ("without", "with")]
+            for name, m in lexical["splits"].items()]
+    criterion = names[lexical["criterion"]]
     verdict = (f"its probabilities are blended with the head's at weight {lexical['weight']}" if lexical["kept"] else
-               "it was not kept (no weight raised macro-F1 there)")
-    return (f"A lexical view (logistic regression, C={lexical['c']}, on the TF-IDF of {lexical['vocab_size']:,} word "
-            f"unigrams and bigrams of the training texts) was fitted after training; on the "
-            f"{lexical['fitted_rows']:,} rows the thresholds are tuned on, {verdict}. Scores without and with it, "
-            "each at thresholds tuned on those rows:\n\n"
-            + markdown_table(["split", "macro-F1, head", "macro-F1, with lexical view", "micro-F1, head",
-                              "micro-F1, with lexical view"], rows))
+               f"it was not kept (no weight raised {criterion} there)")
+    chosen_on = ("the rows the thresholds are tuned on" if multi_label else "the validation rows")
+    return (f"A lexical view ({'one-vs-rest' if multi_label else 'multinomial'} logistic regression, "
+            f"C={lexical['c']}, on the TF-IDF of {lexical['vocab_size']:,} word unigrams and bigrams of the training "
+            f"texts) was fitted after training; by {criterion} on the {lexical['fitted_rows']:,} rows of {chosen_on}, "
+            f"{verdict}. Scores without and with it"
+            + (", each at thresholds tuned on those rows" if multi_label else "") + ":\n\n"
+            + markdown_table(["split"] + [f"{names[key]}, {who}" for key in scores
+                                          for who in ("head", "with lexical view")], rows))
 
 
 def _training_fields(folder: Path, labels: Any, report: RunReport, metrics: list[tuple]) -> dict[str, Any]:

@@ -9,6 +9,7 @@ import tempfile
 import time
 import warnings
 from dataclasses import asdict
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +29,7 @@ from .metrics import (
     SELECTION_METRICS,
     TRAINING_METRICS,
     calibration_metrics,
+    compute_classification_metrics,
     compute_multi_label_metrics,
     confusion_matrix,
     fit_temperature,
@@ -222,20 +224,24 @@ def choose_lexical_view(model: LLMEmbedForSequenceClassification, train_inputs: 
     """Fit a lexical view (`lexical.fit_lexical_view`) on the training texts' lexical ``train_inputs``, and with
     threshold folds one per fold (fitted without it, scoring it: out-of-fold lexical scores, the rows
     `train_fold_heads` left out), and blend it into ``model`` (`set_lexical_view`) with the `LEXICAL_BLEND_WEIGHTS`
-    weight that maximises macro-F1 on the rows thresholds are tuned on (validation and out-of-fold), at thresholds
-    tuned there as `tune_thresholds` does; weight 0 keeps the head alone. ``scored`` holds the head's raw logits per
-    split (``inputs`` their texts' lexical inputs). Returns the report, with the scores of every scored split without
-    and with the view (each at its weight's thresholds), and the out-of-fold logits, blended if the view is kept."""
+    weight that scores best on the validation rows: a multi-label head's macro-F1 on the rows thresholds are tuned
+    on (validation and out-of-fold), at thresholds tuned there as `tune_thresholds` does; a single-label head's
+    accuracy (before the temperature, which is fitted on the blend). Weight 0 keeps the head alone, and the smallest
+    weight wins a tie. ``scored`` holds the head's raw logits per split (``inputs`` their texts' lexical inputs).
+    Returns the report, with the scores of every scored split without and with the view (a multi-label head's each
+    at its weight's thresholds), and the out-of-fold logits, blended if the view is kept."""
     started = time.perf_counter()
+    multi_label = model.config.problem_type == "multi_label_classification"
+    criterion = "macro_f1" if multi_label else "accuracy"
     train_labels = np.asarray(train_labels)
-    views = [fit_lexical_view(train_inputs, train_labels, c=training.lexical_c)]
+    fit = partial(fit_lexical_view, c=training.lexical_c, num_labels=model.config.num_labels)
+    views = [fit(train_inputs, train_labels)]
     if out_of_fold is not None:
         fold_rows = threshold_fold_rows(len(train_labels), folds, training.seed)
         for index, rows in enumerate(fold_rows):
             logger.info(f"Lexical view of threshold fold {index + 1}/{len(fold_rows)}.")
             others = np.setdiff1d(np.arange(len(train_labels)), rows)
-            views.append(fit_lexical_view(select_rows(train_inputs, others), train_labels[others],
-                                          c=training.lexical_c))
+            views.append(fit(select_rows(train_inputs, others), train_labels[others]))
     if any(view is None for view in views):
         return {"kept": False, "reason": "no word n-gram occurs in two training texts"}, out_of_fold
     head = {name: logits for name, (logits, _) in scored.items()}
@@ -250,33 +256,42 @@ def choose_lexical_view(model: LLMEmbedForSequenceClassification, train_inputs: 
         fitted.append("out_of_fold")
 
     def blended(name: str, weight: float) -> np.ndarray:
-        return sigmoid(blend_lexical(torch.from_numpy(head[name]), torch.from_numpy(lexical[name]), weight).numpy())
+        return blend_lexical(torch.from_numpy(head[name]), torch.from_numpy(lexical[name]), weight,
+                             multi_label=multi_label).numpy()
 
-    def tuned(weight: float) -> tuple[float, np.ndarray]:
-        probabilities = np.concatenate([blended(name, weight) for name in fitted])
+    def split_scores(logits: np.ndarray, labels: np.ndarray, thresholds: np.ndarray | None) -> dict[str, float]:
+        if multi_label:
+            return multi_label_scores(sigmoid(logits) >= thresholds, labels)
+        return compute_classification_metrics((logits, labels))
+
+    def tuned(weight: float) -> tuple[float, np.ndarray | None, float]:
+        """The criterion at ``weight``, the thresholds it was measured at, and a tie-break: a single-label blend's
+        negative log-loss (accuracy moves by whole rows, so several weights often share the best)."""
+        logits = np.concatenate([blended(name, weight) for name in fitted])
         labels = np.concatenate([gold[name] for name in fitted])
-        thresholds = np.asarray(fit_thresholds(probabilities, labels))
-        return multi_label_scores(probabilities >= thresholds, labels)["macro_f1"], thresholds
+        thresholds = np.asarray(fit_thresholds(sigmoid(logits), labels)) if multi_label else None
+        tie_break = 0.0 if multi_label else float(
+            torch.log_softmax(torch.from_numpy(logits).double(), -1)[np.arange(len(labels)), labels].mean())
+        return split_scores(logits, labels, thresholds)[criterion], thresholds, tie_break
 
     candidates = {weight: tuned(weight) for weight in LEXICAL_BLEND_WEIGHTS}
-    weight = max(candidates, key=lambda w: candidates[w][0])  # the smallest weight among equals
+    # The best criterion, then the best tie-break, then the smallest weight.
+    weight = max(candidates, key=lambda w: (candidates[w][0], candidates[w][2]))
     report = {
         "kept": weight > 0, "weight": weight, "vocab_size": len(views[0].idf), "c": training.lexical_c,
-        "fitted_rows": int(sum(len(gold[name]) for name in fitted)),
-        "candidates_macro_f1": {str(w): f1 for w, (f1, _) in candidates.items()},
+        "criterion": criterion, "fitted_rows": int(sum(len(gold[name]) for name in fitted)),
+        "candidates": {str(w): score for w, (score, *_) in candidates.items()},
         "splits": {name: {f"{key}_{when}": value for when, w in (("without", 0.0), ("with", weight))
-                          for key, value in multi_label_scores(blended(name, w) >= candidates[w][1],
-                                                               gold[name]).items()}
+                          for key, value in split_scores(blended(name, w), gold[name], candidates[w][1]).items()}
                    for name in scored},
     }
     if weight > 0:
         model.set_lexical_view(views[0], weight)
         if out_of_fold is not None:
-            out_of_fold = (blend_lexical(torch.from_numpy(head["out_of_fold"]),
-                                         torch.from_numpy(lexical["out_of_fold"]), weight).numpy(), out_of_fold[1])
+            out_of_fold = (blended("out_of_fold", weight), out_of_fold[1])
     report["fit_s"] = time.perf_counter() - started
-    logger.info(f"Lexical view {'kept' if weight else 'dropped'}: weight {weight}; macro-F1 on the "
-                f"{report['fitted_rows']} threshold rows {candidates[0.0][0]:.4f} without it, "
+    logger.info(f"Lexical view {'kept' if weight else 'dropped'}: weight {weight}; {criterion} on the "
+                f"{report['fitted_rows']} rows that choose it {candidates[0.0][0]:.4f} without it, "
                 f"{candidates[weight][0]:.4f} with it.")
     return report, out_of_fold
 
@@ -449,12 +464,15 @@ def train_head(
     splits = load_classification_splits(data, seed=training.seed)
     names, problem_type = splits.names, splits.problem_type
     pairs = splits.text_pair_column is not None
-    lexical_applies = problem_type == "multi_label_classification" and not pairs and training.tune_thresholds
+    multi_label = problem_type == "multi_label_classification"
+    lexical_applies = not pairs and (problem_type == "single_label_classification"
+                                     or multi_label and training.tune_thresholds)
     if training.lexical_view and not lexical_applies:
-        raise ValueError(f"lexical_view serves multi-label heads of single texts with tuned thresholds; these data "
-                         f"are {problem_type}{' text pairs' if pairs else ''} (tune_thresholds="
+        raise ValueError(f"lexical_view serves classifiers of single texts (multi-label ones with tuned thresholds); "
+                         f"these data are {problem_type}{' text pairs' if pairs else ''} (tune_thresholds="
                          f"{training.tune_thresholds}). Drop --lexical-view.")
-    fit_lexical = lexical_applies if training.lexical_view is None else training.lexical_view
+    # Off by default for single-label heads: there it is measured on topic tasks only (benchmarks/RESULTS.md).
+    fit_lexical = lexical_applies and multi_label if training.lexical_view is None else training.lexical_view
 
     if model is None:
         config = head_config(preset, head, names, problem_type, pairs=pairs)

@@ -311,14 +311,16 @@ class HeadTrainingArguments(BaseTrainingArguments):
                                       "returns the mean logits of its head and them (an ensemble, at no more "
                                       "training), if that has no higher validation loss than the head alone "
                                       "(false: the one head)")
-    lexical_view: bool | None = arg(None, "multi-label heads of single texts: after training, fit a lexical view "
+    lexical_view: bool | None = arg(None, "classifiers of single texts: after training, fit a lexical view "
                                           "(logistic regression on the TF-IDF of the training texts' word unigrams "
                                           "and bigrams) and blend its probabilities with the head's, by a weight "
-                                          "chosen with the thresholds on validation and out-of-fold scores; kept "
-                                          "only if it raises macro-F1 there (default: on wherever it applies, i.e. "
-                                          "multi-label single texts with tuned thresholds; true: an error elsewhere; "
-                                          "false: off)")
-    lexical_c: float = arg(10.0, "multi-label with lexical_view: the inverse L2 strength of its logistic regression "
+                                          "chosen on validation scores (multi-label: with the thresholds, on "
+                                          "validation and out-of-fold scores, by macro-F1; single-label: by "
+                                          "accuracy); kept only if it scores higher there (default: on for "
+                                          "multi-label single texts with tuned thresholds, off for single-label "
+                                          "ones, where it helps topic tasks; true: on, an error where it does not "
+                                          "apply; false: off)")
+    lexical_c: float = arg(10.0, "with lexical_view: the inverse L2 strength of its logistic regression "
                                  "(scikit-learn's C)")
     blend_similarity: bool = arg(True, "regression on text pairs with siamese backbones: after training, fit on the "
                                        "validation split a least-squares blend of the head's score and each siamese "

@@ -26,6 +26,8 @@ PAIR_ENCODINGS = ("joint", "siamese")
 DEFAULT_PAIR_ENCODING = {"llm": "joint", "encoder": "siamese"}
 #: A siamese backbone's views, each of them: [u, v, |u - v|, u * v] (`modeling_llmembed.siamese_features`).
 SIAMESE_PARTS = 4
+#: The problem types a lexical view (``lexical_vocab_size``) serves, for single texts.
+LEXICAL_PROBLEM_TYPES = ("single_label_classification", "multi_label_classification")
 #: ``BackboneSpec.quantization``: None (the weights as loaded), "int8" (dynamic int8 on every ``nn.Linear`` but the
 #: projection right after the activation, whose int8 error moves the vectors most), "int8-all" (every ``nn.Linear``).
 QUANTIZATIONS = (None, "int8", "int8-all")
@@ -413,11 +415,13 @@ class LLMEmbedConfig(PretrainedConfig):
         lexical_vocab_size (`int`): how many word unigrams and bigrams the head's lexical view keeps (0: no lexical
             view). A lexical view (``LLMEmbedLexicalView``) is logistic regression on the TF-IDF of those n-grams,
             fitted on the training texts after the head (`HeadTrainingArguments.lexical_view`): it sees the words
-            themselves, which frozen sentence encoders blur. Multi-label heads of single texts only.
+            themselves, which frozen sentence encoders blur. Classifiers (single- or multi-label) of single texts.
         lexical_blend (`float`, *optional*): the weight ``w`` of the lexical view in the probabilities inference
-            returns (eval mode, no labels): ``(1 - w) * sigmoid(head) + w * sigmoid(lexical)``, in (0, 1), chosen
-            on validation and out-of-fold training scores; the decision thresholds apply to the blend. The training
-            loss and `Trainer` evaluation see the head alone. None: the head alone.
+            returns (eval mode, no labels), in (0, 1): multi-label ``(1 - w) * sigmoid(head) + w *
+            sigmoid(lexical)``, chosen by macro-F1 on validation and out-of-fold training scores, the decision
+            thresholds applied to the blend; single-label the softmax of ``(1 - w) * head + w * lexical`` (the
+            logits), chosen by validation accuracy, the temperature applied to the blend. The training loss and
+            `Trainer` evaluation see the head alone. None: the head alone.
     """
 
     model_type = "llmembed"
@@ -579,9 +583,9 @@ class LLMEmbedConfig(PretrainedConfig):
         if isinstance(size, bool) or not isinstance(size, int) or size < 0:
             raise ValueError(f"lexical_vocab_size={size!r} must be an integer >= 0 (the n-grams the lexical view "
                              "keeps; 0: no lexical view).")
-        if size and (self.problem_type != "multi_label_classification" or self.pair_encoding is not None):
+        if size and (self.problem_type not in LEXICAL_PROBLEM_TYPES or self.pair_encoding is not None):
             raise ValueError(
-                f"lexical_vocab_size={size} but the head is not a multi-label head of single texts "
+                f"lexical_vocab_size={size} but the head is not a classifier of single texts "
                 f"(problem_type={self.problem_type!r}, pair_encoding={self.pair_encoding!r}): the lexical view serves "
                 "those only; set lexical_vocab_size=0.")
         if blend is None:

@@ -749,9 +749,15 @@ class LLMEmbedLexicalView(nn.Module):
         return F.embedding_bag(index, self.weight, per_sample_weights=values, mode="sum") + self.bias
 
 
-def blend_lexical(logits: torch.Tensor, lexical_logits: torch.Tensor, weight: float) -> torch.Tensor:
-    """The logits of ``(1 - weight) * sigmoid(logits) + weight * sigmoid(lexical_logits)`` (``config.lexical_blend``):
-    the one place a head and its lexical view are blended, for serving and for choosing the weight."""
+def blend_lexical(logits: torch.Tensor, lexical_logits: torch.Tensor, weight: float,
+                  multi_label: bool = True) -> torch.Tensor:
+    """A head's logits blended with its lexical view's by ``weight`` (``config.lexical_blend``): multi-label, the
+    logits of the probability mix ``(1 - weight) * sigmoid(logits) + weight * sigmoid(lexical_logits)``; single-label,
+    ``(1 - weight) * logits + weight * lexical_logits``, whose softmax is the two softmaxes' weighted geometric mean,
+    renormalised (on validation data it chose better than their arithmetic mix). The one place a head and its lexical
+    view are blended, for serving and for choosing the weight."""
+    if not multi_label:
+        return (1 - weight) * logits + weight * lexical_logits.to(logits.dtype)
     blended = (1 - weight) * torch.sigmoid(logits.double()) + weight * torch.sigmoid(lexical_logits.double())
     return torch.logit(blended, eps=1e-12).to(logits.dtype)
 
@@ -1342,10 +1348,10 @@ class LLMEmbedForSequenceClassification(OneCommitPushMixin, LLMEmbedPreTrainedMo
 
     def _inference_logits(self, logits: torch.Tensor, pooled_features: torch.Tensor,
                           lexical: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
-        """The logits inference returns (eval mode, no labels), fitted on validation data after training: single-label
-        logits divided by ``calibration_temperature`` (calibrated softmax scores, same arg-max); multi-label logits
-        blended with the lexical view's (``lexical_blend``, on the ``lexical`` inputs), then minus the logit of each
-        label's ``decision_thresholds`` entry (sigmoid >= 0.5 exactly where the raw probability reaches the label's
+        """The logits inference returns (eval mode, no labels), fitted on validation data after training: a
+        classifier's logits first blended with its lexical view's (``lexical_blend``, on the ``lexical`` inputs);
+        then single-label logits divided by ``calibration_temperature`` (calibrated softmax scores, same arg-max),
+        multi-label logits minus the logit of each label's ``decision_thresholds`` entry (sigmoid >= 0.5 exactly where the raw probability reaches the label's
         threshold, the decision rule of every multi-label pipeline); a pair regression's score blended with its
         siamese cosines by ``similarity_blend``."""
         problem_type = self.config.problem_type
@@ -1355,7 +1361,8 @@ class LLMEmbedForSequenceClassification(OneCommitPushMixin, LLMEmbedPreTrainedMo
                     "this head blends a lexical view (config.lexical_blend), which needs the texts' lexical_ids and "
                     "lexical_counts: tokenise with the head's own tokenizer (AutoTokenizer.from_pretrained on its "
                     "folder), or pass them beside pooled_features.")
-            logits = blend_lexical(logits, self.lexical_view(*lexical), self.config.lexical_blend)
+            logits = blend_lexical(logits, self.lexical_view(*lexical), self.config.lexical_blend,
+                                   multi_label=problem_type == "multi_label_classification")
         if problem_type == "regression" and self.config.similarity_blend is not None:
             head, *cosine_weights, bias = self.config.similarity_blend
             cosines = siamese_cosines(self.config, pooled_features).to(logits.dtype)

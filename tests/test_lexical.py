@@ -74,6 +74,33 @@ def test_blend_is_a_probability_mix_in_logit_space():
     torch.testing.assert_close(blend_lexical(head, lexical, 0.0), head)
 
 
+def test_single_label_blend_is_a_geometric_mix_of_softmaxes():
+    head, lexical = torch.tensor([[0.0, 3.0, 1.0]]), torch.tensor([[2.0, -3.0, 0.5]])
+    blended = blend_lexical(head, lexical, 0.25, multi_label=False)
+    mix = torch.softmax(head, -1) ** 0.75 * torch.softmax(lexical, -1) ** 0.25
+    torch.testing.assert_close(torch.softmax(blended, -1), mix / mix.sum())
+    torch.testing.assert_close(blend_lexical(head, lexical, 0.0, multi_label=False), head)
+
+
+def test_single_label_fit_is_the_multinomial_optimum():
+    """The fitted weights and bias zero the gradient of ``c * cross-entropy + |w|^2 / 2``: it is the minimum of the
+    objective the docstring names (a convex one), not a few steps towards it."""
+    texts = ["good day here", "bad day here", "good cat", "bad cat", "a cat today", "the cat", "good news", "bad news"]
+    labels = np.array([0, 1, 0, 1, 2, 2, 0, 1])
+    inputs = lexical_inputs(texts)
+    view = fit_lexical_view(inputs, labels, c=1.0, num_labels=4)  # class 3 has no row: it still gets a column
+    assert view.weight.shape == (len(view.idf), 4)
+    features = tfidf_matrix(view, inputs).to_dense()
+    weight, bias = view.weight.detach().clone().requires_grad_(), view.bias.detach().clone().requires_grad_()
+    loss = torch.nn.functional.cross_entropy(features @ weight + bias, torch.tensor(labels), reduction="sum")
+    (loss + weight.pow(2).sum() / 2).backward()
+    assert weight.grad.abs().max() < 1e-3 and bias.grad[:3].abs().max() < 1e-3  # float32 L-BFGS
+    predicted = lexical_logits(view, lexical_inputs(["good morning", "bad morning", "cat morning"])).argmax(-1)
+    assert predicted.tolist() == [0, 1, 2]
+    with pytest.raises(ValueError, match="need num_labels"):
+        fit_lexical_view(inputs, labels)
+
+
 def test_tokenizer_returns_lexical_inputs_only_for_a_head_with_a_view(tiny_config):
     from llmembed_hf.modeling.tokenization_llmembed import LLMEmbedTokenizer
 
@@ -113,8 +140,9 @@ def test_train_head_blends_a_lexical_view_end_to_end(trained_lexical, multi_labe
     output, model, report = trained_lexical
     lexical = report.lexical_view
     assert lexical["kept"] and 0 < lexical["weight"] < 1 and lexical["vocab_size"] > 0
-    assert set(lexical["candidates_macro_f1"]) == {str(w) for w in np.round(np.arange(0, 0.91, 0.1), 1)}
-    assert lexical["candidates_macro_f1"][str(lexical["weight"])] == max(lexical["candidates_macro_f1"].values())
+    assert lexical["criterion"] == "macro_f1"
+    assert set(lexical["candidates"]) == {str(w) for w in np.round(np.arange(0, 0.91, 0.1), 1)}
+    assert lexical["candidates"][str(lexical["weight"])] == max(lexical["candidates"].values())
     assert lexical["fitted_rows"] == report.num_validation + report.num_train  # validation + out-of-fold rows
     test = lexical["splits"]["test"]
     assert test["macro_f1_with"] >= test["macro_f1_without"] and test["macro_f1_with"] > 0.9
@@ -148,15 +176,60 @@ def test_train_head_blends_a_lexical_view_end_to_end(trained_lexical, multi_labe
     assert "lexical view" in (output / "README.md").read_text()
 
 
-def test_lexical_view_refuses_other_problem_types(tiny_backbones, finetune_data, tmp_path, tiny_config):
+def test_train_head_blends_a_single_label_lexical_view(tiny_backbones, finetune_data, tmp_path):
+    """Asked for (off by default for single-label heads), the view is fitted multinomially, chosen on validation
+    accuracy before the temperature, saved, and the saved folder's pipeline returns softmax(blend / temperature)."""
+    from helpers import FINETUNE_NAMES, tiny_head_config
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer, pipeline
+
+    tiny_head_config(tiny_backbones).save_pretrained(tmp_path / "preset")
+    preset = str(tmp_path / "preset" / "config.json")
+    _, default = train_head(finetune_data, tmp_path / "default", preset=preset,
+                            training=HeadTrainingArguments(epochs=2, batch_size=16))
+    assert default.lexical_view == {} and default.eval_metrics["accuracy"] < 1.0  # off by default; a weak head
+    model, report = train_head(finetune_data, tmp_path / "head", preset=preset,
+                               training=HeadTrainingArguments(epochs=2, batch_size=16, lexical_view=True))
+    lexical = report.lexical_view
+    assert lexical["criterion"] == "accuracy" and lexical["kept"] and lexical["fitted_rows"] == report.num_validation
+    assert lexical["candidates"][str(lexical["weight"])] == max(lexical["candidates"].values())
+    test = lexical["splits"]["test"]
+    assert test["accuracy_without"] == default.eval_metrics["accuracy"]  # the same head, before the view
+    # Every weight > 0 is right on the 6 validation rows; the log-loss breaks the tie (the view is sure of keywords).
+    assert set(list(lexical["candidates"].values())[1:]) == {1.0} and lexical["weight"] == 0.9
+    assert report.eval_metrics["accuracy"] == test["accuracy_with"] == 1.0  # the keywords decide the classes
+    output = tmp_path / "head"
+    assert json.loads((output / "config.json").read_text())["lexical_blend"] == lexical["weight"]
+    assert json.loads((output / "tokenizer_config.json").read_text())["lexical_view"] is True
+    assert "multinomial logistic regression" in (output / "README.md").read_text()
+
+    loaded = AutoModelForSequenceClassification.from_pretrained(output).eval()
+    texts = ["a bad film", "the good mat", "cat on the mat"]
+    tokenizer = AutoTokenizer.from_pretrained(output)
+    with torch.no_grad():
+        features = loaded.encode(**{k: v for k, v in tokenizer(texts, return_tensors="pt").items()
+                                    if not k.startswith("lexical")})
+        head = loaded.head(features)
+        view = loaded.lexical_view(**lexical_inputs(texts))
+    weight, temperature = loaded.config.lexical_blend, loaded.config.calibration_temperature
+    assert temperature != 1.0  # fitted on the blend
+    expected = torch.softmax(((1 - weight) * head + weight * view) / temperature, -1)
+    results = pipeline("text-classification", model=str(output), device="cpu")(texts, top_k=None)
+    served = torch.tensor([[next(e["score"] for e in r if e["label"] == name) for name in FINETUNE_NAMES]
+                           for r in results])
+    torch.testing.assert_close(served, expected.float(), rtol=1e-4, atol=1e-5)
+    assert served.argmax(-1).tolist() == [0, 1, 2]
+
+
+def test_lexical_view_refuses_other_problem_types(tiny_backbones, pair_data, regression_data, tmp_path, tiny_config):
     from helpers import tiny_head_config
 
     tiny_head_config(tiny_backbones).save_pretrained(tmp_path / "preset")
-    with pytest.raises(ValueError, match="lexical_view serves multi-label heads of single texts"):
-        train_head(finetune_data, tmp_path / "head", preset=str(tmp_path / "preset" / "config.json"),
-                   training=HeadTrainingArguments(epochs=1, lexical_view=True))
-    with pytest.raises(ValueError, match="not a multi-label head of single texts"):
-        tiny_config(num_labels=3, lexical_vocab_size=5)
+    for data in (pair_data, regression_data):
+        with pytest.raises(ValueError, match="lexical_view serves classifiers of single texts"):
+            train_head(data, tmp_path / "head", preset=str(tmp_path / "preset" / "config.json"),
+                       training=HeadTrainingArguments(epochs=1, lexical_view=True))
+    with pytest.raises(ValueError, match="not a classifier of single texts"):
+        tiny_config(num_labels=1, problem_type="regression", lexical_vocab_size=5)
     with pytest.raises(ValueError, match="no lexical view"):
         tiny_config(num_labels=3, problem_type="multi_label_classification", lexical_blend=0.3)
     with pytest.raises(ValueError, match="strictly between 0 and 1"):
