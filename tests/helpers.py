@@ -24,7 +24,6 @@ SHARED_DATASETS = Path(__file__).resolve().parents[2] / "shared" / "datasets"
 SST2 = SHARED_DATASETS / "sst2"
 MASSIVE = SHARED_DATASETS / "massive_en"
 NEWSGROUPS = SHARED_DATASETS / "20newsgroups"
-GOEMOTIONS = SHARED_DATASETS / "goemotions"
 
 
 def sst2_texts(n: int) -> list[str]:

@@ -267,32 +267,38 @@ def test_cli_trains_evaluates_and_predicts_with_a_lexical_view(tiny_preset, mult
 
 
 @pytest.mark.integration
-def test_llmembed_train_small_preset_on_goemotions_keeps_a_lexical_view(tmp_path):
-    """The default `small` preset on a GoEmotions slice through the installed CLI: the lexical view is fitted by
-    default and kept (chosen on the 100 validation and 900 out-of-fold rows), and `llmembed evaluate` on the saved
-    folder scores the test rows exactly as training reported."""
+@pytest.mark.parametrize("dataset, options, problem_type, criterion", [
+    ("goemotions", [], "multi_label_classification", "macro_f1"),  # on by default for multi-label heads
+    ("r8", ["--lexical-view", "true"], "single_label_classification", "accuracy"),
+])
+def test_llmembed_train_small_preset_keeps_a_lexical_view(tmp_path, dataset, options, problem_type, criterion):
+    """The default `small` preset on a slice of real data through the installed CLI: the lexical view is fitted
+    (by default on GoEmotions, asked for on R8) and kept (chosen on the 100 validation rows, and for multi-label the
+    900 out-of-fold rows too), and `llmembed evaluate` on the saved folder scores the test rows exactly as training
+    reported."""
     import subprocess
 
     from conftest import require
-    from helpers import GOEMOTIONS, cache_reusing_weights, parse_json_output
+    from helpers import SHARED_DATASETS, cache_reusing_weights, parse_json_output
     from test_cli import BIN, subprocess_env
 
-    require((GOEMOTIONS / "train.jsonl.gz").is_file(), f"shared dataset {GOEMOTIONS}")
-    output = tmp_path / "goemotions-small"
+    data = SHARED_DATASETS / dataset
+    require((data / "train.jsonl.gz").is_file(), f"shared dataset {data}")
+    output = tmp_path / f"{dataset}-small"
     env = subprocess_env(str(cache_reusing_weights(tmp_path)))
     trained = subprocess.run(
-        [str(BIN / "llmembed"), "train", "--dataset", str(GOEMOTIONS), "--output-dir", str(output),
-         "--max-train-samples", "1000", "--max-eval-samples", "200"],
+        [str(BIN / "llmembed"), "train", "--dataset", str(data), "--output-dir", str(output),
+         "--max-train-samples", "1000", "--max-eval-samples", "200", *options],
         capture_output=True, text=True, env=env, timeout=1800)
     assert trained.returncode == 0, trained.stderr[-4000:]
     printed = parse_json_output(trained.stdout)
     report = json.loads((output / "training_report.json").read_text())
     lexical = report["lexical_view"]
-    assert report["problem_type"] == "multi_label_classification" and lexical["kept"], lexical
+    assert report["problem_type"] == problem_type and lexical["criterion"] == criterion and lexical["kept"], lexical
     config = json.loads((output / "config.json").read_text())
     assert config["lexical_blend"] == lexical["weight"] and config["lexical_vocab_size"] == lexical["vocab_size"]
     evaluated = subprocess.run(
-        [str(BIN / "llmembed"), "evaluate", "--model", str(output), "--dataset", str(GOEMOTIONS), "--split", "test",
+        [str(BIN / "llmembed"), "evaluate", "--model", str(output), "--dataset", str(data), "--split", "test",
          "--max-samples", "200"], capture_output=True, text=True, env=env, timeout=1800)
     assert evaluated.returncode == 0, evaluated.stderr[-4000:]
     scores = parse_json_output(evaluated.stdout)
