@@ -471,7 +471,7 @@ def train_head(
         raise ValueError(f"lexical_view serves classifiers of single texts (multi-label ones with tuned thresholds); "
                          f"these data are {problem_type}{' text pairs' if pairs else ''} (tune_thresholds="
                          f"{training.tune_thresholds}). Drop --lexical-view.")
-    # Off by default for single-label heads: there it is measured on topic tasks only (benchmarks/RESULTS.md).
+    # Off by default for single-label heads: it helps topics, is mixed on intents, untested on sentiment (RESULTS.md).
     fit_lexical = lexical_applies and multi_label if training.lexical_view is None else training.lexical_view
 
     if model is None:
