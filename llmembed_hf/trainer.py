@@ -227,7 +227,8 @@ def choose_lexical_view(model: LLMEmbedForSequenceClassification, train_inputs: 
     weight that scores best on the validation rows: a multi-label head's macro-F1 on the rows thresholds are tuned
     on (validation and out-of-fold), at thresholds tuned there as `tune_thresholds` does; a single-label head's
     accuracy (before the temperature, which is fitted on the blend), a tie going to the better log-loss. Weight 0
-    keeps the head alone, and the smallest weight wins a remaining tie. ``scored`` holds the head's raw logits per split (``inputs`` their texts' lexical inputs).
+    keeps the head alone, and the smallest weight wins a remaining tie. ``scored`` holds the head's raw logits per
+    split (``inputs`` their texts' lexical inputs).
     Returns the report, with the scores of every scored split without and with the view (a multi-label head's each
     at its weight's thresholds), and the out-of-fold logits, blended if the view is kept."""
     started = time.perf_counter()
