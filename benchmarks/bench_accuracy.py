@@ -195,6 +195,7 @@ def fused_heads(name: str, splits: Any, args: argparse.Namespace, loader_kwargs:
                                   max_batch_size=args.max_batch_size)
     features: dict[str, Any] = {}
     timings: dict[str, float] = {}
+    lexical: dict[str, dict[str, Any]] = {}
     for variant, overrides in head_variants(args.preset).items():
         config = LLMEmbedConfig.from_preset(args.preset, id2label=dict(enumerate(names)),
                                             label2id={n: i for i, n in enumerate(names)}, **overrides)
@@ -217,28 +218,29 @@ def fused_heads(name: str, splits: Any, args: argparse.Namespace, loader_kwargs:
         timings[f"head_train_s[{variant}]"] = time.perf_counter() - head_started
         rows[variant] = scores(predict_logits(model, features["test"]).argmax(-1), test_y, top_level_names)
         if args.lexical_view:
+            if not lexical:  # each split's n-grams hashed once, for every variant and the view alone
+                lexical = {name: lexical_inputs(split.texts) for name, split in (
+                    ("train", splits.train), ("validation", splits.validation), ("test", splits.evaluation))}
             rows[f"{variant} + lexical view"], timings[f"lexical_view[{variant}]"] = lexical_view_row(
-                model, splits, features, training, top_level_names)
+                model, splits, features, lexical, training, top_level_names)
     if args.lexical_view:  # the view's own scores: its TF-IDF logistic regression beside scikit-learn's
-        view = fit_lexical_view(lexical_inputs(splits.train.texts), splits.train.labels, c=training.lexical_c,
-                                num_labels=len(names))
+        view = fit_lexical_view(lexical["train"], splits.train.labels, c=training.lexical_c, num_labels=len(names))
         rows[f"lexical view alone (TF-IDF 1-2-grams + logistic regression, C={training.lexical_c:g}, torch)"] = scores(
-            lexical_logits(view, lexical_inputs(splits.evaluation.texts)).argmax(-1), test_y, top_level_names)
+            lexical_logits(view, lexical["test"]).argmax(-1), test_y, top_level_names)
     return features, timings
 
 
 def lexical_view_row(model: LLMEmbedForSequenceClassification, splits: Any, features: dict[str, Any],
-                     training: HeadTrainingArguments,
+                     lexical: dict[str, dict[str, Any]], training: HeadTrainingArguments,
                      top_level_names: list[str] | None) -> tuple[dict[str, float], dict[str, Any]]:
     """The trained head with a lexical view chosen as `train_head` chooses it (`trainer.choose_lexical_view`: fitted
-    on the training texts, its weight by validation accuracy); the test scores of the blend (the temperature
-    `train_head` fits next leaves the arg-max alone), and the weight, size and fit time."""
+    on the training texts' ``lexical`` inputs, its weight by validation accuracy); the test scores of the blend (the
+    temperature `train_head` fits next leaves the arg-max alone), and the weight, size and fit time."""
     started = time.perf_counter()
     gold = {"validation": splits.validation.labels, "test": splits.evaluation.labels}
-    inputs = {"validation": lexical_inputs(splits.validation.texts), "test": lexical_inputs(splits.evaluation.texts)}
+    inputs = {name: lexical[name] for name in gold}
     scored = {name: (predict_logits(model, features[name]), labels) for name, labels in gold.items()}
-    report, _ = choose_lexical_view(model, lexical_inputs(splits.train.texts), splits.train.labels, inputs, scored,
-                                    None, 0, training)
+    report, _ = choose_lexical_view(model, lexical["train"], splits.train.labels, inputs, scored, None, 0, training)
     logits = predict_logits(model, features["test"], lexical=inputs["test"] if model.lexical_view else None)
     return scores(logits.argmax(-1), np.asarray(gold["test"]), top_level_names), {
         "weight": report.get("weight"), "vocab_size": report.get("vocab_size"),

@@ -440,10 +440,10 @@ def _lexical_view(report: RunReport) -> str:
     criterion = names[lexical["criterion"]]
     verdict = (f"its probabilities are blended with the head's at weight {lexical['weight']}" if lexical["kept"] else
                f"it was not kept (no weight raised {criterion} there)")
-    chosen_on = ("the rows the thresholds are tuned on" if multi_label else "the validation rows")
+    rows_chosen_on = "rows the thresholds are tuned on" if multi_label else "validation rows"
     return (f"A lexical view ({'one-vs-rest' if multi_label else 'multinomial'} logistic regression, "
             f"C={lexical['c']}, on the TF-IDF of {lexical['vocab_size']:,} word unigrams and bigrams of the training "
-            f"texts) was fitted after training; by {criterion} on the {lexical['fitted_rows']:,} rows of {chosen_on}, "
+            f"texts) was fitted after training; by {criterion} on the {lexical['fitted_rows']:,} {rows_chosen_on}, "
             f"{verdict}. Scores without and with it"
             + (", each at thresholds tuned on those rows" if multi_label else "") + ":\n\n"
             + markdown_table(["split"] + [f"{names[key]}, {who}" for key in scores

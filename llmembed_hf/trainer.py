@@ -572,5 +572,5 @@ def train_head(
 
 
 __all__ = ["blend_similarity", "calibrate", "check_model_matches", "check_pairs_match", "choose_lexical_view",
-           "fit_head", "fold_heads_help", "head_config", "predict_logits", "split_features", "threshold_fold_rows", "threshold_folds",
-           "train_fold_heads", "train_head", "tune_thresholds"]
+           "fit_head", "fold_heads_help", "head_config", "predict_logits", "split_features", "threshold_fold_rows",
+           "threshold_folds", "train_fold_heads", "train_head", "tune_thresholds"]

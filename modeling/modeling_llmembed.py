@@ -1351,9 +1351,9 @@ class LLMEmbedForSequenceClassification(OneCommitPushMixin, LLMEmbedPreTrainedMo
         """The logits inference returns (eval mode, no labels), fitted on validation data after training: a
         classifier's logits first blended with its lexical view's (``lexical_blend``, on the ``lexical`` inputs);
         then single-label logits divided by ``calibration_temperature`` (calibrated softmax scores, same arg-max),
-        multi-label logits minus the logit of each label's ``decision_thresholds`` entry (sigmoid >= 0.5 exactly where the raw probability reaches the label's
-        threshold, the decision rule of every multi-label pipeline); a pair regression's score blended with its
-        siamese cosines by ``similarity_blend``."""
+        multi-label logits minus the logit of each label's ``decision_thresholds`` entry (sigmoid >= 0.5 exactly where
+        the raw probability reaches the label's threshold, the decision rule of every multi-label pipeline); a pair
+        regression's score blended with its siamese cosines by ``similarity_blend``."""
         problem_type = self.config.problem_type
         if self.config.lexical_blend is not None:
             if lexical is None:
